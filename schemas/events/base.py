@@ -1,0 +1,73 @@
+"""What every event model shares: immutability, no unknown fields, a type and a version.
+
+``extra="forbid"`` is what keeps personal data off the bus by construction: a field
+that is not in the schema (a name, a note) is refused, not silently carried along.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from schemas.dataschema import dataschema_uri
+
+# Same spelling as the directory's organisation and activity ids (a lowercase slug).
+SLUG_PATTERN = r"^[a-z0-9][a-z0-9-]{1,62}$"
+
+OrgId = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
+"""An organisation id from the alliance directory."""
+
+Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
+"""A directory id or kind that is not an organisation (an activity, a kind of referrer)."""
+
+ShortText = Annotated[str, StringConstraints(min_length=1, max_length=120)]
+"""A machine-written explanation; short so that it cannot become a case note."""
+
+
+class Need(StrEnum):
+    """Why a person is referred: the Gravity SDOH domains plus the health-related needs
+    social prescribing also takes (physical activity, mental wellbeing, long-term condition)."""
+
+    SOCIAL_CONNECTION = "social-connection"
+    STRESS = "stress"
+    FINANCIAL_INSECURITY = "financial-insecurity"
+    HOUSING_INSTABILITY = "housing-instability"
+    HOMELESSNESS = "homelessness"
+    FOOD_INSECURITY = "food-insecurity"
+    EMPLOYMENT_STATUS = "employment-status"
+    TRANSPORTATION_INSECURITY = "transportation-insecurity"
+    DIGITAL_ACCESS = "digital-access"
+    PHYSICAL_ACTIVITY = "physical-activity"
+    MENTAL_WELLBEING = "mental-wellbeing"
+    LONG_TERM_CONDITION = "long-term-condition"
+
+
+class ContactMode(StrEnum):
+    """How a link worker met the person."""
+
+    IN_PERSON = "in-person"
+    PHONE = "phone"
+    VIDEO = "video"
+
+
+def _schema_id(schema: dict[str, Any], cls: type[Any]) -> None:
+    """Give each generated JSON Schema the same URI that ``ce_dataschema`` carries."""
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = dataschema_uri(cls.event_type, cls.version)
+
+
+class EventModel(BaseModel):
+    """Base of every event's data; ``event_type`` and ``version`` name its schema."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_schema_id)
+
+    event_type: ClassVar[str]
+    version: ClassVar[int]
+
+
+class Part(BaseModel):
+    """Base of a value nested inside an event (same strictness, no schema id of its own)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
