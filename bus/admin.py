@@ -1,0 +1,27 @@
+"""Topic creation: explicit, with the partition count we want (Tansu auto-creates 4)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable
+
+from kafka.admin import KafkaAdminClient, NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+
+def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int) -> list[str]:
+    """Create the topics that do not exist yet; return the ones created."""
+    wanted = sorted(set(names))
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="referralnet-admin")
+    try:
+        existing = set(admin.list_topics())
+        missing = [n for n in wanted if n not in existing]
+        if missing:
+            # Another process may win the race; the topic is there either way.
+            with contextlib.suppress(TopicAlreadyExistsError):
+                admin.create_topics(
+                    [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing]
+                )
+        return missing
+    finally:
+        admin.close()

@@ -1,0 +1,143 @@
+"""Host a ``Projection`` in a faust-streaming app, with positions kept in PostgreSQL.
+
+The agent stays thin: take a batch of events, hand each partition's records to
+``apply_batch`` (one transaction, position and dedup included), and publish outgoing
+events before that transaction commits. faust's own committed offsets only decide where
+re-reading starts; they are synced from PostgreSQL before the worker joins its group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import faust
+import structlog
+from aiokafka import AIOKafkaProducer
+from faust.types import TP
+from kafka import KafkaConsumer, TopicPartition
+from kafka.structs import OffsetAndMetadata
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from bus import dead_letters
+from bus.runner import publish_outgoing
+from bus.tracking import Outgoing, Projection, Record, apply_batch
+
+log = structlog.get_logger(__name__)
+
+
+def make_app(app_id: str, bootstrap_servers: str, partitions: int) -> faust.App:
+    """A faust app with the settings measured to work on Tansu (infra-notes)."""
+    return faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap_servers}",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=partitions,
+        topic_replication_factor=1,
+        table_standby_replicas=0,
+        broker_session_timeout=6.0,
+        broker_heartbeat_interval=1.0,
+        stream_wait_empty=False,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        broker_commit_every=500,
+        broker_commit_interval=1.0,
+    )
+
+
+def _headers(raw: Any) -> list[tuple[str, bytes]]:
+    if raw is None:
+        return []
+    items = raw.items() if isinstance(raw, dict) else raw
+    return [(k, v if isinstance(v, bytes) else str(v).encode()) for k, v in items]
+
+
+def tracked_agent(
+    app: faust.App,
+    bootstrap_servers: str,
+    topic_name: str,
+    projection: Projection,
+    conninfo: str,
+    dead_letter_topic: str,
+    batch: int = 500,
+) -> None:
+    """Register an agent that applies ``projection`` to ``topic_name``."""
+    topic = app.topic(topic_name, key_type=bytes, value_type=bytes, value_serializer="raw")
+    state: dict[str, Any] = {}
+
+    async def resources() -> tuple[AsyncConnectionPool[AsyncConnection[Any]], AIOKafkaProducer]:
+        # Created on first use, inside faust's event loop.
+        if "pool" not in state:
+            pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+                conninfo, min_size=1, max_size=4, open=False
+            )
+            await pool.open()
+            producer = AIOKafkaProducer(
+                bootstrap_servers=bootstrap_servers, acks="all", linger_ms=2
+            )
+            await producer.start()
+            state["pool"], state["producer"] = pool, producer
+        return state["pool"], state["producer"]
+
+    async def agent(stream: faust.StreamT[bytes]) -> None:
+        # take_events exists in faust-streaming but not in its type stubs.
+        async for events in stream.take_events(batch, within=0.05):  # type: ignore[attr-defined]
+            by_partition: dict[tuple[str, int], list[Record]] = defaultdict(list)
+            for event in events:
+                m = event.message
+                by_partition[(m.topic, m.partition)].append(
+                    Record(m.topic, m.partition, m.offset, m.key, m.value, _headers(m.headers))
+                )
+            pool, producer = await resources()
+
+            async def publish(outgoing: Sequence[Outgoing]) -> None:
+                await publish_outgoing(producer, outgoing)  # noqa: B023
+
+            for (tname, partition), records in by_partition.items():
+                async with pool.connection() as conn:
+                    result = await apply_batch(conn, projection, tname, partition, records, publish)
+                    if result.dead:
+                        await dead_letters.flush(
+                            conn, projection.schema, producer, dead_letter_topic
+                        )
+                if result.seek_to is not None:
+                    log.warning(
+                        "position_reset_seek",
+                        topic=tname,
+                        partition=partition,
+                        offset=result.seek_to,
+                    )
+                    await app.consumer.seek(TP(tname, partition), result.seek_to)
+
+    agent.__name__ = f"{projection.consumer.replace('.', '_')}_agent"
+    app.agent(topic, name=agent.__name__)(agent)
+
+
+def sync_group_offsets(
+    bootstrap_servers: str, group_id: str, positions: dict[tuple[str, int], int]
+) -> None:
+    """Commit the PostgreSQL positions as the group's offsets, so faust starts there."""
+    if not positions:
+        return
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False
+    )
+    try:
+        consumer.commit(
+            {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in positions.items()}
+        )
+    except Exception as exc:  # an optimisation only: positions in Postgres stay the truth
+        log.warning("group_offset_sync_failed", group=group_id, error=str(exc))
+    finally:
+        consumer.close()
+
+
+def run_worker(app: faust.App) -> None:
+    """Run a faust worker in this process until it is stopped (SIGTERM/SIGINT)."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    faust.Worker(app, loglevel="warning", loop=loop).execute_from_commandline()

@@ -1,0 +1,131 @@
+"""Outbox relay: publishes a store's outbox to ``referral-events`` and only then forgets it.
+
+Rows are deleted after the broker acknowledged them (acks=all), so a crash or a broker
+outage means "publish again", never "lost". One relay per store holds an advisory lock,
+so a second relay process is a hot standby rather than a source of reordering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
+
+from eventstore.records import StoredEvent
+from eventstore.store import EVENT_COLUMNS, EventStore, stored_event
+from schemas.envelope import CloudEvent, to_kafka
+from schemas.registry import dataschema_uri
+
+log = structlog.get_logger(__name__)
+
+
+def to_cloudevent(store: EventStore, event: StoredEvent) -> CloudEvent:
+    """The bus form of a stored event (DESIGN §2): same id, stream version as extension."""
+    return CloudEvent(
+        id=event.event_id,
+        source=store.source,
+        type=event.type,
+        subject=str(event.stream_id),
+        time=event.occurred_at,
+        dataschema=dataschema_uri(event.type, event.schema_version),
+        data=event.data,
+        streamversion=event.version,
+        correlationid=event.correlation_id,
+        causationid=event.causation_id,
+        actor=event.actor,
+    )
+
+
+async def publish_events(
+    producer: AIOKafkaProducer, topic: str, store: EventStore, events: list[StoredEvent]
+) -> None:
+    """Send events in order and wait for every acknowledgement."""
+    futures = []
+    for event in events:
+        key, value, headers = to_kafka(to_cloudevent(store, event))
+        futures.append(await producer.send(topic, value=value, key=key, headers=headers))
+    for future in futures:
+        await future
+
+
+class OutboxRelay:
+    """Moves one store's outbox onto the bus."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        conninfo: str,
+        producer: AIOKafkaProducer,
+        topic: str,
+        batch: int = 1000,
+    ) -> None:
+        self.store = store
+        self._conninfo = conninfo
+        self._producer = producer
+        self._topic = topic
+        self._batch = batch
+        self.published = 0
+
+    async def drain(self, conn: AsyncConnection[Any]) -> int:
+        """Publish everything waiting in the outbox; return how many events went out."""
+        total = 0
+        s = sql.Identifier(self.store.schema)
+        while True:
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(
+                    sql.SQL(
+                        "SELECT o.id AS outbox_id, "
+                        + ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
+                        + " FROM {s}.outbox o JOIN {s}.events e ON e.position = o.event_position "
+                        "ORDER BY o.id LIMIT %s"
+                    ).format(s=s),
+                    (self._batch,),
+                )
+                rows = await cur.fetchall()
+            if not rows:
+                return total
+            await publish_events(
+                self._producer, self._topic, self.store, [stored_event(r) for r in rows]
+            )
+            await conn.execute(
+                sql.SQL("DELETE FROM {}.outbox WHERE id = ANY(%s)").format(s),
+                ([r["outbox_id"] for r in rows],),
+            )
+            total += len(rows)
+            self.published += len(rows)
+
+    async def run(self, stop: asyncio.Event, idle_seconds: float = 0.5) -> None:
+        """Relay until ``stop``: wake on NOTIFY from appends, or every ``idle_seconds``."""
+        async with await AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
+            lock = f"relay:{self.store.schema}"
+            while not stop.is_set():
+                cur = await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (lock,))
+                row = await cur.fetchone()
+                if row and row[0]:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=1.0)
+            await conn.execute(
+                sql.SQL("LISTEN {}").format(sql.Identifier(self.store.notify_channel))
+            )
+            backoff = 0.2
+            while not stop.is_set():
+                try:
+                    await self.drain(conn)
+                    backoff = 0.2
+                except KafkaError as exc:
+                    log.warning("relay_publish_failed", store=self.store.schema, error=str(exc))
+                    backoff = min(backoff * 2, 5.0)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=backoff)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    gen = conn.notifies(timeout=idle_seconds, stop_after=1)
+                    async for _ in gen:
+                        pass

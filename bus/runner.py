@@ -1,0 +1,189 @@
+"""Run projections over Kafka topics from the positions stored in PostgreSQL.
+
+Partitions are assigned explicitly and each is sought to its stored next offset, so one
+process can host the consumers of many partner organisations (adding a partner adds a
+topic and a schema, not a process) and no group rebalance stands between a restart
+and the first event. Lag is the high watermark minus the stored position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from bus import dead_letters
+from bus.tracking import (
+    Outgoing,
+    Projection,
+    Record,
+    apply_batch,
+    create_tracking,
+    stored_positions,
+)
+from schemas.envelope import to_kafka
+
+log = structlog.get_logger(__name__)
+
+ProjectionsByTopic = Callable[[], Awaitable[Mapping[str, Projection]]]
+
+
+@dataclass
+class RunnerStats:
+    """Counters a status page or a test can read."""
+
+    applied: int = 0
+    duplicates: int = 0
+    dead: int = 0
+    seeks: int = 0
+    batches: int = 0
+    highwater: dict[tuple[str, int], int] = field(default_factory=dict)
+    positions: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+async def publish_outgoing(producer: AIOKafkaProducer, outgoing: Sequence[Outgoing]) -> None:
+    """Send and wait for every acknowledgement (acks=all) before the caller commits."""
+    futures = []
+    for item in outgoing:
+        key, value, headers = to_kafka(item.event)
+        futures.append(await producer.send(item.topic, value=value, key=key, headers=headers))
+    for future in futures:
+        await future
+
+
+class TrackedRunner:
+    """Consumes a changing set of topics, one projection per topic, positions in Postgres."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        pool: AsyncConnectionPool[AsyncConnection[Any]],
+        projections: ProjectionsByTopic,
+        dead_letter_topic: str,
+        refresh_seconds: float = 2.0,
+        max_records: int = 2000,
+        client_id: str = "referralnet-runner",
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self._pool = pool
+        self._projections_source = projections
+        self._dead_letter_topic = dead_letter_topic
+        self._refresh = refresh_seconds
+        self._max_records = max_records
+        self._client_id = client_id
+        self._projections: dict[str, Projection] = {}
+        self.stats = RunnerStats()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; re-reads the projection set every few seconds."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=20,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap, acks="all", linger_ms=2, client_id=self._client_id
+        )
+        await consumer.start()
+        await producer.start()
+        try:
+            next_refresh = 0.0
+            loop = asyncio.get_running_loop()
+            while not stop.is_set():
+                if loop.time() >= next_refresh:
+                    await self._reassign(consumer)
+                    next_refresh = loop.time() + self._refresh
+                if not self._projections:
+                    await asyncio.wait_for(_wait(stop), timeout=self._refresh)
+                    continue
+                batches = await consumer.getmany(timeout_ms=200, max_records=self._max_records)
+                for tp, messages in batches.items():
+                    await self._apply(consumer, producer, tp, messages)
+                    self.stats.highwater[(tp.topic, tp.partition)] = consumer.highwater(tp) or 0
+        finally:
+            await consumer.stop()
+            await producer.stop()
+
+    async def _reassign(self, consumer: AIOKafkaConsumer) -> None:
+        wanted = dict(await self._projections_source())
+        if wanted.keys() == self._projections.keys():
+            return
+        async with self._pool.connection() as conn:
+            for projection in wanted.values():
+                await create_tracking(conn, projection.schema)
+            partitions: list[TopicPartition] = []
+            seeks: dict[TopicPartition, int] = {}
+            for topic, projection in wanted.items():
+                parts = await _partitions_for(consumer, topic)
+                stored = await stored_positions(conn, projection.schema, projection.consumer)
+                for p in parts:
+                    tp = TopicPartition(topic, p)
+                    partitions.append(tp)
+                    seeks[tp] = stored.get((topic, p), 0)
+        consumer.assign(partitions)
+        for tp, offset in seeks.items():
+            consumer.seek(tp, offset)
+        self._projections = wanted
+        log.info("runner_assigned", topics=len(wanted), partitions=len(partitions))
+
+    async def _apply(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        tp: TopicPartition,
+        messages: Sequence[Any],
+    ) -> None:
+        projection = self._projections.get(tp.topic)
+        if projection is None or not messages:
+            return
+        records = [
+            Record(m.topic, m.partition, m.offset, m.key, m.value, list(m.headers or ()))
+            for m in messages
+        ]
+
+        async def publish(outgoing: Sequence[Outgoing]) -> None:
+            await publish_outgoing(producer, outgoing)
+
+        async with self._pool.connection() as conn:
+            result = await apply_batch(conn, projection, tp.topic, tp.partition, records, publish)
+            if result.dead:
+                await dead_letters.flush(conn, projection.schema, producer, self._dead_letter_topic)
+        self.stats.batches += 1
+        self.stats.applied += result.applied
+        self.stats.duplicates += result.duplicates
+        self.stats.dead += result.dead
+        if result.seek_to is not None:
+            self.stats.seeks += 1
+            consumer.seek(tp, result.seek_to)
+        elif result.next_offset is not None:
+            self.stats.positions[(tp.topic, tp.partition)] = result.next_offset
+
+
+async def _wait(stop: asyncio.Event) -> None:
+    await stop.wait()
+
+
+async def _partitions_for(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
+    """Partition ids of ``topic``, refreshing metadata until the broker knows it."""
+    for _ in range(50):
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return sorted(parts)
+        try:
+            await consumer._client.force_metadata_update()
+            consumer._client.add_topic(topic)
+        except KafkaError:
+            pass
+        await asyncio.sleep(0.1)  # metadata refresh backoff, not synchronisation
+    raise RuntimeError(f"topic {topic!r} has no partitions on the broker")

@@ -1,0 +1,262 @@
+"""Consumer positions and idempotency, kept in PostgreSQL with what a consumer writes.
+
+A consumer that writes to PostgreSQL records, in the same transaction as its writes,
+(1) the next offset of each partition it read and (2) the highest stream version it has
+applied per (referral, producing service). (1) makes the stored position the source of
+truth: the broker's group offsets may be lost (the embedded broker forgets them) and a
+kill -9 may land anywhere. (2) makes re-delivery harmless even when offsets change, as
+they do after ``republish`` refills a broker that lost its log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+from psycopg import AsyncConnection, sql
+from psycopg.types.json import Jsonb
+
+from schemas.envelope import CloudEvent, EnvelopeError, from_kafka
+from schemas.registry import SchemaError, decode, parse_dataschema
+
+log = structlog.get_logger(__name__)
+
+TRACKING_DDL = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.positions (
+    consumer    text    NOT NULL,
+    topic       text    NOT NULL,
+    partition   integer NOT NULL,
+    next_offset bigint  NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, topic, partition)
+);
+CREATE TABLE IF NOT EXISTS {schema}.applied (
+    stream_id text    NOT NULL,
+    source    text    NOT NULL,
+    version   integer NOT NULL,
+    PRIMARY KEY (stream_id, source)
+);
+CREATE TABLE IF NOT EXISTS {schema}.dead_letter_outbox (
+    id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    topic     text    NOT NULL,
+    partition integer NOT NULL,
+    "offset"  bigint  NOT NULL,
+    key       bytea,
+    value     bytea,
+    headers   jsonb   NOT NULL,
+    reason    text    NOT NULL,
+    consumer  text    NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class Record:
+    """A Kafka record, independent of the client library that fetched it."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: Sequence[tuple[str, bytes]]
+
+
+class Rejected(Exception):
+    """A well-formed event the consumer cannot apply (it goes to dead letters, with why)."""
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """An event a consumer emits to another topic before it commits its position."""
+
+    topic: str
+    event: CloudEvent
+
+
+class Projection(Protocol):
+    """Something that applies bus events to its PostgreSQL tables."""
+
+    consumer: str
+    schema: str
+
+    async def apply(
+        self, conn: AsyncConnection[Any], event: CloudEvent, model: Any
+    ) -> Sequence[Outgoing]: ...
+
+
+@dataclass
+class BatchResult:
+    """What one transaction over a partition's batch did."""
+
+    applied: int = 0
+    duplicates: int = 0
+    dead: int = 0
+    next_offset: int | None = None
+    seek_to: int | None = None
+    outgoing: list[Outgoing] = field(default_factory=list)
+
+
+async def create_tracking(conn: AsyncConnection[Any], schema: str) -> None:
+    """Create the tracking tables in a consumer's schema (idempotent)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('referralnet-ddl'))")
+        await conn.execute(sql.SQL(TRACKING_DDL).format(schema=sql.Identifier(schema)))
+
+
+async def stored_positions(
+    conn: AsyncConnection[Any], schema: str, consumer: str
+) -> dict[tuple[str, int], int]:
+    """Next offset per (topic, partition) as recorded by ``consumer``."""
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT topic, partition, next_offset FROM {}.positions WHERE consumer = %s"
+        ).format(sql.Identifier(schema)),
+        (consumer,),
+    )
+    return {(t, p): o for t, p, o in await cur.fetchall()}
+
+
+async def _lock_position(
+    conn: AsyncConnection[Any], schema: str, consumer: str, topic: str, partition: int
+) -> int:
+    s = sql.Identifier(schema)
+    await conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.positions (consumer, topic, partition, next_offset) "
+            "VALUES (%s, %s, %s, 0) ON CONFLICT DO NOTHING"
+        ).format(s),
+        (consumer, topic, partition),
+    )
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT next_offset FROM {}.positions WHERE consumer = %s AND topic = %s "
+            "AND partition = %s FOR UPDATE"
+        ).format(s),
+        (consumer, topic, partition),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def _already_applied(conn: AsyncConnection[Any], schema: str, event: CloudEvent) -> bool:
+    """Record ``event``'s stream version; True when it (or a later one) was applied before."""
+    cur = await conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.applied AS a (stream_id, source, version) VALUES (%s, %s, %s) "
+            "ON CONFLICT (stream_id, source) DO UPDATE SET version = EXCLUDED.version "
+            "WHERE a.version < EXCLUDED.version RETURNING 1"
+        ).format(sql.Identifier(schema)),
+        (event.subject, event.source, event.streamversion),
+    )
+    return await cur.fetchone() is None
+
+
+async def _dead_letter(
+    conn: AsyncConnection[Any], schema: str, consumer: str, record: Record, reason: str
+) -> None:
+    log.warning(
+        "dead_letter",
+        consumer=consumer,
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        reason=reason,
+    )
+    await conn.execute(
+        sql.SQL(
+            'INSERT INTO {}.dead_letter_outbox (topic, partition, "offset", key, value, headers, '
+            "reason, consumer) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+        ).format(sql.Identifier(schema)),
+        (
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            record.value,
+            Jsonb([[k, v.decode("utf-8", "replace")] for k, v in record.headers]),
+            reason,
+            consumer,
+        ),
+    )
+
+
+RETRY_HEADER = "x-dead-letter-retry"
+
+Publish = Callable[[Sequence[Outgoing]], Awaitable[None]]
+
+
+async def apply_batch(
+    conn: AsyncConnection[Any],
+    projection: Projection,
+    topic: str,
+    partition: int,
+    records: Sequence[Record],
+    publish: Publish | None = None,
+) -> BatchResult:
+    """Apply one partition's records in one transaction, with position and dedup.
+
+    Records before the stored position are skipped (re-delivery). A first record after
+    it means the fetch position ran ahead of the truth (positions were reset, e.g. by
+    ``republish``): nothing is applied and ``seek_to`` tells the caller where to go.
+    Outgoing events are published (and acknowledged) before the transaction commits,
+    so a crash re-publishes rather than loses; consumers downstream deduplicate.
+    """
+    result = BatchResult()
+    async with conn.transaction():
+        stored = await _lock_position(
+            conn, projection.schema, projection.consumer, topic, partition
+        )
+        fresh = [r for r in records if r.offset >= stored]
+        result.duplicates = len(records) - len(fresh)
+        if not fresh:
+            return result
+        if fresh[0].offset > stored:
+            result.seek_to = stored
+            return result
+        for record in fresh:
+            await _apply_one(conn, projection, record, result)
+        result.next_offset = fresh[-1].offset + 1
+        await conn.execute(
+            sql.SQL(
+                "UPDATE {}.positions SET next_offset = %s, updated_at = now() "
+                "WHERE consumer = %s AND topic = %s AND partition = %s"
+            ).format(sql.Identifier(projection.schema)),
+            (result.next_offset, projection.consumer, topic, partition),
+        )
+        if result.outgoing and publish is not None:
+            await publish(result.outgoing)
+    return result
+
+
+async def _apply_one(
+    conn: AsyncConnection[Any], projection: Projection, record: Record, result: BatchResult
+) -> None:
+    try:
+        event = from_kafka(record.key, record.value, record.headers)
+        event_type, version = parse_dataschema(event.dataschema)
+        if event_type != event.type:
+            raise SchemaError(f"ce_dataschema names {event_type!r} but ce_type is {event.type!r}")
+        model = decode(event.type, version, event.data)
+    except (EnvelopeError, SchemaError) as exc:
+        await _dead_letter(conn, projection.schema, projection.consumer, record, str(exc))
+        result.dead += 1
+        return
+    retried = any(k == RETRY_HEADER for k, _ in record.headers)
+    try:
+        # A savepoint, so a rejected event leaves no half-applied rows behind and can be
+        # re-driven later (a retried dead letter was never applied, so skips dedup).
+        async with conn.transaction():
+            if await _already_applied(conn, projection.schema, event) and not retried:
+                result.duplicates += 1
+                return
+            result.outgoing.extend(await projection.apply(conn, event, model))
+    except Rejected as exc:
+        await _dead_letter(conn, projection.schema, projection.consumer, record, str(exc))
+        result.dead += 1
+        return
+    result.applied += 1

@@ -1,0 +1,236 @@
+"""A service's append-only event store and its outbox, in one PostgreSQL schema.
+
+Each service owns one schema. An append writes the events and their outbox rows in the
+caller's transaction, so an event is published if and only if it was stored. Optimistic
+concurrency on (stream_id, version) means two writers cannot both append version N.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection, errors, sql
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from eventstore.records import GENESIS_HASH, NewEvent, StoredEvent, chain_hash
+
+DDL = """
+CREATE SCHEMA IF NOT EXISTS {schema};
+CREATE TABLE IF NOT EXISTS {schema}.events (
+    position       bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
+    stream_id      uuid        NOT NULL,
+    version        integer     NOT NULL CHECK (version > 0),
+    event_id       uuid        NOT NULL UNIQUE,
+    type           text        NOT NULL,
+    schema_version integer     NOT NULL,
+    occurred_at    timestamptz NOT NULL,
+    recorded_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+    actor          text        NOT NULL,
+    correlation_id uuid        NOT NULL,
+    causation_id   uuid,
+    data           jsonb       NOT NULL,
+    prev_hash      bytea       NOT NULL,
+    hash           bytea       NOT NULL,
+    PRIMARY KEY (stream_id, version)
+);
+CREATE TABLE IF NOT EXISTS {schema}.outbox (
+    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    event_position bigint NOT NULL REFERENCES {schema}.events (position)
+);
+CREATE OR REPLACE FUNCTION {schema}.refuse_change() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN RAISE EXCEPTION 'events are append-only (% refused)', TG_OP; END $$;
+DROP TRIGGER IF EXISTS append_only ON {schema}.events;
+CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON {schema}.events
+    FOR EACH ROW EXECUTE FUNCTION {schema}.refuse_change();
+"""
+
+EVENT_COLUMNS = (
+    "position, stream_id, version, event_id, type, schema_version, occurred_at, "
+    "recorded_at, actor, correlation_id, causation_id, data, prev_hash, hash"
+)
+
+
+class ConcurrencyError(Exception):
+    """Another writer appended to the stream first; reload and decide again."""
+
+    def __init__(self, stream_id: UUID, expected: int, actual: int | None = None) -> None:
+        self.stream_id, self.expected, self.actual = stream_id, expected, actual
+        super().__init__(
+            f"stream {stream_id} expected at version {expected}, found {actual}"
+            if actual is not None
+            else f"stream {stream_id}: version {expected + 1} was taken by another writer"
+        )
+
+
+def stored_event(row: dict[str, Any]) -> StoredEvent:
+    """Build a ``StoredEvent`` from a dict row of ``EVENT_COLUMNS``."""
+    return StoredEvent(
+        position=row["position"],
+        stream_id=row["stream_id"],
+        version=row["version"],
+        event_id=row["event_id"],
+        type=row["type"],
+        schema_version=row["schema_version"],
+        occurred_at=row["occurred_at"],
+        recorded_at=row["recorded_at"],
+        actor=row["actor"],
+        correlation_id=row["correlation_id"],
+        causation_id=row["causation_id"],
+        data=row["data"],
+        prev_hash=bytes(row["prev_hash"]),
+        hash=bytes(row["hash"]),
+    )
+
+
+class EventStore:
+    """One service's stream of record: append with expected version, read back in order."""
+
+    def __init__(self, schema: str, source: str) -> None:
+        self.schema = schema
+        self.source = source
+        self._s = sql.Identifier(schema)
+        self.notify_channel = f"{schema}_outbox"
+
+    async def create(self, conn: AsyncConnection[Any]) -> None:
+        """Create the schema, tables and append-only trigger (idempotent)."""
+        # Several processes may start at once; serialise DDL on one advisory lock.
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('referralnet-ddl'))")
+            await conn.execute(sql.SQL(DDL).format(schema=self._s))
+
+    async def stream_head(self, conn: AsyncConnection[Any], stream_id: UUID) -> tuple[int, bytes]:
+        """Current version and hash of a stream (0 and the genesis hash when empty)."""
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT version, hash FROM {}.events WHERE stream_id = %s "
+                "ORDER BY version DESC LIMIT 1"
+            ).format(self._s),
+            (stream_id,),
+        )
+        row = await cur.fetchone()
+        return (row[0], bytes(row[1])) if row else (0, GENESIS_HASH)
+
+    async def append(
+        self,
+        conn: AsyncConnection[Any],
+        stream_id: UUID,
+        expected_version: int,
+        events: Sequence[NewEvent],
+    ) -> list[StoredEvent]:
+        """Append ``events`` after ``expected_version`` in the caller's transaction.
+
+        Raises ``ConcurrencyError`` when the stream moved on; the primary key catches
+        the race in which two writers both read the same head.
+        """
+        if not events:
+            return []
+        version, prev = await self.stream_head(conn, stream_id)
+        if version != expected_version:
+            raise ConcurrencyError(stream_id, expected_version, version)
+        rows = []
+        for offset, event in enumerate(events, start=1):
+            digest = chain_hash(
+                prev,
+                stream_id=stream_id,
+                version=version + offset,
+                event_id=event.event_id,
+                type=event.type,
+                schema_version=event.schema_version,
+                occurred_at=event.occurred_at,
+                actor=event.actor,
+                data=event.data,
+            )
+            rows.append((event, version + offset, prev, digest))
+            prev = digest
+        insert = sql.SQL(
+            "INSERT INTO {}.events (stream_id, version, event_id, type, schema_version, "
+            "occurred_at, actor, correlation_id, causation_id, data, prev_hash, hash) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "RETURNING " + EVENT_COLUMNS
+        ).format(self._s)
+        stored: list[StoredEvent] = []
+        try:
+            async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+                for event, ver, prev_hash, digest in rows:
+                    await cur.execute(
+                        insert,
+                        (
+                            stream_id,
+                            ver,
+                            event.event_id,
+                            event.type,
+                            event.schema_version,
+                            event.occurred_at,
+                            event.actor,
+                            event.correlation_id,
+                            event.causation_id,
+                            Jsonb(event.data),
+                            prev_hash,
+                            digest,
+                        ),
+                    )
+                    row = await cur.fetchone()
+                    assert row is not None
+                    stored.append(stored_event(row))
+                await cur.executemany(
+                    sql.SQL("INSERT INTO {}.outbox (event_position) VALUES (%s)").format(self._s),
+                    [(e.position,) for e in stored],
+                )
+                await cur.execute(sql.SQL("SELECT pg_notify(%s, '')"), (self.notify_channel,))
+        except errors.UniqueViolation as exc:
+            raise ConcurrencyError(stream_id, expected_version) from exc
+        return stored
+
+    async def read_stream(self, conn: AsyncConnection[Any], stream_id: UUID) -> list[StoredEvent]:
+        """Every event of one stream, oldest first."""
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                sql.SQL(
+                    "SELECT " + EVENT_COLUMNS + " FROM {}.events WHERE stream_id = %s "
+                    "ORDER BY version"
+                ).format(self._s),
+                (stream_id,),
+            )
+            return [stored_event(r) for r in await cur.fetchall()]
+
+    async def read_all(
+        self,
+        conn: AsyncConnection[Any],
+        after_position: int = 0,
+        batch: int = 5000,
+        since: datetime | None = None,
+    ) -> AsyncIterator[list[StoredEvent]]:
+        """Every event in position order, in batches (for republish and audits)."""
+        position = after_position
+        while True:
+            async with conn.cursor(row_factory=dict_row) as cur:
+                await cur.execute(
+                    sql.SQL(
+                        "SELECT " + EVENT_COLUMNS + " FROM {}.events WHERE position > %s "
+                        "AND (%s::timestamptz IS NULL OR recorded_at >= %s) "
+                        "ORDER BY position LIMIT %s"
+                    ).format(self._s),
+                    (position, since, since, batch),
+                )
+                rows = [stored_event(r) for r in await cur.fetchall()]
+            if not rows:
+                return
+            yield rows
+            position = rows[-1].position
+
+    async def count(self, conn: AsyncConnection[Any]) -> int:
+        """How many events the store holds."""
+        cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}.events").format(self._s))
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def outbox_backlog(self, conn: AsyncConnection[Any]) -> int:
+        """Events stored but not yet acknowledged by the broker."""
+        cur = await conn.execute(sql.SQL("SELECT count(*) FROM {}.outbox").format(self._s))
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
