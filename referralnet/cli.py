@@ -1,0 +1,255 @@
+"""``referralnet``: run the network, load the directory, report, follow a journey.
+
+Bad arguments print one line and exit 2; a failed check exits 1; success exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+from uuid import UUID
+
+import click
+import typer
+from psycopg import AsyncConnection
+from rich.console import Console
+
+from directory import loader
+from directory import store as directory
+from infra.embedded import EmbeddedStartError
+from infra.logging import configure_logging
+from infra.settings import Settings
+from referralnet import endpoints, journey, render
+from views.report import build_report
+from views.schema import schema_name
+
+app = typer.Typer(
+    name="referralnet",
+    help="Referral Network: partners of a social-prescribing alliance exchange referrals.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+directory_app = typer.Typer(help="The alliance directory: partners, services, activities.")
+app.add_typer(directory_app, name="directory")
+console = Console()
+
+
+class UsageProblem(click.UsageError):
+    """Bad input from the command line: one line, exit 2."""
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+async def _connect(url: str) -> AsyncConnection[Any]:
+    return await AsyncConnection.connect(url, autocommit=True)
+
+
+@app.command()
+def up(
+    port: Annotated[int | None, typer.Option(help="API port (default 8000)")] = None,
+) -> None:
+    """Start broker, database and services; serve the API on 127.0.0.1:8000 until Ctrl-C."""
+    from dataclasses import replace
+
+    from referralnet.system import running_system
+
+    settings = _settings()
+    if port is not None:
+        settings = replace(settings, api_port=port)
+    with running_system(settings) as system:
+        endpoints.record(
+            settings.home,
+            endpoints.Recorded(
+                system.bootstrap_servers, system.database_url, system.base_url, _pid()
+            ),
+        )
+        console.print(f"[bold]Referral Network[/] API        {system.base_url}  (OpenAPI: /docs)")
+        console.print(f"Kafka bootstrap servers   {system.bootstrap_servers}")
+        console.print(f"PostgreSQL                {system.database_url}")
+        console.print(f"Data directory            {settings.home}  (logs in logs/)")
+        console.print("Load partners with `referralnet directory load FILE`. Ctrl-C stops.")
+        try:
+            while True:
+                for name in system.supervisor.restart_dead():
+                    console.print(f"[yellow]restarted {name}[/]")
+                time.sleep(1.0)
+        except KeyboardInterrupt:
+            console.print("stopping ...")
+        finally:
+            endpoints.forget(settings.home)
+
+
+def _pid() -> int:
+    import os
+
+    return os.getpid()
+
+
+@app.command()
+def demo(
+    referrals: Annotated[
+        int, typer.Option(min=1, max=100_000, help="referrals to simulate")
+    ] = 2000,
+    concurrency: Annotated[int, typer.Option(min=1, max=256)] = 32,
+) -> None:
+    """Run a simulated year of a demo alliance through the public API and print the results."""
+    from referralnet.demo import run_demo
+
+    sys.exit(run_demo(_settings(), referrals=referrals, concurrency=concurrency, console=console))
+
+
+@directory_app.command("load")
+def directory_load(
+    file: Annotated[Path, typer.Argument(help="directory file (YAML or JSON)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print tokens as JSON")] = False,
+) -> None:
+    """Register the organisations and activities of FILE; print each new token once."""
+    try:
+        parsed = loader.read(file)
+    except loader.DirectoryFileError as exc:
+        raise UsageProblem(str(exc)) from None
+    settings = _settings()
+    with endpoints.database_url(settings) as url:
+        tokens = asyncio.run(_load_directory(url, parsed))
+    try:
+        from bus.admin import ensure_topics
+        from bus.topics import Topics
+
+        topics = Topics(prefix=settings.topic_prefix)
+        ensure_topics(
+            endpoints.bootstrap_servers(settings),
+            [topics.org(o.id) for o in parsed.organisations],
+            topics.partitions,
+        )
+    except endpoints.NoBroker:
+        pass  # topics are created by the workers when they start
+    if as_json:
+        print(json.dumps({"alliance": parsed.alliance, "tokens": tokens}, indent=2))
+        return
+    render.tokens(console, parsed, tokens)
+
+
+async def _load_directory(url: str, parsed: Any) -> dict[str, str]:
+    from referralnet.bootstrap import create_schemas
+
+    await create_schemas(url)
+    async with await _connect(url) as conn:
+        return await directory.load(conn, parsed)
+
+
+def _parse_time(value: str | None, name: str) -> datetime | None:
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise UsageProblem(f"--{name}: not an ISO date or date-time: {value!r}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.now().astimezone().tzinfo)
+    return parsed
+
+
+@app.command()
+def report(
+    date_from: Annotated[str | None, typer.Option("--from", help="ISO date, inclusive")] = None,
+    date_to: Annotated[str | None, typer.Option("--to", help="ISO date, exclusive")] = None,
+    commissioner: Annotated[str | None, typer.Option(help="commissioner org id")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """The alliance report from a commissioner's view (same figures as GET /report)."""
+    start, end = _parse_time(date_from, "from"), _parse_time(date_to, "to")
+    with endpoints.database_url(_settings()) as url:
+        result = asyncio.run(_report(url, commissioner, start, end))
+    if as_json:
+        print(result.model_dump_json(indent=2))
+    else:
+        render.report(console, result)
+
+
+async def _report(
+    url: str, commissioner: str | None, start: datetime | None, end: datetime | None
+) -> Any:
+    async with await _connect(url) as conn:
+        orgs = [o for o in await directory.organisations(conn) if o.kind.value == "commissioner"]
+        if commissioner is None:
+            if not orgs:
+                raise UsageProblem("no commissioner is registered; load a directory first")
+            commissioner = orgs[0].id
+        elif commissioner not in {o.id for o in orgs}:
+            raise UsageProblem(f"{commissioner!r} is not a registered commissioner")
+        return await build_report(conn, schema_name(commissioner), start, end)
+
+
+@app.command("journey")
+def journey_command(
+    referral_id: Annotated[str, typer.Argument(help="referral id (UUID)")],
+    verify: Annotated[
+        bool, typer.Option("--verify", help="check every store's hash chain")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """One referral's timeline across every service's store; --verify detects tampering."""
+    try:
+        rid = UUID(referral_id)
+    except ValueError:
+        raise UsageProblem(f"not a referral id (UUID): {referral_id!r}") from None
+    with endpoints.database_url(_settings()) as url:
+        steps, breaks = asyncio.run(_journey(url, rid, verify))
+    if not steps:
+        raise UsageProblem(f"no referral {rid} in any store")
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "referral_id": str(rid),
+                    "steps": [s.as_json() for s in steps],
+                    "verified": None if not verify else not breaks,
+                    "breaks": [b.__dict__ for b in breaks],
+                },
+                indent=2,
+            )
+        )
+    else:
+        render.journey(console, rid, steps, breaks if verify else None)
+    if breaks:
+        sys.exit(1)
+
+
+async def _journey(
+    url: str, rid: UUID, verify: bool
+) -> tuple[list[journey.Step], list[journey.ChainBreak]]:
+    async with await _connect(url) as conn:
+        steps = await journey.timeline(conn, rid)
+        breaks = await journey.verify(conn, rid) if verify and steps else []
+        return steps, breaks
+
+
+def main() -> None:
+    """Console-script entry: one-line errors, exit 2 for bad input."""
+    configure_logging("warning")
+    try:
+        app(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError:
+        sys.exit(0)
+    except click.UsageError as exc:
+        console.print(f"referralnet: error: {exc.format_message()}", style="red", highlight=False)
+        sys.exit(2)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except (EmbeddedStartError, endpoints.NoBroker) as exc:
+        console.print(f"referralnet: {exc}", style="red", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

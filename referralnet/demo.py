@@ -1,0 +1,114 @@
+"""``make demo``: a demo alliance's simulated year, end to end, on the embedded stack."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from dataclasses import replace
+from importlib import resources
+from typing import Any
+from uuid import UUID
+
+import httpx
+from psycopg import AsyncConnection
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from directory import loader
+from directory import store as directory
+from infra.settings import Settings
+from referralnet import journey, render
+from referralnet.lag import wait_caught_up
+from referralnet.simulation import AllianceSimulation, SimulationStats
+from referralnet.system import RunningSystem, running_system
+from views import queries
+from views.report import build_report
+from views.schema import schema_name
+
+DEMO_YEAR = 2025
+
+
+def demo_directory() -> Any:
+    text = resources.files("referralnet.data").joinpath("demo-alliance.yaml").read_text()
+    return loader.parse(text, "demo-alliance.yaml")
+
+
+async def _register(url: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
+    async with await AsyncConnection.connect(url, autocommit=True) as conn:
+        tokens = await directory.load(conn, demo_directory())
+        acts = [a.model_dump(mode="json") for a in await directory.activities(conn)]
+    return tokens, acts
+
+
+async def _simulate(
+    system: RunningSystem,
+    tokens: dict[str, str],
+    acts: list[dict[str, Any]],
+    referrals: int,
+    concurrency: int,
+    console: Console,
+) -> SimulationStats:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=system.base_url, timeout=60, limits=limits) as client:
+        sim = AllianceSimulation(
+            client, tokens, acts, referrals=referrals, year=DEMO_YEAR, concurrency=concurrency
+        )
+        with Progress(
+            TextColumn("simulating a year"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("referrals"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as progress:
+            task = progress.add_task("year", total=referrals)
+            return await sim.run(lambda done: progress.update(task, completed=done))
+
+
+async def _results(system: RunningSystem, first: str) -> tuple[Any, list[dict[str, Any]], Any]:
+    async with await AsyncConnection.connect(system.database_url, autocommit=True) as conn:
+        orgs = await directory.organisations(conn)
+        commissioner = next(o.id for o in orgs if o.kind.value == "commissioner")
+        report = await build_report(conn, schema_name(commissioner))
+        rows = [
+            {"org": o.id, "kind": o.kind.value, **await queries.totals(conn, o.id)} for o in orgs
+        ]
+        steps = await journey.timeline(conn, UUID(first))
+        breaks = await journey.verify(conn, UUID(first))
+    return report, rows, (steps, breaks)
+
+
+def run_demo(settings: Settings, *, referrals: int, concurrency: int, console: Console) -> int:
+    """Run the demo; return the process exit code."""
+    started = time.monotonic()
+    home = settings.home / "demo"
+    shutil.rmtree(home, ignore_errors=True)  # a fresh alliance every run
+    settings = replace(settings, home=home)
+    with running_system(settings, pick_free_port=True) as system:
+        boot = time.monotonic() - started
+        console.print(
+            f"stack up in {boot:.1f}s "
+            + ", ".join(f"{k} {v:.2f}s" for k, v in system.startup_seconds.items())
+        )
+        console.print(f"broker {system.bootstrap_servers}  database {system.database_url}")
+        tokens, acts = asyncio.run(_register(system.database_url))
+        console.print(f"registered {len(tokens)} partners and {len(acts)} activities")
+        sim_start = time.monotonic()
+        stats = asyncio.run(_simulate(system, tokens, acts, referrals, concurrency, console))
+        sim_seconds = time.monotonic() - sim_start
+        waited = asyncio.run(
+            wait_caught_up(system.database_url, system.bootstrap_servers, system.topics)
+        )
+        console.print(
+            f"{stats.referrals} referrals and {stats.requests} API requests in {sim_seconds:.1f}s "
+            f"({stats.referrals / sim_seconds:.1f} referrals/s, {stats.requests / sim_seconds:.0f} "
+            f"requests/s); every view caught up {waited:.1f}s later"
+        )
+        report, rows, (steps, breaks) = asyncio.run(_results(system, stats.first_referral or ""))
+        render.report(console, report)
+        render.partner_views(console, rows)
+        render.journey(console, UUID(stats.first_referral or ""), steps, breaks)
+    console.print(f"demo wall time {time.monotonic() - started:.1f}s")
+    return 1 if breaks else 0

@@ -1,0 +1,63 @@
+"""The partners' HTTP API: one base URL in front of every service's routes (DESIGN §6a).
+
+Each service contributes its own router and writes only its own schema; the gateway
+only wires them together with the shared auth, error format and connection pool.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI
+from psycopg import AsyncConnection
+from psycopg_pool import AsyncConnectionPool
+
+from services.intake.api import router as intake_router
+from services.intake.pii import PersonVault
+from services.outcomes.api import router as outcomes_router
+from services.routing.api import router as routing_router
+from views.api import router as views_router
+from web import errors
+
+DESCRIPTION = """Referral Network: partners of a social-prescribing alliance exchange
+referrals and each keep their own view of what happens next.
+
+Every call carries `Authorization: Bearer <token>` of one organisation. Times that
+happened in the world (`referred_at`, `held_at`, ...) are given by the caller and
+validated: never in the future, never before the referral."""
+
+
+def create_app(database_url: str, home: Path, pool_size: int = 16) -> FastAPI:
+    """The API app; its pool opens on startup and closes on shutdown."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
+            database_url, min_size=2, max_size=pool_size, open=False
+        )
+        await pool.open()
+        app.state.pool = pool
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    app = FastAPI(
+        title="Referral Network", version="0.1.0", description=DESCRIPTION, lifespan=lifespan
+    )
+    app.state.vault = PersonVault.from_home(home)
+    app.state.token_cache = {}
+    errors.install(app)
+    for router in (intake_router, routing_router, outcomes_router, views_router):
+        app.include_router(router)
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        async with app.state.pool.connection() as conn:
+            await conn.execute("SELECT 1")
+        return {"status": "ok"}
+
+    return app

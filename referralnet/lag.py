@@ -1,0 +1,138 @@
+"""How far behind each consumer is, from positions in PostgreSQL and true high watermarks.
+
+Tansu answers ListOffsets "latest" wrongly (infra-notes), so the high watermark is read
+from fetch responses instead, and "caught up" means: every outbox empty, every stored
+position equal to its partition's high watermark, twice in a row with nothing moving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from psycopg import AsyncConnection, sql
+
+from bus.topics import Topics
+from services.intake.store import STORE as INTAKE
+from services.outcomes.store import STORE as OUTCOMES
+from services.routing.store import STORE as ROUTING
+from views.schema import schema_name
+
+STORES = (INTAKE, ROUTING, OUTCOMES)
+
+
+@dataclass(frozen=True)
+class ConsumerLag:
+    consumer: str
+    schema: str
+    topic: str
+    position: int
+    highwater: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.highwater - self.position)
+
+
+async def consumers(conn: AsyncConnection[Any], topics: Topics) -> list[tuple[str, str, str]]:
+    """(consumer, schema, topic) for every consumer that keeps positions in Postgres."""
+    fixed = [
+        ("routing", "routing", topics.referral_events),
+        ("distributor", "distributor", topics.referral_events),
+        ("outcomes", "outcomes", topics.referral_events),
+    ]
+    cur = await conn.execute("SELECT id FROM directory.organisations ORDER BY id")
+    views = [(f"view.{o}", schema_name(o), topics.org(o)) for (o,) in await cur.fetchall()]
+    return fixed + views
+
+
+async def highwaters(
+    bootstrap: str, topic_names: list[str], wait_seconds: float = 10.0
+) -> dict[tuple[str, int], int]:
+    """True high watermark of every partition of ``topic_names`` (from fetch responses)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,
+        max_partition_fetch_bytes=1024,
+    )
+    await consumer.start()
+    try:
+        await consumer._client.force_metadata_update()
+        tps = [
+            TopicPartition(t, p)
+            for t in sorted(set(topic_names))
+            for p in sorted(consumer.partitions_for_topic(t) or ())
+        ]
+        if not tps:
+            return {}
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, 0)
+        deadline = time.monotonic() + wait_seconds
+        result: dict[tuple[str, int], int] = {}
+        while len(result) < len(tps) and time.monotonic() < deadline:
+            await consumer.getmany(timeout_ms=100, max_records=1)
+            for tp in tps:
+                hw = consumer.highwater(tp)
+                if hw is not None:
+                    result[(tp.topic, tp.partition)] = hw
+                    consumer.pause(tp)
+        return result
+    finally:
+        await consumer.stop()
+
+
+async def consumer_lags(
+    conn: AsyncConnection[Any], bootstrap: str, topics: Topics
+) -> list[ConsumerLag]:
+    """Lag of every consumer on every partition it reads."""
+    wanted = await consumers(conn, topics)
+    hw = await highwaters(bootstrap, [t for _, _, t in wanted])
+    rows = []
+    for consumer, schema, topic in wanted:
+        try:
+            cur = await conn.execute(
+                sql.SQL(
+                    "SELECT partition, next_offset FROM {}.positions WHERE consumer = %s "
+                    "AND topic = %s"
+                ).format(sql.Identifier(schema)),
+                (consumer, topic),
+            )
+            stored = dict(await cur.fetchall())
+        except Exception:  # the view schema does not exist yet: nothing consumed
+            await conn.rollback()
+            stored = {}
+        for (t, p), high in sorted(hw.items()):
+            if t == topic:
+                rows.append(ConsumerLag(consumer, schema, topic, stored.get(p, 0), high))
+    return rows
+
+
+async def outbox_backlog(conn: AsyncConnection[Any]) -> dict[str, int]:
+    return {s.schema: await s.outbox_backlog(conn) for s in STORES}
+
+
+async def wait_caught_up(
+    database_url: str, bootstrap: str, topics: Topics, wait_seconds: float = 120.0
+) -> float:
+    """Block until the whole pipeline is quiet; return seconds waited."""
+    start = time.monotonic()
+    quiet_rounds = 0
+    async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
+        while True:
+            backlog = sum((await outbox_backlog(conn)).values())
+            lags = await consumer_lags(conn, bootstrap, topics)
+            behind = backlog + sum(lag.lag for lag in lags)
+            quiet_rounds = quiet_rounds + 1 if behind == 0 else 0
+            if quiet_rounds >= 2:
+                return time.monotonic() - start
+            if time.monotonic() - start > wait_seconds:
+                raise TimeoutError(
+                    f"not caught up after {wait_seconds:.0f}s: outbox {backlog}, "
+                    f"lag {sum(lag.lag for lag in lags)}"
+                )
+            await asyncio.sleep(0.2)  # polling pipeline state with a deadline

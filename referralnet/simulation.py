@@ -1,0 +1,323 @@
+"""A simulated year of an alliance's work, driven only through the public HTTP API.
+
+Each referral's journey runs as its own task (bounded concurrency), with world times
+spread over the year: referral, routing (waited for in the referrer's view), an
+occasional decline, first contact, baseline measures, sessions, onward activities with
+attendance recorded by the provider, follow-up measures, closing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import httpx
+
+AREA_REFERRERS: dict[str, list[str]] = {
+    "north": ["gp-riverside", "hospital-general", "fire-county", "council-adult-care"],
+    "south": ["gp-hillview", "housing-homes", "hospital-general", "police-county"],
+    "central": [
+        "gp-market-street",
+        "pharmacy-high-street",
+        "jobcentre-town",
+        "housing-homes",
+        "council-adult-care",
+    ],
+    "coast": ["fire-county", "police-county", "housing-homes"],
+}
+AREA_WEIGHTS = {"north": 30, "south": 25, "central": 35, "coast": 10}
+NEEDS = [
+    "social-connection",
+    "stress",
+    "financial-insecurity",
+    "housing-instability",
+    "physical-activity",
+    "mental-wellbeing",
+    "long-term-condition",
+]
+SESSION_KINDS = [
+    ("longer-appointment", 48, (45, 75)),
+    ("short-conversation", 49, (10, 20)),
+    ("group", 2, (60, 90)),
+    ("accompanied-visit", 1, (60, 120)),
+]
+
+
+class ApiFailure(RuntimeError):
+    """The API answered something the simulation did not expect."""
+
+
+@dataclass
+class SimulationStats:
+    referrals: int = 0
+    routed: int = 0
+    declined: int = 0
+    escalated: int = 0
+    sessions: int = 0
+    activities: int = 0
+    attendances: int = 0
+    outcomes: int = 0
+    closed: int = 0
+    requests: int = 0
+    retries: int = 0
+    first_referral: str | None = None
+    latencies: list[float] = field(default_factory=list)
+
+
+class AllianceSimulation:
+    """Plays every partner's part against a running API."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        tokens: dict[str, str],
+        activities: list[dict[str, Any]],
+        *,
+        referrals: int,
+        year: int,
+        seed: int = 2020,
+        concurrency: int = 24,
+    ) -> None:
+        self.client = client
+        self.tokens = tokens
+        self.activities = activities
+        self.total = referrals
+        self.year_start = datetime(year, 1, 1, 9, tzinfo=UTC)
+        self.rng = random.Random(seed)
+        self.concurrency = concurrency
+        self.stats = SimulationStats()
+        self.done = 0
+
+    async def _call(
+        self, method: str, path: str, org: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """One API call as ``org``; a 409 'not-yet-known' (Retry-After) is retried."""
+        for _attempt in range(50):
+            self.stats.requests += 1
+            response = await self.client.request(
+                method,
+                path,
+                json=body,
+                headers={"Authorization": f"Bearer {self.tokens[org]}"},
+            )
+            if response.status_code == 409 and "Retry-After" in response.headers:
+                self.stats.retries += 1
+                await asyncio.sleep(float(response.headers["Retry-After"]) / 10)
+                continue
+            if response.status_code >= 400:
+                raise ApiFailure(
+                    f"{method} {path} as {org}: {response.status_code} {response.text}"
+                )
+            result: dict[str, Any] = response.json()
+            return result
+        raise ApiFailure(f"{method} {path}: still not ready after retries")
+
+    async def _routed(
+        self, referral_id: str, referrer: str, previous: str | None
+    ) -> dict[str, Any]:
+        """Wait (polling the referrer's own view, with a deadline) for routing's answer."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 60
+        while loop.time() < deadline:
+            view: dict[str, Any] = {}
+            with contextlib.suppress(ApiFailure):  # 404 until the referrer's view has it
+                view = (await self._call("GET", f"/referrals/{referral_id}", referrer))["view"]
+            status, service = view.get("status"), view.get("service_org")
+            if status == "escalated" or (status in ("routed", "accepted") and service != previous):
+                return view
+            await asyncio.sleep(0.05)
+        raise ApiFailure(f"referral {referral_id} was not routed within 60s")
+
+    async def journey(self, index: int) -> None:
+        rng = random.Random(self.rng.random() + index)
+        area = rng.choices(list(AREA_WEIGHTS), weights=list(AREA_WEIGHTS.values()))[0]
+        referrer = rng.choice(AREA_REFERRERS[area])
+        referred_at = self.year_start + timedelta(
+            days=index * 300 / max(1, self.total), minutes=rng.randint(0, 480)
+        )
+        age = rng.choices([19, 30, 42, 57, 70, 82], weights=[8, 12, 20, 25, 20, 15])[0]
+        needs = rng.sample(NEEDS, k=rng.choice([1, 1, 2, 3]))
+        nhs = _nhs_number(rng)
+        created = await self._call(
+            "POST",
+            "/referrals",
+            referrer,
+            {
+                "person": {
+                    "name": f"Person {index}",
+                    "date_of_birth": str(
+                        date(referred_at.year - age, 1 + index % 12, 1 + index % 28)
+                    ),
+                    "nhs_number": nhs,
+                    "phone": f"07700 9{index:05d}",
+                    "notes": "lives alone since bereavement",
+                },
+                "needs": needs,
+                "consent": {
+                    "share_with_link_worker": True,
+                    "share_outcomes_with_referrer": rng.random() < 0.7,
+                },
+                "area": area,
+                "urgency": rng.choices(["routine", "urgent"], weights=[9, 1])[0],
+                "referred_at": referred_at.isoformat(),
+            },
+        )
+        rid = created["referral_id"]
+        self.stats.referrals += 1
+        self.stats.first_referral = self.stats.first_referral or rid
+        view = await self._routed(rid, referrer, None)
+        t = referred_at + timedelta(hours=rng.randint(2, 30))
+        while view["status"] != "escalated" and rng.random() < 0.08:
+            await self._call(
+                "POST",
+                f"/referrals/{rid}/decline",
+                view["service_org"],
+                {
+                    "reason": rng.choice(["not-eligible", "person-declined"]),
+                    "declined_at": t.isoformat(),
+                },
+            )
+            self.stats.declined += 1
+            view = await self._routed(rid, referrer, view["service_org"])
+            t += timedelta(hours=6)
+        if view["status"] == "escalated":
+            self.stats.escalated += 1
+            return
+        self.stats.routed += 1
+        await self._casework(rid, view["service_org"], area, needs, t, rng)
+
+    async def _casework(
+        self, rid: str, lw: str, area: str, needs: list[str], t: datetime, rng: random.Random
+    ) -> None:
+        await self._call("POST", f"/referrals/{rid}/accept", lw, {"accepted_at": t.isoformat()})
+        t += timedelta(days=rng.choice([1, 2, 3, 4, 5, 6, 9, 12]))
+        await self._call(
+            "POST",
+            f"/referrals/{rid}/contacts",
+            lw,
+            {"contacted_at": t.isoformat(), "mode": "phone"},
+        )
+        baseline = _baseline(rng)
+        for measure, items in baseline.items():
+            await self._outcome(rid, lw, measure, "baseline", items, t)
+        for _ in range(rng.randint(2, 6)):
+            t += timedelta(days=rng.randint(5, 14))
+            kind = rng.choices(SESSION_KINDS, weights=[k[1] for k in SESSION_KINDS])[0]
+            await self._call(
+                "POST",
+                f"/referrals/{rid}/sessions",
+                lw,
+                {
+                    "kind": kind[0],
+                    "minutes": rng.randint(*kind[2]),
+                    "mode": rng.choice(["in-person", "in-person", "phone", "video"]),
+                    "held_at": t.isoformat(),
+                },
+            )
+            self.stats.sessions += 1
+        options = [a for a in self.activities if a["area"] == area and set(a["needs"]) & set(needs)]
+        for activity in rng.sample(options, k=min(len(options), rng.randint(1, 2))):
+            await self._call(
+                "POST",
+                f"/referrals/{rid}/activities",
+                lw,
+                {"activity_id": activity["id"], "referred_at": t.isoformat()},
+            )
+            self.stats.activities += 1
+            at = t
+            for _ in range(rng.randint(0, 4)):
+                at += timedelta(days=7)
+                await self._call(
+                    "POST",
+                    f"/referrals/{rid}/activities/{activity['id']}/attendance",
+                    activity["provider"],
+                    {"attended_at": at.isoformat(), "attended": rng.random() < 0.85},
+                )
+                self.stats.attendances += 1
+        t += timedelta(days=rng.randint(20, 60))
+        for measure, items in baseline.items():
+            await self._outcome(rid, lw, measure, "follow-up", _follow_up(measure, items, rng), t)
+        if rng.random() < 0.9:
+            await self._call(
+                "POST",
+                f"/referrals/{rid}/close",
+                lw,
+                {
+                    "reason": rng.choices(["completed", "disengaged"], weights=[9, 1])[0],
+                    "closed_at": (t + timedelta(days=1)).isoformat(),
+                },
+            )
+            self.stats.closed += 1
+
+    async def _outcome(
+        self, rid: str, lw: str, measure: str, timepoint: str, items: list[int], at: datetime
+    ) -> None:
+        body: dict[str, Any] = {
+            "measure": measure,
+            "timepoint": timepoint,
+            "recorded_at": at.isoformat(),
+        }
+        if measure == "activity-minutes":
+            body["score"] = items[0]
+        else:
+            body["items"] = items
+        await self._call("POST", f"/referrals/{rid}/outcomes", lw, body)
+        self.stats.outcomes += 1
+
+    async def run(self, progress: Any = None) -> SimulationStats:
+        """Run every journey, ``concurrency`` at a time; ``progress(done)`` after each."""
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def one(i: int) -> None:
+            async with gate:
+                await self.journey(i)
+                self.done += 1
+                if progress is not None:
+                    progress(self.done)
+
+        await asyncio.gather(*(one(i) for i in range(self.total)))
+        return self.stats
+
+
+def _baseline(rng: random.Random) -> dict[str, list[int]]:
+    measures = {
+        "swemwbs": [rng.randint(1, 4) for _ in range(7)],
+        "ucla3": [rng.randint(1, 3) for _ in range(3)],
+        "activity-minutes": [rng.choice([0, 10, 20, 30, 45, 60, 90, 120])],
+    }
+    if rng.random() < 0.5:
+        measures["ons4"] = [
+            rng.randint(2, 7),
+            rng.randint(2, 7),
+            rng.randint(2, 7),
+            rng.randint(3, 9),
+        ]
+    return measures
+
+
+def _follow_up(measure: str, items: list[int], rng: random.Random) -> list[int]:
+    """Most people improve a little; some do not (West Kent: ~2/3 improve)."""
+    better = rng.random() < 0.68
+    if measure == "activity-minutes":
+        return [max(0, items[0] + (rng.randint(30, 150) if better else -rng.randint(0, 20)))]
+    if measure == "ucla3":
+        return [max(1, v - 1) if better else v for v in items]
+    if measure == "ons4":
+        return [min(10, v + 1) if better else v for v in items[:3]] + [
+            max(0, items[3] - 1) if better else items[3]
+        ]
+    return [min(5, v + 1) if better and rng.random() < 0.6 else v for v in items]
+
+
+def _nhs_number(rng: random.Random) -> str:
+    """A random number with a valid modulus-11 check digit (not a real person's)."""
+    while True:
+        digits = [rng.randint(0, 9) for _ in range(9)]
+        check = 11 - sum(d * w for d, w in zip(digits, range(10, 1, -1), strict=True)) % 11
+        check = 0 if check == 11 else check
+        if check != 10:
+            return "".join(map(str, digits)) + str(check)

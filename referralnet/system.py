@@ -1,0 +1,103 @@
+"""A whole running Referral Network: broker, database, schemas, topics, workers, API.
+
+Used by ``referralnet up``, ``referralnet demo`` and the end-to-end tests alike, so the
+tests exercise exactly what users run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
+from typing import Any
+
+import structlog
+from psycopg import AsyncConnection
+
+from bus.topics import Topics
+from infra.embedded import EmbeddedBroker, EmbeddedPostgres, _sigterm_exits
+from infra.processes import free_port
+from infra.settings import Settings
+from referralnet.bootstrap import create_schemas, create_topics
+from referralnet.supervisor import WORKERS, Supervisor, supervised
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass
+class RunningSystem:
+    """Handles on everything a running system consists of."""
+
+    settings: Settings
+    bootstrap_servers: str
+    database_url: str
+    topics: Topics
+    supervisor: Supervisor
+    broker: EmbeddedBroker | None
+    database: EmbeddedPostgres | None
+    startup_seconds: dict[str, float]
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.settings.api_host}:{self.settings.api_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.supervisor.env
+
+
+async def _org_ids(database_url: str) -> list[str]:
+    conn: AsyncConnection[Any]
+    async with await AsyncConnection.connect(database_url) as conn:
+        cur = await conn.execute("SELECT id FROM directory.organisations")
+        return [r[0] for r in await cur.fetchall()]
+
+
+@contextmanager
+def running_system(
+    settings: Settings, workers: Iterable[str] = WORKERS, pick_free_port: bool = False
+) -> Iterator[RunningSystem]:
+    """Start what the settings leave unset, prepare schemas and topics, run the workers."""
+    timings: dict[str, float] = {}
+    with _sigterm_exits(), ExitStack() as stack:
+        broker = database = None
+        bootstrap = settings.kafka_bootstrap_servers
+        if bootstrap is None:
+            t = time.monotonic()
+            broker = EmbeddedBroker(settings.home)
+            stack.callback(broker.stop)
+            bootstrap = broker.start()
+            timings["broker"] = time.monotonic() - t
+        database_url = settings.database_url
+        if database_url is None:
+            t = time.monotonic()
+            database = EmbeddedPostgres(settings.home)
+            stack.callback(database.stop)
+            database_url = database.start()
+            timings["database"] = time.monotonic() - t
+        if pick_free_port:
+            settings = replace(settings, api_port=free_port())
+        t = time.monotonic()
+        topics = Topics(prefix=settings.topic_prefix)
+        asyncio.run(create_schemas(database_url))
+        create_topics(bootstrap, topics, asyncio.run(_org_ids(database_url)))
+        timings["schemas_and_topics"] = time.monotonic() - t
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+            "DATABASE_URL": database_url,
+            "REFERRALNET_HOME": str(settings.home),
+            "REFERRALNET_API_HOST": settings.api_host,
+            "REFERRALNET_API_PORT": str(settings.api_port),
+            "REFERRALNET_TOPIC_PREFIX": settings.topic_prefix,
+        }
+        t = time.monotonic()
+        supervisor = stack.enter_context(supervised(settings.home, env, workers))
+        system = RunningSystem(
+            settings, bootstrap, database_url, topics, supervisor, broker, database, timings
+        )
+        if "api" in supervisor.names:
+            supervisor.wait_api(system.base_url)
+        timings["workers"] = time.monotonic() - t
+        yield system

@@ -1,0 +1,149 @@
+"""Entry points of the long-running processes: ``python -m referralnet.workers NAME``.
+
+Each process reads its endpoints from the environment (the supervisor sets them) and
+stops cleanly on SIGTERM or SIGINT. Being separate processes, any one of them can be
+killed -9 and restarted without the others noticing more than a pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+import structlog
+import uvicorn
+from aiokafka import AIOKafkaProducer
+from psycopg_pool import AsyncConnectionPool
+
+from bus.relay import OutboxRelay
+from bus.runner import TrackedRunner
+from bus.topics import Topics
+from infra.logging import configure_logging
+from infra.settings import Settings
+from referralnet.gateway import create_app
+from services.intake.store import STORE as INTAKE
+from services.outcomes.projection import CaseProjection
+from services.outcomes.store import STORE as OUTCOMES
+from services.routing.store import STORE as ROUTING
+from views import worker as view_worker
+
+log = structlog.get_logger(__name__)
+
+
+def _endpoints() -> tuple[Settings, str, str, Topics]:
+    settings = Settings.from_env()
+    if not settings.kafka_bootstrap_servers or not settings.database_url:
+        sys.exit("workers need KAFKA_BOOTSTRAP_SERVERS and DATABASE_URL (the supervisor sets them)")
+    topics = Topics(prefix=settings.topic_prefix)
+    return settings, settings.kafka_bootstrap_servers, settings.database_url, topics
+
+
+async def _until_signalled(body: Callable[[asyncio.Event], Awaitable[None]]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await body(stop)
+
+
+async def relay(stop: asyncio.Event) -> None:
+    """Relay the outboxes of all three service stores onto ``referral-events``."""
+    _, bootstrap, database_url, topics = _endpoints()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", linger_ms=2, request_timeout_ms=10_000
+    )
+    await producer.start()
+    try:
+        relays = [
+            OutboxRelay(store, database_url, producer, topics.referral_events)
+            for store in (INTAKE, ROUTING, OUTCOMES)
+        ]
+        await asyncio.gather(*(r.run(stop) for r in relays))
+    finally:
+        await producer.stop()
+
+
+async def outcomes(stop: asyncio.Event) -> None:
+    """Keep ``outcomes.cases`` in step with routing's events."""
+    _, bootstrap, database_url, topics = _endpoints()
+    projection = CaseProjection()
+
+    async def projections() -> dict[str, CaseProjection]:
+        return {topics.referral_events: projection}
+
+    async with AsyncConnectionPool(database_url, min_size=1, max_size=2, open=False) as pool:
+        runner = TrackedRunner(
+            bootstrap_servers=bootstrap,
+            pool=pool,
+            projections=projections,
+            dead_letter_topic=topics.dead_letters,
+            client_id="referralnet-outcomes",
+        )
+        await runner.run(stop)
+
+
+async def views(stop: asyncio.Event) -> None:
+    """Every partner's view consumer, in one process."""
+    _, bootstrap, database_url, topics = _endpoints()
+    await view_worker.run(bootstrap, database_url, topics, stop)
+
+
+def api() -> None:
+    """Serve the HTTP API (uvicorn handles SIGTERM/SIGINT)."""
+    settings, _, database_url, _ = _endpoints()
+    app = create_app(database_url, settings.home)
+    uvicorn.run(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+def routing() -> None:
+    from services.routing.app import main
+
+    _, bootstrap, database_url, topics = _endpoints()
+    main(bootstrap, database_url, topics)
+
+
+def distributor() -> None:
+    from services.distributor.app import main
+
+    settings, bootstrap, database_url, topics = _endpoints()
+    main(bootstrap, database_url, topics, settings.home)
+
+
+ASYNC_WORKERS: dict[str, Callable[[asyncio.Event], Awaitable[None]]] = {
+    "relay": relay,
+    "outcomes": outcomes,
+    "views": views,
+}
+SYNC_WORKERS: dict[str, Callable[[], None]] = {
+    "api": api,
+    "routing": routing,
+    "distributor": distributor,
+}
+NAMES = (*SYNC_WORKERS, *ASYNC_WORKERS)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] not in NAMES:
+        print(f"usage: python -m referralnet.workers {{{'|'.join(NAMES)}}}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging()
+    name = args[0]
+    if name in SYNC_WORKERS:
+        SYNC_WORKERS[name]()
+        return
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(_until_signalled(ASYNC_WORKERS[name]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The distributor: fans each journey event out to the org topics entitled to it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg import AsyncConnection
+
+from bus.topics import Topics
+from bus.tracking import Outgoing, Rejected
+from schemas.envelope import CloudEvent, from_kafka, to_kafka
+from services.distributor import store
+from services.distributor.policy import Entitlements, deliveries
+
+
+def _freeze(event: CloudEvent) -> dict[str, Any]:
+    key, value, headers = to_kafka(event)
+    return {
+        "key": key.decode(),
+        "value": value.decode(),
+        "headers": [[k, v.decode()] for k, v in headers],
+    }
+
+
+def _thaw(frozen: dict[str, Any]) -> CloudEvent:
+    return from_kafka(
+        frozen["key"].encode(),
+        frozen["value"].encode(),
+        [(k, v.encode()) for k, v in frozen["headers"]],
+    )
+
+
+class DistributorProjection:
+    """Consumer ``distributor``: entitlements in Postgres, deliveries to ``org.<id>``."""
+
+    consumer = "distributor"
+    schema = "distributor"
+
+    def __init__(self, topics: Topics, secret: bytes, refresh_seconds: float = 5.0) -> None:
+        self._topics = topics
+        self._secret = secret
+        self._refresh = refresh_seconds
+        self._commissioners: list[str] = []
+        self._fetched_at = float("-inf")
+
+    async def _commissioner_ids(self, conn: AsyncConnection[Any]) -> list[str]:
+        if time.monotonic() - self._fetched_at > self._refresh:
+            cur = await conn.execute(
+                "SELECT id FROM directory.organisations WHERE kind = 'commissioner' ORDER BY id"
+            )
+            self._commissioners = [r[0] for r in await cur.fetchall()]
+            self._fetched_at = time.monotonic()
+        return self._commissioners
+
+    async def apply(
+        self, conn: AsyncConnection[Any], event: CloudEvent, model: Any
+    ) -> Sequence[Outgoing]:
+        ent = await store.load(conn, event.subject)
+        created_copy = None
+        if event.type == "referral-created":
+            if ent is None:
+                ent = Entitlements(
+                    referrer_org=model.referrer_org,
+                    share_outcomes_with_referrer=model.consent.share_outcomes_with_referrer,
+                    created=_freeze(event),
+                )
+        elif ent is None:
+            raise Rejected(f"{event.type} for referral {event.subject}, which was never created")
+        elif event.type == "referral-routed":
+            ent.service_org = model.service_org
+            created_copy = _thaw(ent.created)
+        elif event.type in ("referral-declined", "referral-escalated"):
+            ent.service_org = None
+        elif event.type == "activity-referred":
+            if model.provider_org not in ent.providers:
+                ent.providers.append(model.provider_org)
+            created_copy = _thaw(ent.created)
+        await store.save(conn, event.subject, ent)
+        commissioners = await self._commissioner_ids(conn)
+        return [
+            Outgoing(self._topics.org(d.org_id), d.event)
+            for d in deliveries(event, ent, commissioners, self._secret, created_copy)
+        ]

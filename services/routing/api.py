@@ -1,0 +1,67 @@
+"""Routing's HTTP routes: the link-worker service a referral was routed to answers it."""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+from fastapi import APIRouter
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from directory.model import OrgKind
+from services.refusal import Forbidden
+from services.routing import cases
+from web.deps import Caller, Conn
+from web.errors import ERROR_RESPONSES
+
+router = APIRouter(tags=["routing"])
+
+
+class Acceptance(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    accepted_at: AwareDatetime
+
+
+class Declining(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(
+        pattern="^(no-capacity|not-eligible|out-of-area|person-declined|other)$",
+        description="no-capacity | not-eligible | out-of-area | person-declined | other",
+    )
+    declined_at: AwareDatetime
+
+
+class RoutingAnswer(BaseModel):
+    referral_id: UUID
+    status: str
+    next_service: str | None = None
+
+
+def _link_worker(kind: OrgKind) -> None:
+    if kind is not OrgKind.LINK_WORKER_SERVICE:
+        raise Forbidden("only a link-worker service can accept or decline referrals")
+
+
+@router.post(
+    "/referrals/{referral_id}/accept", response_model=RoutingAnswer, responses=ERROR_RESPONSES
+)
+async def accept(referral_id: UUID, body: Acceptance, org: Caller, conn: Conn) -> RoutingAnswer:
+    """Take the referral on (only the service it is routed to)."""
+    _link_worker(org.kind)
+    async with conn.transaction():
+        await cases.accept(conn, referral_id, org.id, body.accepted_at)
+    return RoutingAnswer(referral_id=referral_id, status="accepted")
+
+
+@router.post(
+    "/referrals/{referral_id}/decline", response_model=RoutingAnswer, responses=ERROR_RESPONSES
+)
+async def decline(referral_id: UUID, body: Declining, org: Caller, conn: Conn) -> RoutingAnswer:
+    """Decline with a reason; the referral is routed to the next candidate or escalated."""
+    _link_worker(org.kind)
+    async with conn.transaction():
+        nxt = await cases.decline(conn, referral_id, org.id, body.reason, body.declined_at)
+    return RoutingAnswer(
+        referral_id=referral_id,
+        status="re-routed" if nxt else "escalated",
+        next_service=nxt,
+    )

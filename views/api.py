@@ -1,0 +1,71 @@
+"""Read routes: each organisation's own view, the commissioners' report, the directory."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from directory import store as directory
+from directory.model import OrgKind
+from services.refusal import Forbidden
+from views import queries
+from views.report import Report, build_report
+from views.schema import schema_name
+from web.deps import Caller, Conn
+from web.errors import ERROR_RESPONSES
+
+router = APIRouter(tags=["views"])
+
+
+@router.get("/view", responses=ERROR_RESPONSES)
+async def own_view(
+    org: Caller,
+    conn: Conn,
+    status: Annotated[str | None, Query(max_length=40)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """The caller's own view, and nothing else: rows for partners, aggregates for
+    commissioners (who never see individual rows)."""
+    if org.kind is OrgKind.COMMISSIONER:
+        report = await build_report(conn, schema_name(org.id))
+        return {"org": org.id, "role": "commissioner", "aggregates": report.model_dump()}
+    return {
+        "org": org.id,
+        "totals": await queries.totals(conn, org.id),
+        "referrals": await queries.referrals(
+            conn, org.id, status=status, limit=limit, offset=offset
+        ),
+    }
+
+
+@router.get("/report", response_model=Report, responses=ERROR_RESPONSES)
+async def report(
+    org: Caller,
+    conn: Conn,
+    date_from: Annotated[datetime | None, Query(alias="from")] = None,
+    date_to: Annotated[datetime | None, Query(alias="to")] = None,
+) -> Report:
+    """Alliance aggregates for a date range (same figures as `referralnet report --json`)."""
+    if org.kind is not OrgKind.COMMISSIONER:
+        raise Forbidden("only a commissioner receives the alliance report")
+    return await build_report(conn, schema_name(org.id), date_from, date_to)
+
+
+@router.get("/directory", responses=ERROR_RESPONSES)
+async def get_directory(org: Caller, conn: Conn) -> dict[str, Any]:
+    """Organisations, link-worker services and activities of the alliance."""
+    orgs = await directory.organisations(conn)
+    return {
+        "organisations": [
+            {"id": o.id, "name": o.name, "kind": o.kind.value, "areas": list(o.areas)} for o in orgs
+        ],
+        "link_worker_services": [
+            {"id": o.id, **o.spec["link_worker_service"], "areas": list(o.areas)}
+            for o in orgs
+            if o.kind is OrgKind.LINK_WORKER_SERVICE
+        ],
+        "activities": [a.model_dump(mode="json") for a in await directory.activities(conn)],
+    }

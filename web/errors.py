@@ -1,0 +1,112 @@
+"""Every HTTP error is JSON with a reason; no stack trace ever reaches a partner."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.refusal import NotYet, Refusal
+
+log = structlog.get_logger(__name__)
+
+
+class FieldProblem(BaseModel):
+    """One field that was wrong and why."""
+
+    field: str
+    reason: str
+
+
+class ErrorBody(BaseModel):
+    """The body of every 4xx/5xx response."""
+
+    error: str
+    reason: str
+    fields: list[FieldProblem] = []
+    state: dict[str, Any] | None = None
+
+
+class ApiError(Exception):
+    """A refusal with a status, a machine-readable code and a human reason."""
+
+    def __init__(
+        self,
+        status: int,
+        error: str,
+        reason: str,
+        *,
+        fields: list[FieldProblem] | None = None,
+        state: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(reason)
+        self.status, self.error, self.reason = status, error, reason
+        self.fields = fields or []
+        self.state = state
+        self.headers = headers
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in {
+        401: "Missing or unknown bearer token",
+        403: "Your organisation may not do this",
+        404: "No such referral or activity (for you)",
+        409: "Not possible in the referral's current state (state included)",
+        422: "Invalid input, with the fields and why",
+    }.items()
+}
+
+
+def _body(exc: ApiError) -> dict[str, Any]:
+    return ErrorBody(
+        error=exc.error, reason=exc.reason, fields=exc.fields, state=exc.state
+    ).model_dump(exclude_none=True)
+
+
+def _field(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body",)]
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    """Register handlers that turn every failure into ``ErrorBody`` JSON."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(_body(exc), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(Refusal)
+    async def _refused(_: Request, exc: Refusal) -> JSONResponse:
+        fields = [FieldProblem(field=exc.field, reason=exc.reason)] if exc.field else []
+        error = ApiError(exc.status, exc.error, exc.reason, fields=fields, state=exc.state)
+        headers = {"Retry-After": "1"} if isinstance(exc, NotYet) else None
+        return JSONResponse(_body(error), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        fields = []
+        for err in exc.errors():
+            reason = str(err.get("msg", "invalid"))
+            if err.get("type") == "json_invalid":
+                reason = f"malformed JSON: {err.get('ctx', {}).get('error', reason)}"
+            fields.append(FieldProblem(field=_field(tuple(err.get("loc", ()))), reason=reason))
+        error = ApiError(422, "invalid-request", "the request has invalid fields", fields=fields)
+        return JSONResponse(_body(error), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = ApiError(exc.status_code, "http-error", str(exc.detail))
+        return JSONResponse(_body(error), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
+        error = ApiError(500, "internal-error", "the service failed; nothing was stored")
+        return JSONResponse(_body(error), status_code=500)
