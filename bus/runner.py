@@ -9,6 +9,7 @@ and the first event. Lag is the high watermark minus the stored position.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -105,7 +106,8 @@ class TrackedRunner:
                     await self._reassign(consumer)
                     next_refresh = loop.time() + self._refresh
                 if not self._projections:
-                    await asyncio.wait_for(_wait(stop), timeout=self._refresh)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(stop.wait(), timeout=self._refresh)
                     continue
                 batches = await consumer.getmany(timeout_ms=200, max_records=self._max_records)
                 for tp, messages in batches.items():
@@ -168,10 +170,6 @@ class TrackedRunner:
             consumer.seek(tp, result.seek_to)
         elif result.next_offset is not None:
             self.stats.positions[(tp.topic, tp.partition)] = result.next_offset
-
-
-async def _wait(stop: asyncio.Event) -> None:
-    await stop.wait()
 
 
 async def _partitions_for(consumer: AIOKafkaConsumer, topic: str) -> list[int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
+import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -25,6 +25,7 @@ from infra.embedded import EmbeddedStartError
 from infra.logging import configure_logging
 from infra.settings import Settings
 from referralnet import endpoints, journey, render
+from referralnet.registration import register
 from views.report import build_report
 from views.schema import schema_name
 
@@ -37,7 +38,7 @@ app = typer.Typer(
 )
 directory_app = typer.Typer(help="The alliance directory: partners, services, activities.")
 app.add_typer(directory_app, name="directory")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 120)
 
 
 class UsageProblem(click.UsageError):
@@ -77,10 +78,7 @@ def up(
         console.print(f"Data directory            {settings.home}  (logs in logs/)")
         console.print("Load partners with `referralnet directory load FILE`. Ctrl-C stops.")
         try:
-            while True:
-                for name in system.supervisor.restart_dead():
-                    console.print(f"[yellow]restarted {name}[/]")
-                time.sleep(1.0)
+            threading.Event().wait()  # the supervisor's watchdog restarts dead workers
         except KeyboardInterrupt:
             console.print("stopping ...")
         finally:
@@ -142,7 +140,7 @@ async def _load_directory(url: str, parsed: Any) -> dict[str, str]:
 
     await create_schemas(url)
     async with await _connect(url) as conn:
-        return await directory.load(conn, parsed)
+        return await register(conn, parsed)
 
 
 def _parse_time(value: str | None, name: str) -> datetime | None:

@@ -10,7 +10,7 @@ from importlib import resources
 from typing import Any
 from uuid import UUID
 
-import httpx
+import aiohttp
 from psycopg import AsyncConnection
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,6 +20,7 @@ from directory import store as directory
 from infra.settings import Settings
 from referralnet import journey, render
 from referralnet.lag import wait_caught_up
+from referralnet.registration import register
 from referralnet.simulation import AllianceSimulation, SimulationStats
 from referralnet.system import RunningSystem, running_system
 from views import queries
@@ -36,7 +37,7 @@ def demo_directory() -> Any:
 
 async def _register(url: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
     async with await AsyncConnection.connect(url, autocommit=True) as conn:
-        tokens = await directory.load(conn, demo_directory())
+        tokens = await register(conn, demo_directory())
         acts = [a.model_dump(mode="json") for a in await directory.activities(conn)]
     return tokens, acts
 
@@ -49,8 +50,11 @@ async def _simulate(
     concurrency: int,
     console: Console,
 ) -> SimulationStats:
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=system.base_url, timeout=60, limits=limits) as client:
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(
+        base_url=system.base_url, connector=connector, timeout=timeout
+    ) as client:
         sim = AllianceSimulation(
             client, tokens, acts, referrals=referrals, year=DEMO_YEAR, concurrency=concurrency
         )

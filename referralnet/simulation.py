@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-import httpx
+import aiohttp
 
 AREA_REFERRERS: dict[str, list[str]] = {
     "north": ["gp-riverside", "hospital-general", "fire-county", "council-adult-care"],
@@ -73,7 +73,7 @@ class AllianceSimulation:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         tokens: dict[str, str],
         activities: list[dict[str, Any]],
         *,
@@ -98,22 +98,21 @@ class AllianceSimulation:
         """One API call as ``org``; a 409 'not-yet-known' (Retry-After) is retried."""
         for _attempt in range(50):
             self.stats.requests += 1
-            response = await self.client.request(
+            async with self.client.request(
                 method,
                 path,
                 json=body,
                 headers={"Authorization": f"Bearer {self.tokens[org]}"},
-            )
-            if response.status_code == 409 and "Retry-After" in response.headers:
-                self.stats.retries += 1
-                await asyncio.sleep(float(response.headers["Retry-After"]) / 10)
-                continue
-            if response.status_code >= 400:
-                raise ApiFailure(
-                    f"{method} {path} as {org}: {response.status_code} {response.text}"
-                )
-            result: dict[str, Any] = response.json()
-            return result
+            ) as response:
+                if response.status == 409 and "Retry-After" in response.headers:
+                    self.stats.retries += 1
+                    await asyncio.sleep(float(response.headers["Retry-After"]) / 10)
+                    continue
+                if response.status >= 400:
+                    text = await response.text()
+                    raise ApiFailure(f"{method} {path} as {org}: {response.status} {text}")
+                result: dict[str, Any] = await response.json()
+                return result
         raise ApiFailure(f"{method} {path}: still not ready after retries")
 
     async def _routed(
@@ -122,14 +121,17 @@ class AllianceSimulation:
         """Wait (polling the referrer's own view, with a deadline) for routing's answer."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
+        pause = 0.05
         while loop.time() < deadline:
             view: dict[str, Any] = {}
             with contextlib.suppress(ApiFailure):  # 404 until the referrer's view has it
-                view = (await self._call("GET", f"/referrals/{referral_id}", referrer))["view"]
+                path = f"/referrals/{referral_id}?person=false"
+                view = (await self._call("GET", path, referrer))["view"]
             status, service = view.get("status"), view.get("service_org")
             if status == "escalated" or (status in ("routed", "accepted") and service != previous):
                 return view
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 0.5)
         raise ApiFailure(f"referral {referral_id} was not routed within 60s")
 
     async def journey(self, index: int) -> None:

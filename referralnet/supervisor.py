@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -43,6 +44,9 @@ class Supervisor:
         self.env = env
         self.names = tuple(names)
         self.children: dict[str, Child] = {}
+        self._stopping = threading.Event()
+        self._watchdog: threading.Thread | None = None
+        self._lock = threading.Lock()
         (home / "logs").mkdir(parents=True, exist_ok=True)
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
@@ -66,7 +70,9 @@ class Supervisor:
     def restart_dead(self) -> list[str]:
         """Restart every child that exited; return their names."""
         restarted = []
-        for child in self.children.values():
+        with self._lock:
+            children = list(self.children.values()) if not self._stopping.is_set() else []
+        for child in children:
             code = child.proc.poll()
             if code is not None:
                 log.warning("worker_exited", worker=child.name, code=code)
@@ -75,6 +81,17 @@ class Supervisor:
                 child.restarts += 1
                 restarted.append(child.name)
         return restarted
+
+    def watch(self, interval: float = 0.5) -> None:
+        """Restart dead workers from a background thread until ``stop``."""
+
+        def loop() -> None:
+            while not self._stopping.wait(interval):
+                for name in self.restart_dead():
+                    log.warning("worker_restarted", worker=name)
+
+        self._watchdog = threading.Thread(target=loop, name="supervisor-watchdog", daemon=True)
+        self._watchdog.start()
 
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         """Kill one worker abruptly (fault injection); ``restart_dead`` brings it back."""
@@ -85,6 +102,9 @@ class Supervisor:
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM everyone, wait, then SIGKILL stragglers; always reap."""
+        self._stopping.set()
+        if self._watchdog is not None:
+            self._watchdog.join()
         for child in self.children.values():
             if child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGTERM)
@@ -120,6 +140,7 @@ def supervised(
     """Run the workers for the duration of a ``with`` block."""
     sup = Supervisor(home, env, names)
     sup.start()
+    sup.watch()
     try:
         yield sup
     finally:

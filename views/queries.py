@@ -68,7 +68,8 @@ async def referrals(
 async def referral(
     conn: AsyncConnection[Any], org_id: str, referral_id: UUID
 ) -> dict[str, Any] | None:
-    """One referral as the caller's view holds it, with sessions, activities, outcomes."""
+    """One referral as the caller's view holds it; ``details`` lists its sessions,
+    activities, outcomes and timeline."""
     s = sql.Identifier(schema_name(org_id))
     params = {"org": org_id, "id": referral_id}
     async with conn.cursor(row_factory=dict_row) as cur:
@@ -82,6 +83,7 @@ async def referral(
         row = await cur.fetchone()
         if row is None:
             return None
+        details: dict[str, list[dict[str, Any]]] = {}
         for table, order in (
             ("sessions", "held_at"),
             ("activities", "referred_at"),
@@ -94,7 +96,7 @@ async def referral(
                 ),
                 params,
             )
-            row[table] = [
+            details[table] = [
                 {k: v for k, v in r.items() if k != "referral_id"} for r in await cur.fetchall()
             ]
-    return dict(row)
+    return {**row, "details": details}

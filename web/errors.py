@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -105,8 +106,15 @@ def install(app: FastAPI) -> None:
         error = ApiError(exc.status_code, "http-error", str(exc.detail))
         return JSONResponse(_body(error), status_code=exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
-        error = ApiError(500, "internal-error", "the service failed; nothing was stored")
-        return JSONResponse(_body(error), status_code=500)
+    @app.middleware("http")
+    async def _unexpected(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        # A middleware rather than an exception handler: Starlette re-raises from the
+        # latter, which drops the connection; here the partner always gets JSON.
+        try:
+            return await call_next(request)
+        except Exception as exc:
+            log.error("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
+            error = ApiError(500, "internal-error", "the service failed; nothing was stored")
+            return JSONResponse(_body(error), status_code=500)

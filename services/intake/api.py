@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID, uuid4
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 
 from eventstore.records import new_event
 from services.intake.domain import decide_referral
@@ -108,7 +108,11 @@ PERSON_FIELDS_BY_ROLE = {
 
 @router.get("/referrals/{referral_id}", response_model=ReferralDetail, responses=ERROR_RESPONSES)
 async def get_referral(
-    referral_id: UUID, org: Caller, conn: Conn, request: Request
+    referral_id: UUID,
+    org: Caller,
+    conn: Conn,
+    request: Request,
+    person: Annotated[bool, Query(description="include person details if entitled")] = True,
 ) -> ReferralDetail:
     """What the caller's role may see of one referral, person details included if entitled.
 
@@ -119,13 +123,13 @@ async def get_referral(
     if row is None:
         raise NotFound(f"no referral {referral_id} in your view")
     role = str(row.pop("role"))
-    person = None
-    if role in PERSON_FIELDS_BY_ROLE:
+    shown = None
+    if person and role in PERSON_FIELDS_BY_ROLE:
         details = await person_details(conn, request.app.state.vault, referral_id)
         wanted = PERSON_FIELDS_BY_ROLE[role]
-        person = PersonView.model_validate(
+        shown = PersonView.model_validate(
             {k: v for k, v in details.items() if wanted is None or k in wanted}
         )
     return ReferralDetail(
-        referral_id=referral_id, role=role, view=row, person=person, fetched_at=datetime.now(UTC)
+        referral_id=referral_id, role=role, view=row, person=shown, fetched_at=datetime.now(UTC)
     )
