@@ -26,6 +26,7 @@ from psycopg_pool import AsyncConnectionPool
 from bus import dead_letters
 from bus.runner import publish_outgoing
 from bus.tracking import Outgoing, Projection, Record, apply_batch
+from eventstore.pool import connection_pool
 
 log = structlog.get_logger(__name__)
 
@@ -94,9 +95,7 @@ def tracked_agent(
     async def resources() -> tuple[AsyncConnectionPool[AsyncConnection[Any]], AIOKafkaProducer]:
         # Created on first use, inside faust's event loop.
         if "pool" not in state:
-            pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-                conninfo, min_size=1, max_size=4, open=False
-            )
+            pool = connection_pool(conninfo, min_size=1, max_size=4)
             await pool.open()
             producer = AIOKafkaProducer(
                 bootstrap_servers=bootstrap_servers, acks="all", linger_ms=2

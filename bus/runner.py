@@ -90,7 +90,7 @@ class TrackedRunner:
             client_id=self._client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=20,
+            fetch_max_wait_ms=50,
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         producer = AIOKafkaProducer(

@@ -78,10 +78,18 @@ class Outgoing:
 
 
 class Projection(Protocol):
-    """Something that applies bus events to its PostgreSQL tables."""
+    """Something that applies bus events to its PostgreSQL tables.
+
+    ``interested_in`` (None: every type) lets a consumer skip, at the cost of only a
+    position update, the many journey events it does not care about. ``may_reject``
+    says whether ``apply`` raises ``Rejected``; only then does each event pay for a
+    savepoint.
+    """
 
     consumer: str
     schema: str
+    interested_in: frozenset[str] | None
+    may_reject: bool
 
     async def apply(
         self, conn: AsyncConnection[Any], event: CloudEvent, model: Any
@@ -93,6 +101,7 @@ class BatchResult:
     """What one transaction over a partition's batch did."""
 
     applied: int = 0
+    skipped: int = 0
     duplicates: int = 0
     dead: int = 0
     next_offset: int | None = None
@@ -143,17 +152,38 @@ async def _lock_position(
     return int(row[0])
 
 
-async def _already_applied(conn: AsyncConnection[Any], schema: str, event: CloudEvent) -> bool:
-    """Record ``event``'s stream version; True when it (or a later one) was applied before."""
+async def _applied_versions(
+    conn: AsyncConnection[Any], schema: str, keys: set[tuple[str, str]]
+) -> dict[tuple[str, str], int]:
+    """Highest applied stream version per (referral, producing service), one query."""
+    if not keys:
+        return {}
+    subjects, sources = zip(*keys, strict=True)
     cur = await conn.execute(
         sql.SQL(
-            "INSERT INTO {}.applied AS a (stream_id, source, version) VALUES (%s, %s, %s) "
-            "ON CONFLICT (stream_id, source) DO UPDATE SET version = EXCLUDED.version "
-            "WHERE a.version < EXCLUDED.version RETURNING 1"
+            "SELECT a.stream_id, a.source, a.version FROM {}.applied a "
+            "JOIN unnest(%s::text[], %s::text[]) AS k(stream_id, source) "
+            "USING (stream_id, source)"
         ).format(sql.Identifier(schema)),
-        (event.subject, event.source, event.streamversion),
+        (list(subjects), list(sources)),
     )
-    return await cur.fetchone() is None
+    return {(r[0], r[1]): r[2] for r in await cur.fetchall()}
+
+
+async def _record_applied(
+    conn: AsyncConnection[Any], schema: str, versions: dict[tuple[str, str], int]
+) -> None:
+    if not versions:
+        return
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            sql.SQL(
+                "INSERT INTO {}.applied AS a (stream_id, source, version) VALUES (%s, %s, %s) "
+                "ON CONFLICT (stream_id, source) DO UPDATE "
+                "SET version = GREATEST(a.version, EXCLUDED.version)"
+            ).format(sql.Identifier(schema)),
+            [(k[0], k[1], v) for k, v in versions.items()],
+        )
 
 
 async def _dead_letter(
@@ -218,8 +248,20 @@ async def apply_batch(
         if fresh[0].offset > stored:
             result.seek_to = stored
             return result
-        for record in fresh:
-            await _apply_one(conn, projection, record, result)
+        decoded = [d for r in fresh if (d := await _decode(conn, projection, r, result))]
+        seen = await _applied_versions(
+            conn, projection.schema, {(e.subject, e.source) for _, e, _ in decoded}
+        )
+        changed: dict[tuple[str, str], int] = {}
+        for record, event, model in decoded:
+            key = (event.subject, event.source)
+            retried = any(k == RETRY_HEADER for k, _ in record.headers)
+            if seen.get(key, 0) >= event.streamversion and not retried:
+                result.duplicates += 1
+                continue
+            if await _apply_one(conn, projection, record, event, model, result):
+                seen[key] = changed[key] = max(seen.get(key, 0), event.streamversion)
+        await _record_applied(conn, projection.schema, changed)
         result.next_offset = fresh[-1].offset + 1
         await conn.execute(
             sql.SQL(
@@ -233,11 +275,15 @@ async def apply_batch(
     return result
 
 
-async def _apply_one(
+async def _decode(
     conn: AsyncConnection[Any], projection: Projection, record: Record, result: BatchResult
-) -> None:
+) -> tuple[Record, CloudEvent, Any] | None:
+    """Envelope and schema check; poison goes to dead letters, other types are skipped."""
     try:
         event = from_kafka(record.key, record.value, record.headers)
+        if projection.interested_in is not None and event.type not in projection.interested_in:
+            result.skipped += 1  # not this consumer's business, valid or not
+            return None
         event_type, version = parse_dataschema(event.dataschema)
         if event_type != event.type:
             raise SchemaError(f"ce_dataschema names {event_type!r} but ce_type is {event.type!r}")
@@ -245,18 +291,31 @@ async def _apply_one(
     except (EnvelopeError, SchemaError) as exc:
         await _dead_letter(conn, projection.schema, projection.consumer, record, str(exc))
         result.dead += 1
-        return
-    retried = any(k == RETRY_HEADER for k, _ in record.headers)
+        return None
+    return record, event, model
+
+
+async def _apply_one(
+    conn: AsyncConnection[Any],
+    projection: Projection,
+    record: Record,
+    event: CloudEvent,
+    model: Any,
+    result: BatchResult,
+) -> bool:
+    """Apply one new event; False when it was rejected (and dead-lettered instead)."""
+    if not projection.may_reject:
+        result.outgoing.extend(await projection.apply(conn, event, model))
+        result.applied += 1
+        return True
     try:
         # A savepoint, so a rejected event leaves no half-applied rows behind and can be
         # re-driven later (a retried dead letter was never applied, so skips dedup).
         async with conn.transaction():
-            if await _already_applied(conn, projection.schema, event) and not retried:
-                result.duplicates += 1
-                return
             result.outgoing.extend(await projection.apply(conn, event, model))
     except Rejected as exc:
         await _dead_letter(conn, projection.schema, projection.consumer, record, str(exc))
         result.dead += 1
-        return
+        return False
     result.applied += 1
+    return True

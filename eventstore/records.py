@@ -74,6 +74,32 @@ def chain_hash(
     which is what ``journey --verify`` detects. ``occurred_at`` is hashed as epoch
     microseconds because its text form depends on the session time zone.
     """
+    return chain_hash_json(
+        prev_hash,
+        stream_id=stream_id,
+        version=version,
+        event_id=event_id,
+        type=type,
+        schema_version=schema_version,
+        occurred_at=occurred_at,
+        actor=actor,
+        data_json=canonical_json(data),
+    )
+
+
+def chain_hash_json(
+    prev_hash: bytes,
+    *,
+    stream_id: UUID,
+    version: int,
+    event_id: UUID,
+    type: str,
+    schema_version: int,
+    occurred_at: datetime,
+    actor: str,
+    data_json: str,
+) -> bytes:
+    """``chain_hash`` given ``canonical_json(data)``, for bulk appends that store that text."""
     micros = round(occurred_at.timestamp() * 1_000_000)
     content = "\x1f".join(
         (
@@ -84,7 +110,7 @@ def chain_hash(
             str(schema_version),
             str(micros),
             actor,
-            canonical_json(data),
+            data_json,
         )
     )
     return hashlib.sha256(prev_hash + content.encode()).digest()

@@ -47,6 +47,9 @@ CREATE OR REPLACE FUNCTION {schema}.refuse_change() RETURNS trigger
 DROP TRIGGER IF EXISTS append_only ON {schema}.events;
 CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON {schema}.events
     FOR EACH ROW EXECUTE FUNCTION {schema}.refuse_change();
+DROP TRIGGER IF EXISTS append_only_truncate ON {schema}.events;
+CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON {schema}.events
+    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.refuse_change();
 """
 
 EVENT_COLUMNS = (

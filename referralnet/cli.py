@@ -230,6 +230,190 @@ async def _journey(
         return steps, breaks
 
 
+# --- operations (DESIGN §5): replay, republish, dead letters, status -------------------
+
+dead_letters_app = typer.Typer(
+    help="Poison events parked on the dead-letters topic; `retry ID` re-drives one.",
+    invoke_without_command=True,
+)
+app.add_typer(dead_letters_app, name="dead-letters")
+
+
+def _topics(settings: Settings) -> Any:
+    from bus.topics import Topics
+
+    return Topics(prefix=settings.topic_prefix)
+
+
+@app.command()
+def replay(
+    view: Annotated[
+        str | None, typer.Argument(help="organisation id (or view_<org> schema)")
+    ] = None,
+    all_views: Annotated[bool, typer.Option("--all", help="rebuild every partner's view")] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Rebuild a view (or all) from its topic into a fresh schema and swap it in atomically."""
+    from referralnet.ops import render as ops_render
+    from referralnet.ops.progress import event_progress
+    from referralnet.ops.replay import LogBehindView, UnknownView, replay_view, resolve, view_orgs
+
+    if (view is None) == (not all_views):
+        raise UsageProblem("name one VIEW or give --all")
+    settings = _settings()
+    bootstrap = endpoints.bootstrap_servers(settings)
+    topics = _topics(settings)
+    results = []
+    with endpoints.database_url(settings) as url:
+
+        async def orgs() -> list[str]:
+            async with await _connect(url) as conn:
+                return await view_orgs(conn) if all_views else [await resolve(conn, view or "")]
+
+        try:
+            targets = asyncio.run(orgs())
+        except UnknownView as exc:
+            raise UsageProblem(str(exc)) from None
+        try:
+            with event_progress(console) as progress:
+                for org in targets:
+                    task = progress.add_task(f"replay {org}", total=None)
+                    results.append(
+                        asyncio.run(
+                            replay_view(
+                                url,
+                                bootstrap,
+                                topics,
+                                org,
+                                lambda done, total, t=task: progress.update(  # type: ignore[misc]
+                                    t, completed=done, total=total
+                                ),
+                            )
+                        )
+                    )
+        except KeyboardInterrupt:
+            console.print("interrupted: the live view is untouched, the half-built copy dropped")
+            sys.exit(130)
+        except LogBehindView as exc:
+            console.print(f"referralnet: {exc}", style="red", highlight=False)
+            sys.exit(1)
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "view": r.schema,
+                        "events": r.events,
+                        "events_per_second": round(r.events_per_second, 1),
+                        "applied_at_swap": r.applied_at_swap,
+                        "checksum": r.checksum,
+                        "live_checksum": r.live_checksum,
+                        "matches": r.matches,
+                    }
+                    for r in results
+                ],
+                indent=2,
+            )
+        )
+    else:
+        ops_render.replays(console, results)
+
+
+@app.command()
+def republish(
+    since: Annotated[
+        str | None, typer.Option(help="only events recorded from this ISO date-time on")
+    ] = None,
+) -> None:
+    """Refill referral-events from the stores after the broker lost its log."""
+    from referralnet.ops import render as ops_render
+    from referralnet.ops.progress import event_progress
+    from referralnet.ops.republish import republish as refill
+
+    start = _parse_time(since, "since")
+    settings = _settings()
+    bootstrap = endpoints.bootstrap_servers(settings)
+    with endpoints.database_url(settings) as url, event_progress(console) as progress:
+        task = progress.add_task("republish", total=None)
+        result = asyncio.run(
+            refill(
+                url,
+                bootstrap,
+                _topics(settings),
+                start,
+                lambda done, total: progress.update(task, completed=done, total=total),
+            )
+        )
+    ops_render.republished(console, result)
+
+
+@dead_letters_app.callback()
+def dead_letters_list(
+    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False
+) -> None:
+    """List poison events: reason, source topic, partition, offset, consumer, type."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from referralnet.ops import render as ops_render
+    from referralnet.ops.dead_letters import list_dead_letters
+
+    settings = _settings()
+    letters = asyncio.run(
+        list_dead_letters(endpoints.bootstrap_servers(settings), _topics(settings))
+    )
+    if as_json:
+        print(json.dumps([d.as_json() for d in letters], indent=2))
+    else:
+        ops_render.dead_letter_table(console, letters)
+
+
+@dead_letters_app.command("retry")
+def dead_letters_retry(
+    ident: Annotated[str, typer.Argument(metavar="ID", help="PARTITION:OFFSET (or OFFSET)")],
+) -> None:
+    """Re-publish one dead letter to its source topic, marked to bypass dedup."""
+    from referralnet.ops.dead_letters import NoSuchDeadLetter, find, list_dead_letters, retry
+
+    settings = _settings()
+    bootstrap = endpoints.bootstrap_servers(settings)
+    letters = asyncio.run(list_dead_letters(bootstrap, _topics(settings)))
+    try:
+        letter = find(letters, ident)
+        topic, partition, offset = asyncio.run(retry(bootstrap, letter))
+    except NoSuchDeadLetter as exc:
+        raise UsageProblem(str(exc)) from None
+    console.print(
+        f"re-drove dead letter {letter.id} ({letter.type or 'unparseable'}, {letter.consumer}) "
+        f"to {topic}[{partition}]@{offset}"
+    )
+
+
+@app.command()
+def status(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    max_lag: Annotated[int, typer.Option(min=0, help="lag that counts as unhealthy")] = 1000,
+    stuck_seconds: Annotated[
+        float, typer.Option(min=0, help="seconds without progress that count as stuck")
+    ] = 60.0,
+) -> None:
+    """Per service and view: lag, outbox backlog, last event, dead letters; exit 1 if unhealthy."""
+    from referralnet.ops import render as ops_render
+    from referralnet.ops.status import Thresholds, collect
+
+    settings = _settings()
+    bootstrap = endpoints.bootstrap_servers(settings)
+    with endpoints.database_url(settings) as url:
+        result = asyncio.run(
+            collect(url, bootstrap, _topics(settings), Thresholds(max_lag, stuck_seconds))
+        )
+    if as_json:
+        print(json.dumps(result.as_json(), indent=2))
+    else:
+        ops_render.status(console, result)
+    if not result.healthy:
+        sys.exit(1)
+
+
 def main() -> None:
     """Console-script entry: one-line errors, exit 2 for bad input."""
     configure_logging("warning")

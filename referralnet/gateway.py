@@ -9,12 +9,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 from fastapi import FastAPI
-from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool
 
+from eventstore.pool import connection_pool
+from referralnet.ops import http as ops_http
 from services.intake.api import router as intake_router
 from services.intake.pii import PersonVault
 from services.outcomes.api import router as outcomes_router
@@ -35,9 +34,7 @@ def create_app(database_url: str, home: Path, pool_size: int = 16) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        pool: AsyncConnectionPool[AsyncConnection[Any]] = AsyncConnectionPool(
-            database_url, min_size=2, max_size=pool_size, open=False
-        )
+        pool = connection_pool(database_url, min_size=2, max_size=pool_size)
         await pool.open()
         app.state.pool = pool
         try:
@@ -60,4 +57,5 @@ def create_app(database_url: str, home: Path, pool_size: int = 16) -> FastAPI:
             await conn.execute("SELECT 1")
         return {"status": "ok"}
 
+    ops_http.install(app, database_url)  # /metrics and /healthz/<worker>
     return app

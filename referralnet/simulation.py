@@ -203,10 +203,10 @@ class AllianceSimulation:
             lw,
             {"contacted_at": t.isoformat(), "mode": "phone"},
         )
-        baseline = _baseline(rng)
+        baseline = _baseline(rng, needs)
         for measure, items in baseline.items():
             await self._outcome(rid, lw, measure, "baseline", items, t)
-        for _ in range(rng.randint(2, 6)):
+        for _ in range(rng.randint(1, 4)):
             t += timedelta(days=rng.randint(5, 14))
             kind = rng.choices(SESSION_KINDS, weights=[k[1] for k in SESSION_KINDS])[0]
             await self._call(
@@ -231,7 +231,7 @@ class AllianceSimulation:
             )
             self.stats.activities += 1
             at = t
-            for _ in range(rng.randint(0, 4)):
+            for _ in range(rng.randint(0, 3)):
                 at += timedelta(days=7)
                 await self._call(
                     "POST",
@@ -285,13 +285,14 @@ class AllianceSimulation:
         return self.stats
 
 
-def _baseline(rng: random.Random) -> dict[str, list[int]]:
-    measures = {
-        "swemwbs": [rng.randint(1, 4) for _ in range(7)],
-        "ucla3": [rng.randint(1, 3) for _ in range(3)],
-        "activity-minutes": [rng.choice([0, 10, 20, 30, 45, 60, 90, 120])],
-    }
-    if rng.random() < 0.5:
+def _baseline(rng: random.Random, needs: list[str]) -> dict[str, list[int]]:
+    """Measures chosen as link workers do: wellbeing always, the rest by need."""
+    measures = {"swemwbs": [rng.randint(1, 4) for _ in range(7)]}
+    if "social-connection" in needs or rng.random() < 0.3:
+        measures["ucla3"] = [rng.randint(1, 3) for _ in range(3)]
+    if "physical-activity" in needs or rng.random() < 0.2:
+        measures["activity-minutes"] = [rng.choice([0, 10, 20, 30, 45, 60, 90, 120])]
+    if rng.random() < 0.2:
         measures["ons4"] = [
             rng.randint(2, 7),
             rng.randint(2, 7),

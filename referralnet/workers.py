@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 import uvicorn
+import uvloop
 from aiokafka import AIOKafkaProducer
-from psycopg_pool import AsyncConnectionPool
 
 from bus.relay import OutboxRelay
 from bus.runner import TrackedRunner
 from bus.topics import Topics
+from eventstore.pool import connection_pool
 from infra.logging import configure_logging
 from infra.settings import Settings
 from referralnet.gateway import create_app
 from services.intake.store import STORE as INTAKE
 from services.outcomes.projection import CaseProjection
+from services.outcomes.sla import flag_overdue
 from services.outcomes.store import STORE as OUTCOMES
 from services.routing.store import STORE as ROUTING
 from views import worker as view_worker
@@ -74,7 +79,7 @@ async def outcomes(stop: asyncio.Event) -> None:
     async def projections() -> dict[str, CaseProjection]:
         return {topics.referral_events: projection}
 
-    async with AsyncConnectionPool(database_url, min_size=1, max_size=2, open=False) as pool:
+    async with connection_pool(database_url, min_size=1, max_size=2) as pool:
         runner = TrackedRunner(
             bootstrap_servers=bootstrap,
             pool=pool,
@@ -82,7 +87,19 @@ async def outcomes(stop: asyncio.Event) -> None:
             dead_letter_topic=topics.dead_letters,
             client_id="referralnet-outcomes",
         )
-        await runner.run(stop)
+        await asyncio.gather(runner.run(stop), _sla_timer(pool, stop))
+
+
+async def _sla_timer(pool: Any, stop: asyncio.Event) -> None:
+    """Flag referrals waiting too long for first contact, every few seconds."""
+    interval = float(os.environ.get("REFERRALNET_SLA_CHECK_SECONDS", "30"))
+    while not stop.is_set():
+        async with pool.connection() as conn:
+            flagged = await flag_overdue(conn, datetime.now(UTC))
+        if flagged:
+            log.info("first_contact_overdue_flagged", referrals=flagged)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
 
 
 async def views(stop: asyncio.Event) -> None:
@@ -142,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
         SYNC_WORKERS[name]()
         return
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_until_signalled(ASYNC_WORKERS[name]))
+        uvloop.run(_until_signalled(ASYNC_WORKERS[name]))
 
 
 if __name__ == "__main__":

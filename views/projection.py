@@ -45,6 +45,8 @@ class ViewProjection:
         self.org_id = org_id
         self.schema = schema
         self.consumer = f"view.{org_id}"
+        self.interested_in: frozenset[str] | None = None
+        self.may_reject = False
         self._s = sql.Identifier(schema)
 
     async def apply(
@@ -54,28 +56,27 @@ class ViewProjection:
         if event.type == "referral-created":
             await self._created(conn, rid, model)
         await self._details(conn, rid, event, model)
-        update = STATUS_UPDATES.get(event.type)
-        if update:
-            await conn.execute(
-                sql.SQL(
-                    "UPDATE {}.referrals SET " + update + ", last_event_at = "
-                    "GREATEST(last_event_at, %(at)s) WHERE referral_id = %(id)s"
-                ).format(self._s),
-                {
-                    "id": rid,
-                    "at": event.time,
-                    "service_org": getattr(model, "service_org", None),
-                    "minutes": session_minutes(model) if event.type == "session-held" else 0,
-                    "attended": 1 if getattr(model, "attended", False) else 0,
-                    "reason": str(getattr(model, "reason", "")),
-                },
-            )
+        # One round trip: the timeline row and the referral's status change together.
+        update = STATUS_UPDATES.get(event.type, "status = status")
         await conn.execute(
             sql.SQL(
-                "INSERT INTO {}.timeline (event_id, referral_id, type, at, actor) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-            ).format(self._s),
-            (event.id, rid, event.type, event.time, event.actor),
+                "WITH t AS (INSERT INTO {s}.timeline (event_id, referral_id, type, at, actor) "
+                "VALUES (%(event_id)s, %(id)s, %(type)s, %(at)s, %(actor)s) "
+                "ON CONFLICT DO NOTHING) "
+                "UPDATE {s}.referrals SET " + update + ", last_event_at = "
+                "GREATEST(last_event_at, %(at)s) WHERE referral_id = %(id)s"
+            ).format(s=self._s),
+            {
+                "event_id": event.id,
+                "type": event.type,
+                "actor": event.actor,
+                "id": rid,
+                "at": event.time,
+                "service_org": getattr(model, "service_org", None),
+                "minutes": session_minutes(model) if event.type == "session-held" else 0,
+                "attended": 1 if getattr(model, "attended", False) else 0,
+                "reason": str(getattr(model, "reason", "")),
+            },
         )
         return ()
 

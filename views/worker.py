@@ -17,6 +17,7 @@ from bus.admin import ensure_topics
 from bus.runner import TrackedRunner
 from bus.topics import Topics
 from bus.tracking import Projection
+from eventstore.pool import connection_pool
 from views.projection import ViewProjection
 from views.schema import create_view, schema_name
 
@@ -58,7 +59,7 @@ async def run(
     bootstrap_servers: str, database_url: str, topics: Topics, stop: asyncio.Event
 ) -> None:
     """Run every partner's view consumer until ``stop`` is set."""
-    async with AsyncConnectionPool(database_url, min_size=1, max_size=4, open=False) as pool:
+    async with connection_pool(database_url, min_size=1, max_size=4) as pool:
         catalogue = ViewCatalogue(pool, bootstrap_servers, topics)
         runner = TrackedRunner(
             bootstrap_servers=bootstrap_servers,

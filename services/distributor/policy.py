@@ -63,14 +63,18 @@ def pseudonym(secret: bytes, org_id: str, value: str) -> str:
 
 
 def pseudonymise(event: CloudEvent, secret: bytes, org_id: str) -> CloudEvent:
-    """The commissioner's copy: referral id and person_ref replaced by pseudonyms."""
+    """The commissioner's copy: referral id and person_ref replaced by pseudonyms.
+
+    The correlation id is the referral id too, so it is replaced the same way.
+    """
     case = UUID(pseudonym(secret, org_id, event.subject)[:32])
+    correlation = UUID(pseudonym(secret, org_id, str(event.correlationid))[:32])
     data = dict(event.data)
     if "referral_id" in data:
         data["referral_id"] = str(case)
     if "person_ref" in data:
         data["person_ref"] = "p_" + pseudonym(secret, org_id, str(data["person_ref"]))[:20]
-    return replace(event, subject=str(case), data=data)
+    return replace(event, subject=str(case), data=data, correlationid=correlation)
 
 
 def deliveries(

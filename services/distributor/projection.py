@@ -37,6 +37,8 @@ class DistributorProjection:
 
     consumer = "distributor"
     schema = "distributor"
+    interested_in: frozenset[str] | None = None
+    may_reject = True
 
     def __init__(self, topics: Topics, secret: bytes, refresh_seconds: float = 5.0) -> None:
         self._topics = topics

@@ -6,6 +6,8 @@ from datetime import date, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from pydantic import ValidationError
+
 from directory.model import REFERRER_KINDS, OrgKind
 from schemas.registry import latest_version, model_for
 from services.intake.requests import ReferralRequest
@@ -57,17 +59,22 @@ def decide_referral(
             reason=f"social prescribing is for people aged {MIN_AGE}+; the person was {age}",
         )
     model = model_for("referral-created", latest_version("referral-created"))
-    return model.model_validate(
-        {
-            "referral_id": referral_id,
-            "person_ref": person_ref,
-            "referrer_org": referrer_id,
-            "referrer_kind": referrer_kind.value,
-            "needs": [n.value for n in request.needs],
-            "urgency": request.urgency,
-            "consent": request.consent.model_dump(),
-            "area": request.area,
-            "age_band": age_band(age),
-            "referred_at": request.referred_at,
-        }
-    )
+    try:
+        return model.model_validate(
+            {
+                "referral_id": referral_id,
+                "person_ref": person_ref,
+                "referrer_org": referrer_id,
+                "referrer_kind": referrer_kind.value,
+                "needs": [n.value for n in request.needs],
+                "urgency": request.urgency,
+                "consent": request.consent.model_dump(),
+                "area": request.area,
+                "age_band": age_band(age),
+                "referred_at": request.referred_at,
+            }
+        )
+    except ValidationError as exc:  # what only the event schema checks: needs twice, long area
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "body"
+        raise Invalid(str(err["msg"]).removeprefix("Value error, "), field=field) from None

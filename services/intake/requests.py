@@ -13,7 +13,7 @@ from schemas.events import Need
 
 def nhs_number_is_valid(number: str) -> bool:
     """NHS number modulus-11 check digit."""
-    if len(number) != 10 or not number.isdigit():
+    if len(number) != 10 or not (number.isascii() and number.isdigit()):
         return False
     total = sum(int(d) * w for d, w in zip(number[:9], range(10, 1, -1), strict=True))
     check = 11 - total % 11

@@ -120,7 +120,7 @@ def build(event_type: str, data: dict[str, Any]) -> Any:
         raise Invalid(str(err["msg"]).removeprefix("Value error, "), field=field) from None
 
 
-async def _append(
+async def append_events(
     conn: AsyncConnection[Any], case: CaseState, actor: str, at: datetime, *models: Any
 ) -> list[StoredEvent]:
     version, _ = await STORE.stream_head(conn, case.referral_id)
@@ -156,7 +156,7 @@ async def first_contact(
         "OR %s WHERE referral_id = %s",
         (body.contacted_at, len(models) > 1, case.referral_id),
     )
-    return (await _append(conn, case, org, body.contacted_at, *models))[-1]
+    return (await append_events(conn, case, org, body.contacted_at, *models))[-1]
 
 
 def overdue_model(case: CaseState, due: datetime) -> Any:
@@ -190,7 +190,7 @@ async def session(
 ) -> StoredEvent:
     check_time(body.held_at, case, "held_at")
     model = build("session-held", session_data(case, body, uuid4()))
-    return (await _append(conn, case, org, body.held_at, model))[0]
+    return (await append_events(conn, case, org, body.held_at, model))[0]
 
 
 async def refer_to_activity(
@@ -222,7 +222,7 @@ async def refer_to_activity(
             "referred_at": body.referred_at,
         },
     )
-    return (await _append(conn, case, org, body.referred_at, model))[0]
+    return (await append_events(conn, case, org, body.referred_at, model))[0]
 
 
 async def attendance(
@@ -255,7 +255,7 @@ async def attendance(
             "attended": body.attended,
         },
     )
-    return (await _append(conn, case, org, body.attended_at, model))[0]
+    return (await append_events(conn, case, org, body.attended_at, model))[0]
 
 
 async def outcome(
@@ -277,7 +277,7 @@ async def outcome(
             "recorded_at": body.recorded_at,
         },
     )
-    return (await _append(conn, case, org, body.recorded_at, model))[0]
+    return (await append_events(conn, case, org, body.recorded_at, model))[0]
 
 
 async def close(
@@ -292,4 +292,4 @@ async def close(
         "UPDATE outcomes.cases SET status = 'closed', closed_at = %s WHERE referral_id = %s",
         (body.closed_at, case.referral_id),
     )
-    return (await _append(conn, case, org, body.closed_at, model))[0]
+    return (await append_events(conn, case, org, body.closed_at, model))[0]

@@ -13,7 +13,8 @@ from schemas.envelope import CloudEvent
 
 UPDATES = {
     "referral-routed": "UPDATE outcomes.cases SET service_org = %(service_org)s, "
-    "status = 'routed', routed_at = %(at)s, accepted_at = NULL WHERE referral_id = %(id)s",
+    "status = 'routed', routed_at = %(at)s, routed_seen_at = now(), accepted_at = NULL "
+    "WHERE referral_id = %(id)s",
     "referral-accepted": "UPDATE outcomes.cases SET status = 'accepted', accepted_at = %(at)s "
     "WHERE referral_id = %(id)s AND service_org = %(service_org)s",
     "referral-declined": "UPDATE outcomes.cases SET status = 'declined' "
@@ -28,6 +29,8 @@ class CaseProjection:
 
     consumer = "outcomes"
     schema = "outcomes"
+    interested_in: frozenset[str] | None = frozenset({"referral-created", *UPDATES})
+    may_reject = False
 
     async def apply(
         self, conn: AsyncConnection[Any], event: CloudEvent, model: Any

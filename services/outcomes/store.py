@@ -19,6 +19,7 @@ CREATE TABLE IF NOT EXISTS outcomes.cases (
     service_org      text,
     status           text NOT NULL,
     routed_at        timestamptz,
+    routed_seen_at   timestamptz,
     accepted_at      timestamptz,
     first_contact_at timestamptz,
     overdue_flagged  boolean NOT NULL DEFAULT false,

@@ -18,6 +18,8 @@ class RoutingProjection:
 
     consumer = "routing"
     schema = "routing"
+    interested_in: frozenset[str] | None = frozenset({"referral-created", "referral-closed"})
+    may_reject = False
 
     async def apply(
         self, conn: AsyncConnection[Any], event: CloudEvent, model: Any
