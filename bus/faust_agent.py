@@ -69,6 +69,9 @@ def make_app(app_id: str, bootstrap_servers: str, partitions: int) -> faust.App:
         producer_acks=-1,
         broker_commit_every=500,
         broker_commit_interval=1.0,
+        # A broker that lost its log loses the topics too; notice them again (republish
+        # recreates them) within seconds rather than faust's default 5 minutes.
+        consumer_metadata_max_age_ms=5000,
     )
 
 
@@ -161,4 +164,4 @@ def run_worker(app: faust.App) -> None:
     """Run a faust worker in this process until it is stopped (SIGTERM/SIGINT)."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    faust.Worker(app, loglevel="warning", loop=loop).execute_from_commandline()
+    faust.Worker(app, loglevel="info", loop=loop).execute_from_commandline()

@@ -104,6 +104,7 @@ class TrackedRunner:
             while not stop.is_set():
                 if loop.time() >= next_refresh:
                     await self._reassign(consumer)
+                    await self._follow_stored_positions(consumer)
                     next_refresh = loop.time() + self._refresh
                 if not self._projections:
                     with contextlib.suppress(TimeoutError):
@@ -138,6 +139,30 @@ class TrackedRunner:
             consumer.seek(tp, offset)
         self._projections = wanted
         log.info("runner_assigned", topics=len(wanted), partitions=len(partitions))
+
+    async def _follow_stored_positions(self, consumer: AIOKafkaConsumer) -> None:
+        """Seek to the stored position wherever it no longer matches the fetch position.
+
+        Between batches the two are equal unless someone moved the stored one: republish
+        resets positions to 0 after refilling a broker that lost its log, and replay swaps
+        in a view whose positions may be ahead. Without this, a consumer that is already at
+        the end of a refilled log would wait for a new record before noticing.
+        """
+        assigned = consumer.assignment()
+        async with self._pool.connection() as conn:
+            for topic, projection in self._projections.items():
+                stored = await stored_positions(conn, projection.schema, projection.consumer)
+                for (t, p), offset in stored.items():
+                    tp = TopicPartition(t, p)
+                    if t != topic or tp not in assigned:
+                        continue
+                    try:  # no valid fetch position (broker gone): nothing to compare yet
+                        fetching = await asyncio.wait_for(consumer.position(tp), timeout=0.5)
+                    except (TimeoutError, KafkaError):
+                        continue
+                    if fetching != offset:
+                        log.info("position_moved_seek", topic=t, partition=p, offset=offset)
+                        consumer.seek(tp, offset)
 
     async def _apply(
         self,

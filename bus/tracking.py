@@ -132,24 +132,37 @@ async def stored_positions(
 async def _lock_position(
     conn: AsyncConnection[Any], schema: str, consumer: str, topic: str, partition: int
 ) -> int:
-    s = sql.Identifier(schema)
-    await conn.execute(
-        sql.SQL(
-            "INSERT INTO {}.positions (consumer, topic, partition, next_offset) "
-            "VALUES (%s, %s, %s, 0) ON CONFLICT DO NOTHING"
-        ).format(s),
-        (consumer, topic, partition),
-    )
+    """Create-or-lock the position row and return the stored next offset (one statement)."""
     cur = await conn.execute(
         sql.SQL(
-            "SELECT next_offset FROM {}.positions WHERE consumer = %s AND topic = %s "
-            "AND partition = %s FOR UPDATE"
-        ).format(s),
+            "INSERT INTO {s}.positions AS p (consumer, topic, partition, next_offset) "
+            "VALUES (%s, %s, %s, 0) ON CONFLICT (consumer, topic, partition) "
+            "DO UPDATE SET next_offset = p.next_offset RETURNING next_offset"
+        ).format(s=sql.Identifier(schema)),
         (consumer, topic, partition),
     )
     row = await cur.fetchone()
     assert row is not None
     return int(row[0])
+
+
+async def _advance_if_at(
+    conn: AsyncConnection[Any], projection: Projection, record: Record, next_offset: int
+) -> bool:
+    """Move the position past records this consumer ignores, if it stands where we think.
+
+    A compare-and-set instead of a transaction: the common case for consumers that
+    handle few event types. False means the stored position is elsewhere (re-delivery or
+    a reset), and the caller falls back to the full path.
+    """
+    cur = await conn.execute(
+        sql.SQL(
+            "UPDATE {}.positions SET next_offset = %s, updated_at = now() WHERE consumer = %s "
+            "AND topic = %s AND partition = %s AND next_offset = %s"
+        ).format(sql.Identifier(projection.schema)),
+        (next_offset, projection.consumer, record.topic, record.partition, record.offset),
+    )
+    return cur.rowcount == 1
 
 
 async def _applied_versions(
@@ -237,6 +250,15 @@ async def apply_batch(
     so a crash re-publishes rather than loses; consumers downstream deduplicate.
     """
     result = BatchResult()
+    if (
+        records
+        and projection.interested_in is not None
+        and not any(_maybe_interesting(projection, r) for r in records)
+        and await _advance_if_at(conn, projection, records[0], records[-1].offset + 1)
+    ):
+        result.skipped = len(records)
+        result.next_offset = records[-1].offset + 1
+        return result
     async with conn.transaction():
         stored = await _lock_position(
             conn, projection.schema, projection.consumer, topic, partition
@@ -273,6 +295,15 @@ async def apply_batch(
         if result.outgoing and publish is not None:
             await publish(result.outgoing)
     return result
+
+
+def _maybe_interesting(projection: Projection, record: Record) -> bool:
+    """Cheap header peek; anything unreadable counts as interesting (it may be poison)."""
+    assert projection.interested_in is not None
+    for key, value in record.headers:
+        if key == "ce_type":
+            return value.decode("utf-8", "replace") in projection.interested_in
+    return True
 
 
 async def _decode(

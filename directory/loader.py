@@ -8,7 +8,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from directory.model import DirectoryFile
+from directory.model import DirectoryFile, reference_problems
 
 
 class DirectoryFileError(ValueError):
@@ -42,16 +42,26 @@ def parse(text: str, name: str = "<directory>") -> DirectoryFile:
     except yaml.YAMLError as exc:
         raise DirectoryFileError(f"{name}: not valid YAML/JSON: {exc}") from exc
     try:
-        return DirectoryFile.model_validate(data)
+        parsed = DirectoryFile.model_validate(data)
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            field = ".".join(str(p) for p in loc) or "(top level)"
-            line = _line_of(node, loc)
-            where = f"line {line}, " if line else ""
-            problems.append(f"{name}: {where}{field}: {err['msg']}")
-        raise DirectoryFileError("\n".join(problems)) from exc
+        located = [(tuple(err["loc"]), str(err["msg"])) for err in exc.errors()]
+        raise DirectoryFileError(_describe(name, node, located)) from exc
+    references = reference_problems(parsed)
+    if references:
+        raise DirectoryFileError(_describe(name, node, references))
+    return parsed
+
+
+def _describe(
+    name: str, node: yaml.Node | None, problems: list[tuple[tuple[int | str, ...], str]]
+) -> str:
+    lines = []
+    for loc, reason in problems:
+        field = ".".join(str(p) for p in loc) or "(top level)"
+        line = _line_of(node, loc)
+        where = f"line {line}, " if line else ""
+        lines.append(f"{name}: {where}{field}: {reason}")
+    return "\n".join(lines)
 
 
 def read(path: Path) -> DirectoryFile:

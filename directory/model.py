@@ -108,15 +108,30 @@ class DirectoryFile(Strict):
     organisations: list[Organisation] = Field(min_length=1)
     activities: list[Activity] = Field(default_factory=list)
 
-    @model_validator(mode="after")
-    def _references_resolve(self) -> DirectoryFile:
-        ids = [o.id for o in self.organisations]
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        if dupes:
-            raise ValueError(f"organisation ids must be unique; repeated: {', '.join(dupes)}")
-        for activity in self.activities:
-            if activity.provider not in ids:
-                raise ValueError(
-                    f"activity {activity.id!r}: unknown provider {activity.provider!r}"
+
+def reference_problems(directory: DirectoryFile) -> list[tuple[tuple[str | int, ...], str]]:
+    """Cross-references that do not resolve, as (location, reason) pairs.
+
+    Kept out of the model's validators so that the loader can name the offending entry
+    (its line and path) rather than the file as a whole.
+    """
+    problems: list[tuple[tuple[str | int, ...], str]] = []
+    seen: set[str] = set()
+    for i, org in enumerate(directory.organisations):
+        if org.id in seen:
+            problems.append(
+                (
+                    ("organisations", i, "id"),
+                    f"organisation ids must be unique; {org.id!r} is repeated",
                 )
-        return self
+            )
+        seen.add(org.id)
+    for j, activity in enumerate(directory.activities):
+        if activity.provider not in seen:
+            problems.append(
+                (
+                    ("activities", j, "provider"),
+                    f"activity {activity.id!r}: unknown provider {activity.provider!r}",
+                )
+            )
+    return problems

@@ -51,9 +51,13 @@ class StoredEvent:
     hash: bytes
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+"""What ``json.dumps`` with these options builds on every call; built once (bulk appends)."""
+
+
 def canonical_json(data: dict[str, Any]) -> str:
     """One spelling per value, so a hash over it survives a jsonb round trip."""
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _CANONICAL.encode(data)
 
 
 def chain_hash(

@@ -15,9 +15,15 @@ def key_file(home: Path, name: str, generate: Callable[[], bytes], env: str) -> 
         return value.encode()
     path = home / "keys" / name
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    # O_EXCL: when several processes start at once, exactly one key is ever written.
-    with contextlib.suppress(FileExistsError):
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if not path.exists():
+        # Written whole to a private file, then linked into place: link() fails if the
+        # key exists, so when processes start at once exactly one key wins and nobody
+        # can read a half-written one.
+        tmp = path.with_name(f".{name}.{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(generate())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+        tmp.unlink()
     return path.read_bytes().strip()

@@ -53,7 +53,16 @@ def report(console: Console, r: Report) -> None:
     console.print(_pairs("Sessions by kind", r.sessions_by_kind))
     console.print(_pairs("Onward activities by kind", r.activities_by_kind))
     table = Table(title="Outcome change, baseline to latest", title_justify="left")
-    for col in ("measure", "people", "% improved", "mean baseline", "mean latest", "mean change"):
+    cols = (
+        "measure",
+        "people",
+        "% improved",
+        "mean baseline",
+        "mean latest",
+        "mean change",
+        "mean improvement",
+    )
+    for col in cols:
         table.add_column(col, justify="right" if col != "measure" else "left")
     for c in r.outcome_changes:
         table.add_row(
@@ -63,6 +72,7 @@ def report(console: Console, r: Report) -> None:
             str(c.mean_baseline if c.mean_baseline is not None else "-"),
             str(c.mean_latest if c.mean_latest is not None else "-"),
             f"{c.mean_change:+.2f}",
+            f"{c.mean_improvement:+.2f}",
         )
     console.print(table)
 

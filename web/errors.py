@@ -98,7 +98,9 @@ def install(app: FastAPI) -> None:
             if err.get("type") == "json_invalid":
                 reason = f"malformed JSON: {err.get('ctx', {}).get('error', reason)}"
             fields.append(FieldProblem(field=_field(tuple(err.get("loc", ()))), reason=reason))
-        error = ApiError(422, "invalid-request", "the request has invalid fields", fields=fields)
+        malformed = any(err.get("type") == "json_invalid" for err in exc.errors())
+        reason = "the body is not valid JSON" if malformed else "the request has invalid fields"
+        error = ApiError(422, "invalid-request", reason, fields=fields)
         return JSONResponse(_body(error), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)

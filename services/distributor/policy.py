@@ -74,7 +74,22 @@ def pseudonymise(event: CloudEvent, secret: bytes, org_id: str) -> CloudEvent:
         data["referral_id"] = str(case)
     if "person_ref" in data:
         data["person_ref"] = "p_" + pseudonym(secret, org_id, str(data["person_ref"]))[:20]
-    return replace(event, subject=str(case), data=data, correlationid=correlation)
+    # The event and causation ids are re-keyed too: kept, they would let anyone who can
+    # also read referral-events link the copy back to the referral.
+    return replace(
+        event,
+        id=_pseudo_uuid(secret, org_id, str(event.id)),
+        subject=str(case),
+        data=data,
+        correlationid=correlation,
+        causationid=(
+            _pseudo_uuid(secret, org_id, str(event.causationid)) if event.causationid else None
+        ),
+    )
+
+
+def _pseudo_uuid(secret: bytes, org_id: str, value: str) -> UUID:
+    return UUID(pseudonym(secret, org_id, value)[:32])
 
 
 def deliveries(

@@ -47,8 +47,10 @@ class DistributorProjection:
         self._commissioners: list[str] = []
         self._fetched_at = float("-inf")
 
-    async def _commissioner_ids(self, conn: AsyncConnection[Any]) -> list[str]:
-        if time.monotonic() - self._fetched_at > self._refresh:
+    async def _commissioner_ids(self, conn: AsyncConnection[Any], fresh: bool) -> list[str]:
+        """Every commissioner; re-read for each new referral (``fresh``), so one that joined
+        just before it is not left out of its whole journey, and at least every few seconds."""
+        if fresh or time.monotonic() - self._fetched_at > self._refresh:
             cur = await conn.execute(
                 "SELECT id FROM directory.organisations WHERE kind = 'commissioner' ORDER BY id"
             )
@@ -80,7 +82,7 @@ class DistributorProjection:
                 ent.providers.append(model.provider_org)
             created_copy = _thaw(ent.created)
         await store.save(conn, event.subject, ent)
-        commissioners = await self._commissioner_ids(conn)
+        commissioners = await self._commissioner_ids(conn, event.type == "referral-created")
         return [
             Outgoing(self._topics.org(d.org_id), d.event)
             for d in deliveries(event, ent, commissioners, self._secret, created_copy)

@@ -45,6 +45,7 @@ def _recorded(event: StoredEvent) -> Recorded:
 )
 async def first_contact(referral_id: UUID, body: FirstContact, org: Caller, conn: Conn) -> Recorded:
     """First contact with the person (flags a breach of the first-contact SLA)."""
+    await casework.await_case(conn, referral_id, org.id)
     async with conn.transaction():
         case = await casework.case_for(conn, referral_id, org.id)
         return _recorded(await casework.first_contact(conn, case, org.id, body))
@@ -58,6 +59,7 @@ async def first_contact(referral_id: UUID, body: FirstContact, org: Caller, conn
 )
 async def session(referral_id: UUID, body: SessionHeld, org: Caller, conn: Conn) -> Recorded:
     """A session the link worker held with the person."""
+    await casework.await_case(conn, referral_id, org.id)
     async with conn.transaction():
         case = await casework.case_for(conn, referral_id, org.id)
         return _recorded(await casework.session(conn, case, org.id, body))
@@ -74,6 +76,7 @@ async def refer_to_activity(
 ) -> Recorded:
     """Connect the person to an onward activity from the directory."""
     activity = await directory.activity(conn, body.activity_id)
+    await casework.await_case(conn, referral_id, org.id)
     async with conn.transaction():
         case = await casework.case_for(conn, referral_id, org.id)
         return _recorded(await casework.refer_to_activity(conn, case, org.id, body, activity))
@@ -101,6 +104,7 @@ async def attendance(
 )
 async def outcome(referral_id: UUID, body: OutcomeRecord, org: Caller, conn: Conn) -> Recorded:
     """An outcome measure, validated against its real range (422 names field and range)."""
+    await casework.await_case(conn, referral_id, org.id)
     async with conn.transaction():
         case = await casework.case_for(conn, referral_id, org.id)
         return _recorded(await casework.outcome(conn, case, org.id, body))
@@ -114,6 +118,7 @@ async def outcome(referral_id: UUID, body: OutcomeRecord, org: Caller, conn: Con
 )
 async def close(referral_id: UUID, body: Closing, org: Caller, conn: Conn) -> Recorded:
     """Close the referral with a reason (frees the service's place; tells the referrer)."""
+    await casework.await_case(conn, referral_id, org.id)
     async with conn.transaction():
         case = await casework.case_for(conn, referral_id, org.id)
         return _recorded(await casework.close(conn, case, org.id, body))

@@ -76,29 +76,44 @@ async def _read_case(
     return CaseState(**row) if row else None
 
 
-async def case_for(conn: AsyncConnection[Any], referral_id: UUID, org: str) -> CaseState:
-    """The case, locked, once outcomes has heard that ``org`` accepted it.
+async def await_case(conn: AsyncConnection[Any], referral_id: UUID, org: str) -> None:
+    """Wait (outside any transaction) until outcomes has heard that ``org`` holds the case.
 
-    Routing's answer reaches outcomes through the bus, a few milliseconds after the
-    partner saw it; wait briefly rather than refuse a partner who acted promptly.
+    Routing's answer reaches outcomes through the bus a few milliseconds after the
+    partner saw it; waiting briefly beats refusing a partner who acted promptly. Only
+    states that can still change towards "accepted by you" are waited for: a case
+    accepted by someone else or closed is refused at once.
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + WAIT_FOR_ROUTING
     while True:
         case = await _read_case(conn, referral_id)
         if case and case.service_org == org and case.status in ("accepted", "closed"):
-            break
-        if loop.time() >= deadline:
+            return
+        settled = case is not None and (
+            case.status in ("closed", "escalated")
+            or (case.status == "accepted" and case.service_org != org)
+        )
+        if settled or loop.time() >= deadline:
             if case is None:
                 raise NotFound(f"no referral {referral_id} is known to outcomes")
             if case.service_org != org:
                 raise Forbidden(f"referral {referral_id} is not routed to {org}")
             raise Conflict("the referral has not been accepted yet", state=case.public())
         await asyncio.sleep(0.02)  # polling a projection another process updates
+
+
+async def case_for(conn: AsyncConnection[Any], referral_id: UUID, org: str) -> CaseState:
+    """The case, locked for this transaction, if ``org`` holds it and it is open."""
     locked = await _read_case(conn, referral_id, lock=True)
-    assert locked is not None
+    if locked is None:
+        raise NotFound(f"no referral {referral_id} is known to outcomes")
+    if locked.service_org != org:
+        raise Forbidden(f"referral {referral_id} is not routed to {org}")
     if locked.status == "closed":
         raise Conflict("the referral is closed", state=locked.public())
+    if locked.status != "accepted":
+        raise Conflict("the referral has not been accepted yet", state=locked.public())
     return locked
 
 

@@ -16,14 +16,23 @@ pytestmark = pytest.mark.infra
 NOW = datetime(2026, 6, 1, 12, tzinfo=UTC)
 
 
-async def _case(conn: Any, *, routed_days_ago: float, seen_days_ago: float, contacted: bool) -> uuid.UUID:
+async def _case(
+    conn: Any, *, routed_days_ago: float, seen_days_ago: float, contacted: bool
+) -> uuid.UUID:
     rid = uuid.uuid4()
     routed = NOW - timedelta(days=routed_days_ago)
     await conn.execute(
         "INSERT INTO outcomes.cases (referral_id, referrer_org, referred_at, service_org, status, "
         "routed_at, routed_seen_at, accepted_at, first_contact_at) "
         "VALUES (%s, 'gp', %s, 'lw', 'accepted', %s, %s, %s, %s)",
-        (rid, routed, routed, NOW - timedelta(days=seen_days_ago), routed, routed if contacted else None),
+        (
+            rid,
+            routed,
+            routed,
+            NOW - timedelta(days=seen_days_ago),
+            routed,
+            routed if contacted else None,
+        ),
     )
     return rid
 

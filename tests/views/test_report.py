@@ -25,7 +25,11 @@ from views.schema import create_view
 pytestmark = pytest.mark.infra
 
 A, B, C = (uuid.UUID(int=i) for i in (0xA, 0xB, 0xC))
-SOURCES = {"intake": "/services/intake", "routing": "/services/routing", "outcomes": "/services/outcomes"}
+SOURCES = {
+    "intake": "/services/intake",
+    "routing": "/services/routing",
+    "outcomes": "/services/outcomes",
+}
 
 
 def t(day: str) -> datetime:
@@ -39,7 +43,9 @@ class Scenario:
         self.events: list[CloudEvent] = []
         self.versions: dict[tuple[uuid.UUID, str], int] = defaultdict(int)
 
-    def add(self, rid: uuid.UUID, service: str, actor: str, when: str, etype: str, **data: Any) -> None:
+    def add(
+        self, rid: uuid.UUID, service: str, actor: str, when: str, etype: str, **data: Any
+    ) -> None:
         self.versions[(rid, service)] += 1
         self.events.append(
             CloudEvent(
@@ -86,29 +92,136 @@ def scenario() -> Scenario:
     s = Scenario()
     # Referral A: GP, person p_alpha; contact after 3 days; closed.
     created(s, A, "01-10", "gp-practice", "gp", "p_alpha")
-    s.add(A, "routing", "routing", "01-10", "referral-routed", service_org="lw", attempt=1, reason="x")
-    s.add(A, "routing", "lw", "01-11", "referral-accepted", service_org="lw", accepted_at=t("01-11").isoformat())
-    s.add(A, "outcomes", "lw", "01-13", "first-contact-made", service_org="lw", contacted_at=t("01-13").isoformat(), mode="phone")
+    s.add(
+        A, "routing", "routing", "01-10", "referral-routed", service_org="lw", attempt=1, reason="x"
+    )
+    s.add(
+        A,
+        "routing",
+        "lw",
+        "01-11",
+        "referral-accepted",
+        service_org="lw",
+        accepted_at=t("01-11").isoformat(),
+    )
+    s.add(
+        A,
+        "outcomes",
+        "lw",
+        "01-13",
+        "first-contact-made",
+        service_org="lw",
+        contacted_at=t("01-13").isoformat(),
+        mode="phone",
+    )
     outcome(s, A, "01-13", "swemwbs", "baseline", items=[3] * 7, score=19.25)  # raw 21
     outcome(s, A, "01-13", "ucla3", "baseline", items=[3, 3, 2], score=8)
     session(s, A, "01-20", "longer-appointment", 60)
     session(s, A, "01-27", "short-conversation", 15)
     session(s, A, "02-03", "group", 90)  # not one-to-one time
-    s.add(A, "outcomes", "lw", "02-03", "activity-referred", activity_id="walk", provider_org="vg", activity_kind="walking-group", referred_at=t("02-03").isoformat())
-    s.add(A, "outcomes", "vg", "02-10", "activity-attended", activity_id="walk", provider_org="vg", attended_at=t("02-10").isoformat(), attended=True)
-    s.add(A, "outcomes", "vg", "02-17", "activity-attended", activity_id="walk", provider_org="vg", attended_at=t("02-17").isoformat(), attended=False)
-    outcome(s, A, "02-25", "swemwbs", "follow-up", items=[4, 4, 4, 4, 3, 3, 3], score=22.35)  # raw 25
+    s.add(
+        A,
+        "outcomes",
+        "lw",
+        "02-03",
+        "activity-referred",
+        activity_id="walk",
+        provider_org="vg",
+        activity_kind="walking-group",
+        referred_at=t("02-03").isoformat(),
+    )
+    s.add(
+        A,
+        "outcomes",
+        "vg",
+        "02-10",
+        "activity-attended",
+        activity_id="walk",
+        provider_org="vg",
+        attended_at=t("02-10").isoformat(),
+        attended=True,
+    )
+    s.add(
+        A,
+        "outcomes",
+        "vg",
+        "02-17",
+        "activity-attended",
+        activity_id="walk",
+        provider_org="vg",
+        attended_at=t("02-17").isoformat(),
+        attended=False,
+    )
+    outcome(
+        s, A, "02-25", "swemwbs", "follow-up", items=[4, 4, 4, 4, 3, 3, 3], score=22.35
+    )  # raw 25
     outcome(s, A, "02-25", "ucla3", "follow-up", items=[2, 2, 2], score=6)
-    s.add(A, "outcomes", "lw", "03-01", "referral-closed", reason="completed", closed_at=t("03-01").isoformat())
+    s.add(
+        A,
+        "outcomes",
+        "lw",
+        "03-01",
+        "referral-closed",
+        reason="completed",
+        closed_at=t("03-01").isoformat(),
+    )
     # Referral B: fire service, person p_beta; declined once; contact after 11 days (SLA breach).
     created(s, B, "02-01", "fire-service", "fire", "p_beta")
-    s.add(B, "routing", "routing", "02-01", "referral-routed", service_org="lw1", attempt=1, reason="x")
-    s.add(B, "routing", "lw1", "02-02", "referral-declined", service_org="lw1", reason="no-capacity", declined_at=t("02-02").isoformat())
-    s.add(B, "routing", "routing", "02-02", "referral-routed", service_org="lw", attempt=2, reason="x")
-    s.add(B, "routing", "lw", "02-03", "referral-accepted", service_org="lw", accepted_at=t("02-03").isoformat())
-    s.add(B, "outcomes", "lw", "02-12", "first-contact-overdue", service_org="lw", due_by=t("02-09").isoformat(), sla_days=7)
-    s.add(B, "outcomes", "lw", "02-12", "first-contact-made", service_org="lw", contacted_at=t("02-12").isoformat(), mode="in-person")
-    outcome(s, B, "02-12", "swemwbs", "baseline", items=[3, 3, 3, 3, 2, 2, 2], score=17.43)  # raw 18
+    s.add(
+        B,
+        "routing",
+        "routing",
+        "02-01",
+        "referral-routed",
+        service_org="lw1",
+        attempt=1,
+        reason="x",
+    )
+    s.add(
+        B,
+        "routing",
+        "lw1",
+        "02-02",
+        "referral-declined",
+        service_org="lw1",
+        reason="no-capacity",
+        declined_at=t("02-02").isoformat(),
+    )
+    s.add(
+        B, "routing", "routing", "02-02", "referral-routed", service_org="lw", attempt=2, reason="x"
+    )
+    s.add(
+        B,
+        "routing",
+        "lw",
+        "02-03",
+        "referral-accepted",
+        service_org="lw",
+        accepted_at=t("02-03").isoformat(),
+    )
+    s.add(
+        B,
+        "outcomes",
+        "lw",
+        "02-12",
+        "first-contact-overdue",
+        service_org="lw",
+        due_by=t("02-09").isoformat(),
+        sla_days=7,
+    )
+    s.add(
+        B,
+        "outcomes",
+        "lw",
+        "02-12",
+        "first-contact-made",
+        service_org="lw",
+        contacted_at=t("02-12").isoformat(),
+        mode="in-person",
+    )
+    outcome(
+        s, B, "02-12", "swemwbs", "baseline", items=[3, 3, 3, 3, 2, 2, 2], score=17.43
+    )  # raw 18
     outcome(s, B, "02-12", "activity-minutes", "baseline", score=30)
     session(s, B, "02-15", "short-conversation", 20)
     session(s, B, "02-20", "accompanied-visit", 120)
@@ -160,7 +273,12 @@ async def test_every_figure_matches_hand_computed_values(conn: Any) -> None:
     assert swemwbs.mean_latest == 19.89  # (22.35 + 17.43) / 2
     assert swemwbs.mean_change == 1.55  # (3.10 + 0) / 2
     ucla = changes["ucla3"]
-    assert (ucla.people, ucla.improved, ucla.mean_change, ucla.mean_improvement) == (1, 1, -2.0, 2.0)
+    assert (ucla.people, ucla.improved, ucla.mean_change, ucla.mean_improvement) == (
+        1,
+        1,
+        -2.0,
+        2.0,
+    )
     minutes = changes["activity-minutes"]
     assert (minutes.mean_baseline, minutes.mean_latest, minutes.mean_change) == (30.0, 150.0, 120.0)
     assert minutes.percent_improved == 100.0

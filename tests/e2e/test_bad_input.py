@@ -1,0 +1,405 @@
+"""Bad input is refused with reasons a partner can act on, and leaves no trace.
+
+Every refusal is JSON ``{"error", "reason", "fields", "state"}`` with a 4xx status;
+nothing is stored in any event store, nothing reaches an outbox (so nothing is
+published), and no response ever carries a stack trace.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from referralnet.system import RunningSystem
+from tests.conftest import Alliance, alliance_yaml, referral_body, register_alliance, wait_until
+
+pytestmark = pytest.mark.infra
+
+SESSION = {
+    "kind": "longer-appointment",
+    "minutes": 45,
+    "mode": "in-person",
+    "held_at": "2026-01-08T10:00:00Z",
+}
+
+
+@pytest.fixture(scope="module")
+def alliance(system: RunningSystem) -> Alliance:
+    """One alliance for the whole module: refusals change nothing, so they can share it."""
+    suffix = uuid.uuid4().hex[:8]
+    return register_alliance(system, alliance_yaml(suffix), suffix)
+
+
+def refused(response: httpx.Response, status: int) -> dict[str, Any]:
+    """Assert a refusal with ``status`` and the shared error format; return its body."""
+    assert response.status_code == status, (response.status_code, response.text)
+    assert "traceback" not in response.text.lower()
+    assert response.headers["content-type"].startswith("application/json")
+    body: dict[str, Any] = response.json()
+    assert isinstance(body.get("error"), str) and body["error"], body
+    assert isinstance(body.get("reason"), str) and body["reason"], body
+    return body
+
+
+def fields(body: dict[str, Any]) -> dict[str, str]:
+    return {f["field"]: f["reason"] for f in body.get("fields", [])}
+
+
+class Counts:
+    """Rows in a service's event store, its outbox and the outbox's id sequence.
+
+    The relay deletes outbox rows once published, so besides the rows the test also
+    compares the outbox's identity sequence: it moves on any insert, even one rolled back.
+    """
+
+    def __init__(self, database_url: str, schema: str, *extra: str) -> None:
+        self.database_url, self.schema, self.extra = database_url, schema, extra
+
+    def snapshot(self) -> dict[str, int]:
+        tables = ("events", *self.extra)
+        with psycopg.connect(self.database_url) as conn:
+            counts = {
+                t: conn.execute(f"SELECT count(*) FROM {self.schema}.{t}").fetchone()[0]  # type: ignore[index]
+                for t in tables
+            }
+            seq = conn.execute(
+                "SELECT pg_sequence_last_value(pg_get_serial_sequence(%s, 'id'))",
+                (f"{self.schema}.outbox",),
+            ).fetchone()
+            counts["outbox_seq"] = (seq[0] if seq else None) or 0
+        return counts
+
+
+@pytest.fixture
+def intake_unchanged(system: RunningSystem) -> Iterator[None]:
+    counts = Counts(system.database_url, "intake", "referral_people", "idempotency")
+    before = counts.snapshot()
+    yield
+    assert counts.snapshot() == before, "a refused referral left something in intake"
+
+
+# -- POST /referrals ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "body", "field"),
+    [
+        ("missing needs", "no-needs", "needs"),
+        ("empty needs", {"needs": []}, "needs"),
+        ("unknown need", {"needs": ["astrology"]}, "needs.0"),
+        ("under 16", {"person": {"name": "Kid", "date_of_birth": "2012-05-01"}}, None),
+        ("consent false", {"consent": {"share_with_link_worker": False}}, None),
+        ("future", {"referred_at": "2099-01-01T00:00:00Z"}, "referred_at"),
+        ("naive time", {"referred_at": "2026-01-05T10:00:00"}, "referred_at"),
+        (
+            "bad NHS number",
+            {"person": {"name": "A", "date_of_birth": "1980-01-01", "nhs_number": "9434765918"}},
+            "person.nhs_number",
+        ),
+        ("unknown field", {"diagnosis": "secret"}, "diagnosis"),
+        ("bad urgency", {"urgency": "stat"}, "urgency"),
+    ],
+)
+def test_invalid_referral_is_refused_and_nothing_is_stored(
+    alliance: Alliance, intake_unchanged: None, case: str, body: Any, field: str | None
+) -> None:
+    if body == "no-needs":
+        payload = referral_body(area=f"area-{alliance.suffix}")
+        del payload["needs"]
+    else:
+        payload = referral_body(area=f"area-{alliance.suffix}", **body)
+    expected = {
+        "under 16": "person.date_of_birth",
+        "consent false": "consent.share_with_link_worker",
+    }.get(case, field)
+    problem = refused(alliance.client("referrer").post("/referrals", json=payload), 422)
+    assert expected in fields(problem), (case, problem)
+    assert fields(problem)[expected]
+
+
+def test_under_16_reason_names_the_age_limit(alliance: Alliance, intake_unchanged: None) -> None:
+    payload = referral_body(person={"name": "Kid", "date_of_birth": "2012-05-01"})
+    problem = refused(alliance.client("referrer").post("/referrals", json=payload), 422)
+    assert "16" in fields(problem)["person.date_of_birth"]
+
+
+def test_duplicate_needs_and_overlong_area_are_422_not_500(
+    alliance: Alliance, intake_unchanged: None
+) -> None:
+    referrer = alliance.client("referrer")
+    twice = referrer.post("/referrals", json=referral_body(needs=["stress", "stress"]))
+    assert "needs" in fields(refused(twice, 422))
+    long_area = referrer.post("/referrals", json=referral_body(area="x" * 80))
+    assert "area" in fields(refused(long_area, 422))
+
+
+def test_malformed_json_is_422_naming_json(alliance: Alliance, intake_unchanged: None) -> None:
+    response = alliance.client("referrer").post(
+        "/referrals",
+        content=b'{"needs": ["stress"], "person": ',
+        headers={"Content-Type": "application/json"},
+    )
+    problem = refused(response, 422)
+    assert "JSON" in problem["reason"]
+    assert any("malformed JSON" in reason for reason in fields(problem).values())
+
+
+@pytest.mark.parametrize("content", [b"[]", b"null", b'"text"', b""])
+def test_a_body_that_is_not_an_object_is_422(
+    alliance: Alliance, intake_unchanged: None, content: bytes
+) -> None:
+    response = alliance.client("referrer").post(
+        "/referrals", content=content, headers={"Content-Type": "application/json"}
+    )
+    refused(response, 422)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer not-a-token-of-anyone"},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Basic dXNlcjpwYXNz"},
+        {"Authorization": "not even a scheme"},
+    ],
+    ids=["no-token", "unknown-token", "empty-token", "basic-auth", "garbage"],
+)
+def test_no_or_unknown_token_is_401(
+    system: RunningSystem, intake_unchanged: None, headers: dict[str, str]
+) -> None:
+    with httpx.Client(base_url=system.base_url, timeout=30) as anonymous:
+        response = anonymous.post("/referrals", json=referral_body(), headers=headers)
+        refused(response, 401)
+        assert response.headers.get("www-authenticate", "").lower().startswith("bearer")
+        for path in ("/view", "/directory", "/report"):
+            refused(anonymous.get(path, headers=headers), 401)
+
+
+def test_a_commissioner_cannot_refer(alliance: Alliance, intake_unchanged: None) -> None:
+    response = alliance.client("commissioner").post("/referrals", json=referral_body())
+    refused(response, 403)
+
+
+# -- outcomes and casework ---------------------------------------------------------------------
+
+
+def _create(alliance: Alliance, **overrides: Any) -> str:
+    body = referral_body(area=f"area-{alliance.suffix}", **overrides)
+    created = alliance.client("referrer").post("/referrals", json=body)
+    assert created.status_code == 201, created.text
+    return str(created.json()["referral_id"])
+
+
+def _outcomes_case(system: RunningSystem, rid: str) -> tuple[str, str | None] | None:
+    with psycopg.connect(system.database_url) as conn:
+        row = conn.execute(
+            "SELECT status, service_org FROM outcomes.cases WHERE referral_id = %s", (rid,)
+        ).fetchone()
+    return (row[0], row[1]) if row else None
+
+
+def _routed_to_lw(system: RunningSystem, alliance: Alliance, rid: str) -> None:
+    lw = alliance.ids["link_worker"]
+    wait_until(lambda: _outcomes_case(system, rid) == ("routed", lw))
+
+
+def _accepted(system: RunningSystem, alliance: Alliance) -> str:
+    rid = _create(alliance, needs=["stress"])
+    _routed_to_lw(system, alliance, rid)
+    accept = alliance.client("link_worker").post(
+        f"/referrals/{rid}/accept", json={"accepted_at": "2026-01-06T09:00:00Z"}
+    )
+    assert accept.status_code == 200, accept.text
+    return rid
+
+
+@pytest.fixture(scope="module")
+def accepted(system: RunningSystem, alliance: Alliance) -> str:
+    """A referral routed to and accepted by ``link_worker`` (tests that use it change nothing)."""
+    return _accepted(system, alliance)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "field", "allowed"),
+    [
+        ({"measure": "swemwbs", "items": [3, 3, 3, 3, 3, 3, 6]}, "items[6]", "1-5"),
+        ({"measure": "swemwbs", "items": [3, 3, 3, 3, 3, 6, 3]}, "items[5]", "1-5"),
+        ({"measure": "swemwbs", "items": [0, 3, 3, 3, 3, 3, 3]}, "items[0]", "1-5"),
+        ({"measure": "swemwbs", "items": [3, 3, 3]}, "items", "7"),
+        ({"measure": "swemwbs", "score": 50}, "score", "7.00-35.00"),
+        ({"measure": "ucla3", "items": [1, 2, 4]}, "items[2] (isolated)", "1-3"),
+        ({"measure": "ucla3", "items": [1, 2, 3, 4]}, "items", "3"),
+        ({"measure": "activity-minutes", "score": 20000}, "score", "0-10080"),
+        ({"measure": "activity-minutes", "score": -5}, "score", "0-10080"),
+        ({"measure": "ons4", "items": [5, 5, 11, 5]}, "items[2] (happy)", "0-10"),
+        ({"measure": "ons4", "items": [5, 5, 5, -1]}, "items[3] (anxious)", "0-10"),
+        ({"measure": "ons4", "items": [5, 5, 5, 5], "score": 20}, "score", "never summed"),
+        ({"measure": "wemwbs", "score": 71}, "score", "14-70"),
+    ],
+    ids=lambda v: str(v) if not isinstance(v, dict) else str(v["measure"]),
+)
+def test_outcome_out_of_range_names_field_and_range_and_stores_nothing(
+    system: RunningSystem,
+    alliance: Alliance,
+    accepted: str,
+    outcome: dict[str, Any],
+    field: str,
+    allowed: str,
+) -> None:
+    counts = Counts(system.database_url, "outcomes")
+    before = counts.snapshot()
+    body = {"timepoint": "baseline", "recorded_at": "2026-01-09T10:00:00Z", **outcome}
+    response = alliance.client("link_worker").post(f"/referrals/{accepted}/outcomes", json=body)
+    problem = refused(response, 422)
+    assert field in fields(problem), problem
+    assert allowed in fields(problem)[field], problem
+    assert counts.snapshot() == before
+
+
+def test_outcome_with_unknown_measure_or_timepoint_is_422(
+    alliance: Alliance, accepted: str
+) -> None:
+    lw = alliance.client("link_worker")
+    for bad in ({"measure": "iq"}, {"timepoint": "someday"}):
+        body = {
+            "measure": "ucla3",
+            "timepoint": "baseline",
+            "items": [1, 1, 1],
+            "recorded_at": "2026-01-09T10:00:00Z",
+            **bad,
+        }
+        problem = refused(lw.post(f"/referrals/{accepted}/outcomes", json=body), 422)
+        assert next(iter(bad)) in fields(problem)
+
+
+def test_world_times_in_the_future_or_before_the_referral_are_422(
+    system: RunningSystem, alliance: Alliance, accepted: str
+) -> None:
+    counts = Counts(system.database_url, "outcomes")
+    before = counts.snapshot()
+    lw = alliance.client("link_worker")
+    for held_at in ("2099-01-01T00:00:00Z", "2025-12-31T00:00:00Z"):
+        response = lw.post(f"/referrals/{accepted}/sessions", json={**SESSION, "held_at": held_at})
+        assert "held_at" in fields(refused(response, 422))
+    bad_minutes = lw.post(f"/referrals/{accepted}/sessions", json={**SESSION, "minutes": 0})
+    assert "minutes" in fields(refused(bad_minutes, 422))
+    unknown = lw.post(
+        f"/referrals/{accepted}/activities",
+        json={"activity_id": "no-such-activity", "referred_at": "2026-01-09T10:00:00Z"},
+    )
+    assert "activity_id" in fields(refused(unknown, 422))
+    assert counts.snapshot() == before
+
+
+def test_session_before_acceptance_is_409_with_state(
+    system: RunningSystem, alliance: Alliance
+) -> None:
+    rid = _create(alliance, needs=["stress"])
+    _routed_to_lw(system, alliance, rid)
+    counts = Counts(system.database_url, "outcomes")
+    before = counts.snapshot()
+    problem = refused(
+        alliance.client("link_worker").post(f"/referrals/{rid}/sessions", json=SESSION), 409
+    )
+    assert problem["state"]["status"] == "routed"
+    assert problem["state"]["service_org"] == alliance.ids["link_worker"]
+    assert counts.snapshot() == before
+
+
+def test_anything_after_close_is_409_with_state(system: RunningSystem, alliance: Alliance) -> None:
+    accepted = _accepted(system, alliance)
+    lw = alliance.client("link_worker")
+    closed = lw.post(
+        f"/referrals/{accepted}/close",
+        json={"reason": "completed", "closed_at": "2026-01-20T10:00:00Z"},
+    )
+    assert closed.status_code == 201, closed.text
+    counts = Counts(system.database_url, "outcomes")
+    before = counts.snapshot()
+    attempts = {
+        "sessions": SESSION,
+        "contacts": {"contacted_at": "2026-01-21T10:00:00Z"},
+        "outcomes": {
+            "measure": "ucla3",
+            "timepoint": "discharge",
+            "items": [1, 1, 1],
+            "recorded_at": "2026-01-21T10:00:00Z",
+        },
+        "activities": {
+            "activity_id": f"walk-{alliance.suffix}",
+            "referred_at": "2026-01-21T10:00:00Z",
+        },
+        "close": {"reason": "completed", "closed_at": "2026-01-22T10:00:00Z"},
+    }
+    for route, body in attempts.items():
+        problem = refused(lw.post(f"/referrals/{accepted}/{route}", json=body), 409)
+        assert problem["state"]["status"] == "closed", route
+        assert problem["state"]["closed_at"], route
+    assert counts.snapshot() == before
+    again = lw.post(f"/referrals/{accepted}/accept", json={"accepted_at": "2026-01-21T09:00:00Z"})
+    assert refused(again, 409)["state"]["status"] in ("accepted", "closed")
+
+
+def test_acting_on_a_referral_not_routed_to_you_is_403(
+    system: RunningSystem, alliance: Alliance
+) -> None:
+    rid = _create(alliance, needs=["stress"])
+    _routed_to_lw(system, alliance, rid)
+    other_lw = alliance.client("second_link_worker")
+    for action in ("accept", "decline"):
+        body = {"accepted_at": "2026-01-06T09:00:00Z"}
+        if action == "decline":
+            body = {"reason": "no-capacity", "declined_at": "2026-01-06T09:00:00Z"}
+        refused(other_lw.post(f"/referrals/{rid}/{action}", json=body), 403)
+    lw = alliance.client("link_worker")
+    assert (
+        lw.post(
+            f"/referrals/{rid}/accept", json={"accepted_at": "2026-01-06T09:00:00Z"}
+        ).status_code
+        == 200
+    )
+    counts = Counts(system.database_url, "outcomes")
+    before = counts.snapshot()
+    refused(other_lw.post(f"/referrals/{rid}/sessions", json=SESSION), 403)
+    # a provider can record attendance only for people referred to its own activity
+    refused(
+        alliance.client("provider").post(
+            f"/referrals/{rid}/activities/walk-{alliance.suffix}/attendance",
+            json={"attended_at": "2026-01-10T10:00:00Z"},
+        ),
+        404,
+    )
+    assert counts.snapshot() == before
+
+
+def test_accept_by_a_non_link_worker_org_is_403(system: RunningSystem, alliance: Alliance) -> None:
+    rid = _create(alliance, needs=["stress"])
+    _routed_to_lw(system, alliance, rid)
+    for role in ("referrer", "provider", "commissioner", "other_referrer"):
+        client = alliance.client(role)
+        refused(
+            client.post(f"/referrals/{rid}/accept", json={"accepted_at": "2026-01-06T09:00:00Z"}),
+            403,
+        )
+
+
+def test_report_is_for_commissioners_only(alliance: Alliance) -> None:
+    for role in ("referrer", "link_worker", "provider"):
+        refused(alliance.client(role).get("/report"), 403)
+    assert alliance.client("commissioner").get("/report").status_code == 200
+    refused(alliance.client("commissioner").get("/report", params={"from": "yesterday"}), 422)
+
+
+def test_unknown_routes_ids_and_methods_answer_in_the_error_format(alliance: Alliance) -> None:
+    client = alliance.client("referrer")
+    refused(client.get("/referrals/not-a-uuid"), 422)
+    refused(client.get("/referrals/00000000-0000-4000-8000-000000000000"), 404)
+    refused(client.get("/no-such-route"), 404)
+    refused(client.delete("/referrals"), 405)
+    refused(client.get("/view", params={"limit": 0}), 422)
