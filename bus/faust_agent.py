@@ -32,6 +32,7 @@ log = structlog.get_logger(__name__)
 
 
 FETCH_MAX_WAIT_MS = 20
+REDISCOVER_SECONDS = 3.0
 
 
 def _short_fetch_wait() -> None:
@@ -69,9 +70,6 @@ def make_app(app_id: str, bootstrap_servers: str, partitions: int) -> faust.App:
         producer_acks=-1,
         broker_commit_every=500,
         broker_commit_interval=1.0,
-        # A broker that lost its log loses the topics too; notice them again (republish
-        # recreates them) within seconds rather than faust's default 5 minutes.
-        consumer_metadata_max_age_ms=5000,
     )
 
 
@@ -100,8 +98,13 @@ def tracked_agent(
         if "pool" not in state:
             pool = connection_pool(conninfo, min_size=1, max_size=4)
             await pool.open()
+            # A short request timeout: after a kill -9 the broker can leave a partition's
+            # produce request unanswered; 5 s (not aiokafka's 40 s) until we retry.
             producer = AIOKafkaProducer(
-                bootstrap_servers=bootstrap_servers, acks="all", linger_ms=2
+                bootstrap_servers=bootstrap_servers,
+                acks="all",
+                linger_ms=2,
+                request_timeout_ms=5000,
             )
             await producer.start()
             state["pool"], state["producer"] = pool, producer
@@ -138,6 +141,26 @@ def tracked_agent(
                     await app.consumer.seek(TP(tname, partition), result.seek_to)
 
     agent.__name__ = f"{projection.consumer.replace('.', '_')}_agent"
+
+    async def rediscover_topic() -> None:
+        """Refresh metadata while the group holds no partition of the topic.
+
+        A broker that lost its log lets us rejoin a group for a topic that no longer
+        exists; once ``republish`` recreates it, only a metadata refresh makes the group
+        rebalance onto it, and faust refreshes every 5 minutes. Refreshing only in that
+        state leaves normal operation alone.
+        """
+        if any(tp.topic == topic_name for tp in app.consumer.assignment()):
+            return
+        try:
+            thread: Any = app.consumer._thread  # type: ignore[attr-defined]
+            client = thread._ensure_consumer()._client
+            await thread.call_thread(client.force_metadata_update)
+        except Exception as exc:  # best effort: the next tick tries again
+            log.warning("metadata_refresh_failed", topic=topic_name, error=str(exc))
+
+    rediscover_topic.__name__ = f"{projection.consumer.replace('.', '_')}_rediscover"
+    app.timer(interval=REDISCOVER_SECONDS)(rediscover_topic)
     app.agent(topic, name=agent.__name__)(agent)
 
 
@@ -164,4 +187,4 @@ def run_worker(app: faust.App) -> None:
     """Run a faust worker in this process until it is stopped (SIGTERM/SIGINT)."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    faust.Worker(app, loglevel="info", loop=loop).execute_from_commandline()
+    faust.Worker(app, loglevel="warning", loop=loop).execute_from_commandline()

@@ -94,7 +94,11 @@ class TrackedRunner:
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap, acks="all", linger_ms=2, client_id=self._client_id
+            bootstrap_servers=self._bootstrap,
+            acks="all",
+            linger_ms=2,
+            client_id=self._client_id,
+            request_timeout_ms=5000,
         )
         await consumer.start()
         await producer.start()

@@ -131,19 +131,23 @@ async def stored_positions(
 
 async def _lock_position(
     conn: AsyncConnection[Any], schema: str, consumer: str, topic: str, partition: int
-) -> int:
-    """Create-or-lock the position row and return the stored next offset (one statement)."""
+) -> int | None:
+    """Create-or-lock the position row; the stored next offset, or None if it is new.
+
+    A new consumer has no position yet: it starts wherever the log starts (which is not
+    offset 0 on a cluster whose retention has deleted old segments).
+    """
     cur = await conn.execute(
         sql.SQL(
             "INSERT INTO {s}.positions AS p (consumer, topic, partition, next_offset) "
             "VALUES (%s, %s, %s, 0) ON CONFLICT (consumer, topic, partition) "
-            "DO UPDATE SET next_offset = p.next_offset RETURNING next_offset"
+            "DO UPDATE SET next_offset = p.next_offset RETURNING next_offset, (xmax = 0)"
         ).format(s=sql.Identifier(schema)),
         (consumer, topic, partition),
     )
     row = await cur.fetchone()
     assert row is not None
-    return int(row[0])
+    return None if row[1] else int(row[0])
 
 
 async def _advance_if_at(
@@ -263,6 +267,8 @@ async def apply_batch(
         stored = await _lock_position(
             conn, projection.schema, projection.consumer, topic, partition
         )
+        if stored is None:
+            stored = records[0].offset if records else 0
         fresh = [r for r in records if r.offset >= stored]
         result.duplicates = len(records) - len(fresh)
         if not fresh:

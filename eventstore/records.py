@@ -55,9 +55,21 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 """What ``json.dumps`` with these options builds on every call; built once (bulk appends)."""
 
 
+def _jsonb_numbers(value: Any) -> Any:
+    """Spell numbers as jsonb gives them back: an integral float (3.0, 1e16, -0.0) may
+    return as an int, so it is hashed as one on both sides of the round trip."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _jsonb_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_jsonb_numbers(v) for v in value]
+    return value
+
+
 def canonical_json(data: dict[str, Any]) -> str:
     """One spelling per value, so a hash over it survives a jsonb round trip."""
-    return _CANONICAL.encode(data)
+    return _CANONICAL.encode(_jsonb_numbers(data))
 
 
 def chain_hash(
