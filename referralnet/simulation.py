@@ -104,7 +104,7 @@ class AllianceSimulation:
                 json=body,
                 headers={"Authorization": f"Bearer {self.tokens[org]}"},
             ) as response:
-                if response.status == 409 and "Retry-After" in response.headers:
+                if response.status in (409, 429, 503) and "Retry-After" in response.headers:
                     self.stats.retries += 1
                     await asyncio.sleep(float(response.headers["Retry-After"]) / 10)
                     continue

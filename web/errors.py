@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.refusal import NotYet, Refusal
 
@@ -108,15 +108,35 @@ def install(app: FastAPI) -> None:
         error = ApiError(exc.status_code, "http-error", str(exc.detail))
         return JSONResponse(_body(error), status_code=exc.status_code)
 
-    @app.middleware("http")
-    async def _unexpected(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # A middleware rather than an exception handler: Starlette re-raises from the
-        # latter, which drops the connection; here the partner always gets JSON.
+    app.add_middleware(CatchAll)
+
+
+class CatchAll:
+    """Pure ASGI middleware: any unhandled error becomes a JSON 500, never a traceback.
+
+    Not an exception handler (Starlette re-raises from those and drops the connection)
+    and not ``BaseHTTPMiddleware`` (it copies every response through a stream).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
         try:
-            return await call_next(request)
+            await self.app(scope, receive, watch)
         except Exception as exc:
-            log.error("unhandled_error", path=request.url.path, error_type=type(exc).__name__)
+            log.error("unhandled_error", path=scope.get("path"), error_type=type(exc).__name__)
+            if started:  # too late for a clean answer; the server closes the connection
+                raise
             error = ApiError(500, "internal-error", "the service failed; nothing was stored")
-            return JSONResponse(_body(error), status_code=500)
+            await JSONResponse(_body(error), status_code=500)(scope, receive, send)
