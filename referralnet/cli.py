@@ -94,8 +94,8 @@ def _pid() -> int:
 @app.command()
 def demo(
     referrals: Annotated[
-        int, typer.Option(min=1, max=100_000, help="referrals to simulate")
-    ] = 2000,
+        int, typer.Option(min=1, max=100_000, help="referrals to simulate (600 fit in 3 min)")
+    ] = 600,
     concurrency: Annotated[int, typer.Option(min=1, max=256)] = 32,
 ) -> None:
     """Run a simulated year of a demo alliance through the public API and print the results."""
@@ -275,7 +275,7 @@ def replay(
         except UnknownView as exc:
             raise UsageProblem(str(exc)) from None
         try:
-            with event_progress(console) as progress:
+            with event_progress(console, disable=as_json) as progress:
                 for org in targets:
                     task = progress.add_task(f"replay {org}", total=None)
                     results.append(

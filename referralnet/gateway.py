@@ -20,6 +20,7 @@ from services.outcomes.api import router as outcomes_router
 from services.routing.api import router as routing_router
 from views.api import router as views_router
 from web import errors
+from web.admission import AdmissionControl, max_in_flight_from_env
 
 DESCRIPTION = """Referral Network: partners of a social-prescribing alliance exchange
 referrals and each keep their own view of what happens next.
@@ -29,8 +30,14 @@ happened in the world (`referred_at`, `held_at`, ...) are given by the caller an
 validated: never in the future, never before the referral."""
 
 
-def create_app(database_url: str, home: Path, pool_size: int = 16) -> FastAPI:
-    """The API app; its pool opens on startup and closes on shutdown."""
+def create_app(
+    database_url: str, home: Path, pool_size: int = 16, max_in_flight: int | None = None
+) -> FastAPI:
+    """The API app; its pool opens on startup and closes on shutdown.
+
+    At most ``max_in_flight`` requests (default ``REFERRALNET_API_MAX_IN_FLIGHT``, 64;
+    0: no bound) are served at once; the rest get 503 with Retry-After (web.admission).
+    """
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -58,4 +65,6 @@ def create_app(database_url: str, home: Path, pool_size: int = 16) -> FastAPI:
         return {"status": "ok"}
 
     ops_http.install(app, database_url)  # /metrics and /healthz/<worker>
+    limit = max_in_flight_from_env() if max_in_flight is None else max_in_flight
+    app.add_middleware(AdmissionControl, limit=limit)  # outermost: refuses before any work
     return app

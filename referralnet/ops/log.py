@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.client import AIOKafkaClient
+from aiokafka.errors import KafkaError as AIOKafkaError
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
@@ -165,22 +167,16 @@ def repair_topics(
 
 
 async def broker_reachable(bootstrap_servers: str, wait_seconds: float = 3.0) -> str | None:
-    """None when the broker answers metadata; else why not."""
-
-    def probe() -> None:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers,
-            client_id="referralnet-status",
-            request_timeout_ms=int(wait_seconds * 1000),
-            api_version_auto_timeout_ms=int(wait_seconds * 1000),
-        )
-        try:
-            admin.list_topics()
-        finally:
-            admin.close()
-
+    """None when the broker answers a metadata request; else why not."""
+    client = AIOKafkaClient(
+        bootstrap_servers=bootstrap_servers,
+        client_id="referralnet-status",
+        request_timeout_ms=int(wait_seconds * 1000),
+    )
     try:
-        await asyncio.wait_for(asyncio.to_thread(probe), wait_seconds + 1)
-    except (KafkaError, OSError, TimeoutError) as exc:
+        await asyncio.wait_for(client.bootstrap(), wait_seconds)
+    except (AIOKafkaError, KafkaError, OSError, TimeoutError) as exc:
         return f"{type(exc).__name__}: {exc}".rstrip(": ")
+    finally:
+        await client.close()
     return None

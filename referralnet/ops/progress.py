@@ -24,8 +24,8 @@ class EventsPerSecond(ProgressColumn):
         return Text(f"{rate:,.0f} events/s", style="progress.data.speed")
 
 
-def event_progress(console: Console) -> Progress:
-    """A progress display for counting events."""
+def event_progress(console: Console, disable: bool = False) -> Progress:
+    """A progress display for counting events (``disable`` for machine-readable output)."""
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -35,4 +35,5 @@ def event_progress(console: Console) -> Progress:
         TimeElapsedColumn(),
         console=console,
         transient=False,
+        disable=disable,
     )

@@ -30,6 +30,7 @@ Progress = Callable[[int, int], None]
 """Called with (events read, events to read); the total grows if the log does."""
 
 REPLAY_SUFFIX = "__replay"
+PIPELINE = True
 OLD_SUFFIX = "__old"
 
 
@@ -129,7 +130,14 @@ class _Replayer:
             Record(m.topic, m.partition, m.offset, m.key, m.value, list(m.headers or ()))
             for m in messages
         ]
-        result = await apply_batch(self.conn, self.projection, tp.topic, tp.partition, records)
+        if PIPELINE:
+            # Queue the projection's statements instead of waiting for each one's reply.
+            async with self.conn.pipeline():
+                result = await apply_batch(
+                    self.conn, self.projection, tp.topic, tp.partition, records
+                )
+        else:
+            result = await apply_batch(self.conn, self.projection, tp.topic, tp.partition, records)
         if result.seek_to is not None:
             self.reader.seek(tp, result.seek_to)
             return
@@ -257,6 +265,28 @@ async def _build_and_swap(
         checksum=checksum,
         live_checksum=live_checksum,
     )
+
+
+async def replay_all(
+    database_url: str,
+    bootstrap_servers: str,
+    topics: Topics,
+    progress_for: Callable[[str], Progress | None] | None = None,
+) -> list[ReplayResult]:
+    """``replay --all``: every partner's view, one after the other (for the demo too)."""
+    conn: AsyncConnection[Any]
+    async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
+        orgs = await view_orgs(conn)
+    return [
+        await replay_view(
+            database_url,
+            bootstrap_servers,
+            topics,
+            org,
+            progress_for(org) if progress_for is not None else None,
+        )
+        for org in orgs
+    ]
 
 
 def _describe(short: dict[tuple[str, int], int], highwater: dict[tuple[str, int], int]) -> str:

@@ -1,0 +1,199 @@
+"""``referralnet dead-letters``: list poison events and re-drive one after a fix.
+
+The poison is produced with ``confluent_kafka`` (librdkafka), a client that shares no
+code with the kafka-python/aiokafka clients of the system.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from confluent_kafka import Producer
+
+from referralnet.system import RunningSystem
+from schemas.envelope import CloudEvent, to_kafka
+from schemas.registry import dataschema_uri
+from tests.conftest import Alliance, referral_body, wait_until
+from tests.ops.conftest import query, run_cli, view_of
+from views.schema import schema_name
+
+pytestmark = pytest.mark.infra
+
+Kafka = tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]
+
+
+def _event(event_type: str, source: str, rid: uuid.UUID, data: dict[str, Any], actor: str) -> Kafka:
+    key, value, headers = to_kafka(
+        CloudEvent(
+            id=uuid.uuid4(),
+            source=source,
+            type=event_type,
+            subject=str(rid),
+            time=datetime(2026, 1, 7, 10, tzinfo=UTC),
+            dataschema=dataschema_uri(event_type, 1),
+            data=data,
+            streamversion=1,
+            correlationid=rid,
+            causationid=None,
+            actor=actor,
+        )
+    )
+    return key, value, list(headers)
+
+
+def _created(alliance: Alliance, rid: uuid.UUID) -> Kafka:
+    referrer = alliance.ids["referrer"]
+    return _event(
+        "referral-created",
+        "/services/intake",
+        rid,
+        {
+            "referral_id": str(rid),
+            "person_ref": "p_dead_letter_test",
+            "referrer_org": referrer,
+            "referrer_kind": "gp-practice",
+            "needs": ["stress"],
+            "urgency": "routine",
+            "consent": {"share_with_link_worker": True, "share_outcomes_with_referrer": True},
+            "area": f"nowhere-{alliance.suffix}",
+            "age_band": "35-49",
+            "referred_at": "2026-01-05T10:00:00+00:00",
+        },
+        referrer,
+    )
+
+
+def _attended(alliance: Alliance, rid: uuid.UUID) -> Kafka:
+    provider = alliance.ids["provider"]
+    return _event(
+        "activity-attended",
+        "/services/outcomes",
+        rid,
+        {
+            "referral_id": str(rid),
+            "activity_id": f"walk-{alliance.suffix}",
+            "provider_org": provider,
+            "attended_at": "2026-01-07T10:00:00+00:00",
+            "attended": True,
+        },
+        provider,
+    )
+
+
+def _produce(bootstrap: str, topic: str, records: list[tuple[Kafka, int | None]]) -> list[int]:
+    """Produce with confluent_kafka; return each record's partition, in order."""
+    # murmur2_random: the Java partitioner, which aiokafka uses too, so a referral's
+    # records land on the partition its other events are on.
+    producer = Producer(
+        {"bootstrap.servers": bootstrap, "acks": "all", "partitioner": "murmur2_random"}
+    )
+    placed: dict[int, int] = {}
+    errors: list[str] = []
+    for i, ((key, value, headers), partition) in enumerate(records):
+
+        def report(err: Any, msg: Any, i: int = i) -> None:
+            if err is not None:
+                errors.append(str(err))
+            else:
+                placed[i] = msg.partition()
+
+        ce_headers: list[tuple[str, str | bytes | None]] = list(headers)
+        producer.produce(
+            topic,
+            key=key,
+            value=value,
+            headers=ce_headers,
+            on_delivery=report,
+            partition=-1 if partition is None else partition,  # -1: the partitioner's choice
+        )
+    assert producer.flush(30) == 0 and not errors, errors
+    return [placed[i] for i in range(len(records))]
+
+
+def _letters(system: RunningSystem) -> list[dict[str, Any]]:
+    result = run_cli(system, "dead-letters", "--json")
+    assert result.exit_code == 0, result.output
+    return list(json.loads(result.stdout))
+
+
+def test_poison_is_listed_and_the_view_keeps_consuming(
+    system: RunningSystem, alliance: Alliance
+) -> None:
+    org = alliance.ids["referrer"]
+    topic = system.topics.org(org)
+    key, value, headers = _created(alliance, uuid.uuid4())
+    poison: list[Kafka] = [
+        (key, b"{not json", headers),
+        (key, value, [(k, v) for k, v in headers if k != "ce_type"]),
+        (key, value, [(k, b"referral-teleported" if k == "ce_type" else v) for k, v in headers]),
+    ]
+    parts = range(system.topics.partitions)
+    _produce(system.bootstrap_servers, topic, [(p, n) for n in parts for p in poison])
+
+    referrer = alliance.client("referrer")
+    created = referrer.post("/referrals", json=referral_body(area=f"area-{alliance.suffix}"))
+    assert created.status_code == 201, created.text
+    rid = created.json()["referral_id"]
+    wait_until(lambda: view_of(referrer, rid), timeout=60)
+
+    mine = wait_until(
+        lambda: (
+            len(found := [d for d in _letters(system) if d["source_topic"] == topic]) >= 18
+            and found
+        ),
+        timeout=60,
+    )
+    assert len(mine) == 3 * len(parts), "each poison record dead-lettered once"
+    assert {d["consumer"] for d in mine} == {f"view.{org}"}
+    assert {d["source_partition"] for d in mine} == set(parts)
+    assert all(d["reason"] and d["source_offset"] >= 0 for d in mine)
+    assert {d["type"] for d in mine} >= {"referral-teleported"}
+    table = run_cli(system, "dead-letters")
+    assert table.exit_code == 0 and mine[0]["id"] in table.output
+
+
+def test_retry_re_drives_a_dead_letter_after_the_fix(
+    system: RunningSystem, alliance: Alliance
+) -> None:
+    rid = uuid.uuid4()
+    events = system.topics.referral_events
+    # Attendance arrives before its referral exists: the distributor cannot route it.
+    _produce(system.bootstrap_servers, events, [(_attended(alliance, rid), None)])
+    letter = wait_until(
+        lambda: next(
+            (
+                d
+                for d in _letters(system)
+                if d["subject"] == str(rid) and d["consumer"] == "distributor"
+            ),
+            None,
+        ),
+        timeout=60,
+    )
+    assert letter["type"] == "activity-attended" and "never created" in letter["reason"]
+
+    # The fix: the referral turns up. Its referrer's view has it, without the attendance.
+    _produce(system.bootstrap_servers, events, [(_created(alliance, rid), None)])
+    view = schema_name(alliance.ids["referrer"])
+    row = f"SELECT attendances FROM {view}.referrals WHERE referral_id = %s"
+    wait_until(lambda: query(system, row, (rid,)), timeout=60)
+    assert query(system, row, (rid,)) == [(0,)]
+
+    retried = run_cli(system, "dead-letters", "retry", letter["id"])
+    assert retried.exit_code == 0, retried.output
+    assert "re-drove" in retried.output
+    wait_until(lambda: query(system, row, (rid,)) == [(1,)], timeout=60)
+    provider_view = schema_name(alliance.ids["provider"])
+    assert query(
+        system, f"SELECT count(*) FROM {provider_view}.timeline WHERE referral_id = %s", (rid,)
+    )
+
+
+def test_retry_of_an_unknown_dead_letter_exits_2(system: RunningSystem) -> None:
+    result = run_cli(system, "dead-letters", "retry", "5:999999")
+    assert result.exit_code == 2
+    assert "no dead letter" in result.output
