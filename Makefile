@@ -31,6 +31,12 @@ typecheck: $(STAMP)
 unit: $(STAMP)  ## only the tests that need no broker or database
 	$(BIN)/pytest -m "not infra"
 
+bench: $(STAMP)  ## measure against baselines and peers; writes docs/benchmarks.md and .json
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+chaos: $(STAMP)  ## 100 kill -9s while referrals flow, a broker restart, then check nothing was lost
+	$(BIN)/python -m bench.chaos --kills 100 $(CHAOS_ARGS)
+
 schemas: $(STAMP)  ## regenerate JSON Schema and AsyncAPI from the models
 	$(BIN)/python -m schemas.generate
 

@@ -96,8 +96,9 @@ class Supervisor:
     def kill(self, name: str, sig: signal.Signals = signal.SIGKILL) -> None:
         """Kill one worker abruptly (fault injection); ``restart_dead`` brings it back."""
         child = self.children[name]
-        child.proc.send_signal(sig)
-        child.proc.wait()
+        proc = child.proc  # the watchdog may replace child.proc as soon as this one dies
+        proc.send_signal(sig)
+        proc.wait()
         child.kills.append(time.monotonic())
 
     def stop(self, timeout: float = 15.0) -> None:
