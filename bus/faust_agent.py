@@ -9,14 +9,17 @@ re-reading starts; they are synced from PostgreSQL before the worker joins its g
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import faust
 import faust.transport.drivers.aiokafka
+import psycopg
 import structlog
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 from faust.types import TP
 from kafka import KafkaConsumer, TopicPartition
 from kafka.structs import OffsetAndMetadata
@@ -94,10 +97,13 @@ def tracked_agent(
     state: dict[str, Any] = {}
 
     async def resources() -> tuple[AsyncConnectionPool[AsyncConnection[Any]], AIOKafkaProducer]:
-        # Created on first use, inside faust's event loop.
+        # Created on first use, inside faust's event loop (the producer again after a
+        # failure dropped it).
         if "pool" not in state:
             pool = connection_pool(conninfo, min_size=1, max_size=4)
             await pool.open()
+            state["pool"] = pool
+        if "producer" not in state:
             # A short request timeout: after a kill -9 the broker can leave a partition's
             # produce request unanswered; 5 s (not aiokafka's 40 s) until we retry.
             producer = AIOKafkaProducer(
@@ -107,8 +113,14 @@ def tracked_agent(
                 request_timeout_ms=5000,
             )
             await producer.start()
-            state["pool"], state["producer"] = pool, producer
+            state["producer"] = producer
         return state["pool"], state["producer"]
+
+    async def _drop_producer() -> None:
+        producer = state.pop("producer", None)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await producer.stop()
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
         # take_events exists in faust-streaming but not in its type stubs.
@@ -125,12 +137,26 @@ def tracked_agent(
                 await publish_outgoing(producer, outgoing)  # noqa: B023
 
             for (tname, partition), records in by_partition.items():
-                async with pool.connection() as conn:
-                    result = await apply_batch(conn, projection, tname, partition, records, publish)
-                    if result.dead:
-                        await dead_letters.flush(
-                            conn, projection.schema, producer, dead_letter_topic
+                try:
+                    async with pool.connection() as conn:
+                        result = await apply_batch(
+                            conn, projection, tname, partition, records, publish
                         )
+                        if result.dead:
+                            await dead_letters.flush(
+                                conn, projection.schema, producer, dead_letter_topic
+                            )
+                except (KafkaError, psycopg.errors.DeadlockDetected) as exc:
+                    # The batch was rolled back. Re-read it (faust has already fetched
+                    # past it) with a fresh producer: after a broker hiccup the old one
+                    # can keep failing on a partition for its whole request timeout.
+                    log.warning("batch_retry", topic=tname, partition=partition, error=repr(exc))
+                    await _drop_producer()
+                    pending = list(by_partition.items())
+                    for (t, p), recs in pending[pending.index(((tname, partition), records)) :]:
+                        await app.consumer.seek(TP(t, p), recs[0].offset)
+                    await asyncio.sleep(0.5)  # back-off before the retry
+                    break
                 if result.seek_to is not None:
                     log.warning(
                         "position_reset_seek",

@@ -20,6 +20,8 @@ from directory import store as directory
 from infra.settings import Settings
 from referralnet import journey, render
 from referralnet.lag import wait_caught_up
+from referralnet.ops import render as ops_render
+from referralnet.ops.replay import replay_all
 from referralnet.registration import register
 from referralnet.simulation import AllianceSimulation, SimulationStats
 from referralnet.system import RunningSystem, running_system
@@ -114,5 +116,16 @@ def run_demo(settings: Settings, *, referrals: int, concurrency: int, console: C
         render.report(console, report)
         render.partner_views(console, rows)
         render.journey(console, UUID(stats.first_referral or ""), steps, breaks)
+        replay_start = time.monotonic()
+        replays = asyncio.run(
+            replay_all(system.database_url, system.bootstrap_servers, system.topics)
+        )
+        events = sum(r.events for r in replays)
+        console.print(
+            f"replay --all: {events} events into {len(replays)} views in "
+            f"{time.monotonic() - replay_start:.1f}s"
+        )
+        ops_render.replays(console, replays)
+    mismatched = [r.schema for r in replays if not r.matches]
     console.print(f"demo wall time {time.monotonic() - started:.1f}s")
-    return 1 if breaks else 0
+    return 1 if breaks or mismatched else 0

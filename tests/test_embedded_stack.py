@@ -68,11 +68,23 @@ def can_bind(port: int) -> bool:
         return True
 
 
+_BEFORE: set[int] = set()
+"""Descendants alive before the current test (e.g. a session-wide system fixture)."""
+
+
+@pytest.fixture(autouse=True)
+def _ignore_older_children() -> None:
+    _BEFORE.clear()
+    _BEFORE.update(c.pid for c in psutil.Process().children(recursive=True))
+
+
 def our_children(name: str, recursive: bool = True) -> list[psutil.Process]:
-    """Live (non-zombie) descendants of this process called ``name``."""
+    """Live (non-zombie) descendants called ``name`` that this test started."""
     found = []
     for child in psutil.Process().children(recursive=recursive):
         try:
+            if child.pid in _BEFORE:
+                continue
             if child.name() == name and child.status() != psutil.STATUS_ZOMBIE:
                 found.append(child)
         except psutil.NoSuchProcess:

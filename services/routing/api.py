@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from uuid import UUID
 
+import psycopg
 from fastapi import APIRouter
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
@@ -14,6 +17,7 @@ from web.deps import Caller, Conn
 from web.errors import ERROR_RESPONSES
 
 router = APIRouter(tags=["routing"])
+T = TypeVar("T")
 
 
 class Acceptance(BaseModel):
@@ -36,6 +40,22 @@ class RoutingAnswer(BaseModel):
     next_service: str | None = None
 
 
+async def retry_on_deadlock(conn: Any, decide: Callable[[], Awaitable[T]]) -> T:
+    """Run ``decide`` in a transaction, again if PostgreSQL broke a lock cycle with it.
+
+    Routing decisions lock capacity rows that concurrent decisions also lock; the
+    victim of a detected deadlock lost nothing (rolled back) and simply tries again.
+    """
+    for attempt in range(3):
+        try:
+            async with conn.transaction():
+                return await decide()
+        except psycopg.errors.DeadlockDetected:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")
+
+
 def _link_worker(kind: OrgKind) -> None:
     if kind is not OrgKind.LINK_WORKER_SERVICE:
         raise Forbidden("only a link-worker service can accept or decline referrals")
@@ -47,8 +67,7 @@ def _link_worker(kind: OrgKind) -> None:
 async def accept(referral_id: UUID, body: Acceptance, org: Caller, conn: Conn) -> RoutingAnswer:
     """Take the referral on (only the service it is routed to)."""
     _link_worker(org.kind)
-    async with conn.transaction():
-        await cases.accept(conn, referral_id, org.id, body.accepted_at)
+    await retry_on_deadlock(conn, lambda: cases.accept(conn, referral_id, org.id, body.accepted_at))
     return RoutingAnswer(referral_id=referral_id, status="accepted")
 
 
@@ -58,8 +77,9 @@ async def accept(referral_id: UUID, body: Acceptance, org: Caller, conn: Conn) -
 async def decline(referral_id: UUID, body: Declining, org: Caller, conn: Conn) -> RoutingAnswer:
     """Decline with a reason; the referral is routed to the next candidate or escalated."""
     _link_worker(org.kind)
-    async with conn.transaction():
-        nxt = await cases.decline(conn, referral_id, org.id, body.reason, body.declined_at)
+    nxt = await retry_on_deadlock(
+        conn, lambda: cases.decline(conn, referral_id, org.id, body.reason, body.declined_at)
+    )
     return RoutingAnswer(
         referral_id=referral_id,
         status="re-routed" if nxt else "escalated",
