@@ -26,7 +26,7 @@ from eventstore.records import (
     NewEvent,
     StoredEvent,
     canonical_json,
-    chain_hash_json,
+    link_hash,
 )
 from eventstore.store import EVENT_COLUMNS, ConcurrencyError, EventStore
 
@@ -89,17 +89,7 @@ def chained_rows(
     rows: list[Row] = []
     for offset, event in enumerate(events, start=1):
         text = canonical_json(event.data)
-        digest = chain_hash_json(
-            prev_hash,
-            stream_id=stream_id,
-            version=version + offset,
-            event_id=event.event_id,
-            type=event.type,
-            schema_version=event.schema_version,
-            occurred_at=event.occurred_at,
-            actor=event.actor,
-            data_json=text,
-        )
+        digest = link_hash(prev_hash, stream_id, version + offset, event, text)
         rows.append(
             (
                 0,

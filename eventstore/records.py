@@ -72,34 +72,29 @@ def canonical_json(data: dict[str, Any]) -> str:
     return _CANONICAL.encode(_jsonb_numbers(data))
 
 
-def chain_hash(
+def link_hash(
     prev_hash: bytes,
-    *,
     stream_id: UUID,
     version: int,
-    event_id: UUID,
-    type: str,
-    schema_version: int,
-    occurred_at: datetime,
-    actor: str,
-    data: dict[str, Any],
+    event: NewEvent | StoredEvent,
+    data_json: str | None = None,
 ) -> bytes:
-    """Hash of one event's content and its predecessor's hash.
+    """Hash of ``event`` at ``version`` of ``stream_id``, chained to ``prev_hash``.
 
     Editing, deleting or reordering any event of a stream changes every hash after it,
-    which is what ``journey --verify`` detects. ``occurred_at`` is hashed as epoch
-    microseconds because its text form depends on the session time zone.
+    which is what ``journey --verify`` detects. Pass ``data_json`` when the caller already
+    holds ``canonical_json(event.data)`` (bulk appends store that very text).
     """
     return chain_hash_json(
         prev_hash,
         stream_id=stream_id,
         version=version,
-        event_id=event_id,
-        type=type,
-        schema_version=schema_version,
-        occurred_at=occurred_at,
-        actor=actor,
-        data_json=canonical_json(data),
+        event_id=event.event_id,
+        type=event.type,
+        schema_version=event.schema_version,
+        occurred_at=event.occurred_at,
+        actor=event.actor,
+        data_json=canonical_json(event.data) if data_json is None else data_json,
     )
 
 
@@ -115,7 +110,8 @@ def chain_hash_json(
     actor: str,
     data_json: str,
 ) -> bytes:
-    """``chain_hash`` given ``canonical_json(data)``, for bulk appends that store that text."""
+    """The chain hash over already-canonical data. ``occurred_at`` is hashed as epoch
+    microseconds because its text form depends on the session time zone."""
     micros = round(occurred_at.timestamp() * 1_000_000)
     content = "\x1f".join(
         (
@@ -134,17 +130,7 @@ def chain_hash_json(
 
 def hash_of(event: StoredEvent) -> bytes:
     """Recompute a stored event's hash from its content and recorded predecessor."""
-    return chain_hash(
-        event.prev_hash,
-        stream_id=event.stream_id,
-        version=event.version,
-        event_id=event.event_id,
-        type=event.type,
-        schema_version=event.schema_version,
-        occurred_at=event.occurred_at,
-        actor=event.actor,
-        data=event.data,
-    )
+    return link_hash(event.prev_hash, event.stream_id, event.version, event)
 
 
 def new_event(

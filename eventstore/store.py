@@ -16,7 +16,7 @@ from psycopg import AsyncConnection, errors, sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from eventstore.records import GENESIS_HASH, NewEvent, StoredEvent, chain_hash
+from eventstore.records import GENESIS_HASH, NewEvent, StoredEvent, link_hash
 
 DDL = """
 CREATE SCHEMA IF NOT EXISTS {schema};
@@ -137,17 +137,7 @@ class EventStore:
             raise ConcurrencyError(stream_id, expected_version, version)
         rows = []
         for offset, event in enumerate(events, start=1):
-            digest = chain_hash(
-                prev,
-                stream_id=stream_id,
-                version=version + offset,
-                event_id=event.event_id,
-                type=event.type,
-                schema_version=event.schema_version,
-                occurred_at=event.occurred_at,
-                actor=event.actor,
-                data=event.data,
-            )
+            digest = link_hash(prev, stream_id, version + offset, event)
             rows.append((event, version + offset, prev, digest))
             prev = digest
         insert = sql.SQL(
