@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
 from uuid import UUID
 
 from fastapi import APIRouter
+from psycopg import AsyncConnection
 
 from directory import store as directory
 from eventstore.records import StoredEvent
@@ -37,6 +40,19 @@ def _recorded(event: StoredEvent) -> Recorded:
     )
 
 
+async def _as_holder(
+    conn: AsyncConnection[Any],
+    referral_id: UUID,
+    org_id: str,
+    act: Callable[[casework.CaseState], Awaitable[StoredEvent]],
+) -> Recorded:
+    """Run a casework command for the service holding the referral: wait for routing's
+    answer outside the transaction, then lock the case and act in one transaction."""
+    await casework.await_case(conn, referral_id, org_id)
+    async with conn.transaction():
+        return _recorded(await act(await casework.case_for(conn, referral_id, org_id)))
+
+
 @router.post(
     "/referrals/{referral_id}/contacts",
     status_code=201,
@@ -45,10 +61,9 @@ def _recorded(event: StoredEvent) -> Recorded:
 )
 async def first_contact(referral_id: UUID, body: FirstContact, org: Caller, conn: Conn) -> Recorded:
     """First contact with the person (flags a breach of the first-contact SLA)."""
-    await casework.await_case(conn, referral_id, org.id)
-    async with conn.transaction():
-        case = await casework.case_for(conn, referral_id, org.id)
-        return _recorded(await casework.first_contact(conn, case, org.id, body))
+    return await _as_holder(
+        conn, referral_id, org.id, lambda case: casework.first_contact(conn, case, org.id, body)
+    )
 
 
 @router.post(
@@ -59,10 +74,9 @@ async def first_contact(referral_id: UUID, body: FirstContact, org: Caller, conn
 )
 async def session(referral_id: UUID, body: SessionHeld, org: Caller, conn: Conn) -> Recorded:
     """A session the link worker held with the person."""
-    await casework.await_case(conn, referral_id, org.id)
-    async with conn.transaction():
-        case = await casework.case_for(conn, referral_id, org.id)
-        return _recorded(await casework.session(conn, case, org.id, body))
+    return await _as_holder(
+        conn, referral_id, org.id, lambda case: casework.session(conn, case, org.id, body)
+    )
 
 
 @router.post(
@@ -76,10 +90,12 @@ async def refer_to_activity(
 ) -> Recorded:
     """Connect the person to an onward activity from the directory."""
     activity = await directory.activity(conn, body.activity_id)
-    await casework.await_case(conn, referral_id, org.id)
-    async with conn.transaction():
-        case = await casework.case_for(conn, referral_id, org.id)
-        return _recorded(await casework.refer_to_activity(conn, case, org.id, body, activity))
+    return await _as_holder(
+        conn,
+        referral_id,
+        org.id,
+        lambda case: casework.refer_to_activity(conn, case, org.id, body, activity),
+    )
 
 
 @router.post(
@@ -104,10 +120,9 @@ async def attendance(
 )
 async def outcome(referral_id: UUID, body: OutcomeRecord, org: Caller, conn: Conn) -> Recorded:
     """An outcome measure, validated against its real range (422 names field and range)."""
-    await casework.await_case(conn, referral_id, org.id)
-    async with conn.transaction():
-        case = await casework.case_for(conn, referral_id, org.id)
-        return _recorded(await casework.outcome(conn, case, org.id, body))
+    return await _as_holder(
+        conn, referral_id, org.id, lambda case: casework.outcome(conn, case, org.id, body)
+    )
 
 
 @router.post(
@@ -118,7 +133,6 @@ async def outcome(referral_id: UUID, body: OutcomeRecord, org: Caller, conn: Con
 )
 async def close(referral_id: UUID, body: Closing, org: Caller, conn: Conn) -> Recorded:
     """Close the referral with a reason (frees the service's place; tells the referrer)."""
-    await casework.await_case(conn, referral_id, org.id)
-    async with conn.transaction():
-        case = await casework.case_for(conn, referral_id, org.id)
-        return _recorded(await casework.close(conn, case, org.id, body))
+    return await _as_holder(
+        conn, referral_id, org.id, lambda case: casework.close(conn, case, org.id, body)
+    )
