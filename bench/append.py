@@ -20,8 +20,9 @@ from psycopg.types.json import Jsonb
 
 from bench.common import BenchStack, Row, Section, console, progress, rate
 from bench.workload import journey
-from eventstore.bulk import COPY_COLUMNS, COPY_TYPES, StreamAppend, append_many, chained_rows
+from eventstore.bulk import COPY_COLUMNS, COPY_TYPES, StreamAppend, append_many
 from eventstore.records import GENESIS_HASH
+from eventstore.rows import chained_rows
 from eventstore.store import EventStore
 
 RAW_DDL = """

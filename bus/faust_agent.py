@@ -28,13 +28,16 @@ from psycopg_pool import AsyncConnectionPool
 
 from bus import dead_letters
 from bus.runner import publish_outgoing
-from bus.tracking import Outgoing, Projection, Record, apply_batch
+from bus.tracking import Outgoing, Projection, Record, apply_batches
 from eventstore.pool import connection_pool
 
 log = structlog.get_logger(__name__)
 
 
-FETCH_MAX_WAIT_MS = 20
+FETCH_MAX_WAIT_MS = 100
+TAKE_WITHIN_SECONDS = 0.05
+"""How long a take waits to fill a batch: per-batch costs (a transaction, position rows)
+are shared by more events, for a few tens of milliseconds per hop."""
 REDISCOVER_SECONDS = 3.0
 
 
@@ -124,11 +127,11 @@ def tracked_agent(
 
     async def agent(stream: faust.StreamT[bytes]) -> None:
         # take_events exists in faust-streaming but not in its type stubs.
-        async for events in stream.take_events(batch, within=0.01):  # type: ignore[attr-defined]
-            by_partition: dict[tuple[str, int], list[Record]] = defaultdict(list)
+        async for events in stream.take_events(batch, within=TAKE_WITHIN_SECONDS):  # type: ignore[attr-defined]
+            by_topic: dict[str, dict[int, list[Record]]] = defaultdict(lambda: defaultdict(list))
             for event in events:
                 m = event.message
-                by_partition[(m.topic, m.partition)].append(
+                by_topic[m.topic][m.partition].append(
                     Record(m.topic, m.partition, m.offset, m.key, m.value, _headers(m.headers))
                 )
             pool, producer = await resources()
@@ -136,13 +139,11 @@ def tracked_agent(
             async def publish(outgoing: Sequence[Outgoing]) -> None:
                 await publish_outgoing(producer, outgoing)  # noqa: B023
 
-            for (tname, partition), records in by_partition.items():
+            for tname, partitions in by_topic.items():
                 try:
                     async with pool.connection() as conn:
-                        result = await apply_batch(
-                            conn, projection, tname, partition, records, publish
-                        )
-                        if result.dead:
+                        results = await apply_batches(conn, projection, tname, partitions, publish)
+                        if any(r.dead for r in results.values()):
                             await dead_letters.flush(
                                 conn, projection.schema, producer, dead_letter_topic
                             )
@@ -150,21 +151,23 @@ def tracked_agent(
                     # The batch was rolled back. Re-read it (faust has already fetched
                     # past it) with a fresh producer: after a broker hiccup the old one
                     # can keep failing on a partition for its whole request timeout.
-                    log.warning("batch_retry", topic=tname, partition=partition, error=repr(exc))
+                    log.warning("batch_retry", topic=tname, error=repr(exc))
                     await _drop_producer()
-                    pending = list(by_partition.items())
-                    for (t, p), recs in pending[pending.index(((tname, partition), records)) :]:
-                        await app.consumer.seek(TP(t, p), recs[0].offset)
+                    topics = list(by_topic)
+                    for t in topics[topics.index(tname) :]:
+                        for p, recs in by_topic[t].items():
+                            await app.consumer.seek(TP(t, p), recs[0].offset)
                     await asyncio.sleep(0.5)  # back-off before the retry
                     break
-                if result.seek_to is not None:
-                    log.warning(
-                        "position_reset_seek",
-                        topic=tname,
-                        partition=partition,
-                        offset=result.seek_to,
-                    )
-                    await app.consumer.seek(TP(tname, partition), result.seek_to)
+                for partition, result in results.items():
+                    if result.seek_to is not None:
+                        log.warning(
+                            "position_reset_seek",
+                            topic=tname,
+                            partition=partition,
+                            offset=result.seek_to,
+                        )
+                        await app.consumer.seek(TP(tname, partition), result.seek_to)
 
     agent.__name__ = f"{projection.consumer.replace('.', '_')}_agent"
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from bus.tracking import (
     Outgoing,
     Projection,
     Record,
-    apply_batch,
+    apply_batches,
     create_tracking,
     stored_positions,
 )
@@ -115,9 +116,12 @@ class TrackedRunner:
                         await asyncio.wait_for(stop.wait(), timeout=self._refresh)
                     continue
                 batches = await consumer.getmany(timeout_ms=200, max_records=self._max_records)
+                by_topic: dict[str, dict[int, Sequence[Any]]] = defaultdict(dict)
                 for tp, messages in batches.items():
-                    await self._apply(consumer, producer, tp, messages)
+                    by_topic[tp.topic][tp.partition] = messages
                     self.stats.highwater[(tp.topic, tp.partition)] = consumer.highwater(tp) or 0
+                for topic, partitions in by_topic.items():
+                    await self._apply(consumer, producer, topic, partitions)
         finally:
             await consumer.stop()
             await producer.stop()
@@ -172,33 +176,39 @@ class TrackedRunner:
         self,
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
-        tp: TopicPartition,
-        messages: Sequence[Any],
+        topic: str,
+        partitions: dict[int, Sequence[Any]],
     ) -> None:
-        projection = self._projections.get(tp.topic)
-        if projection is None or not messages:
+        projection = self._projections.get(topic)
+        if projection is None:
             return
-        records = [
-            Record(m.topic, m.partition, m.offset, m.key, m.value, list(m.headers or ()))
-            for m in messages
-        ]
+        batches = {
+            p: [
+                Record(m.topic, m.partition, m.offset, m.key, m.value, list(m.headers or ()))
+                for m in messages
+            ]
+            for p, messages in partitions.items()
+            if messages
+        }
 
         async def publish(outgoing: Sequence[Outgoing]) -> None:
             await publish_outgoing(producer, outgoing)
 
         async with self._pool.connection() as conn:
-            result = await apply_batch(conn, projection, tp.topic, tp.partition, records, publish)
-            if result.dead:
+            results = await apply_batches(conn, projection, topic, batches, publish)
+            if any(r.dead for r in results.values()):
                 await dead_letters.flush(conn, projection.schema, producer, self._dead_letter_topic)
         self.stats.batches += 1
-        self.stats.applied += result.applied
-        self.stats.duplicates += result.duplicates
-        self.stats.dead += result.dead
-        if result.seek_to is not None:
-            self.stats.seeks += 1
-            consumer.seek(tp, result.seek_to)
-        elif result.next_offset is not None:
-            self.stats.positions[(tp.topic, tp.partition)] = result.next_offset
+        for p, result in results.items():
+            self.stats.applied += result.applied
+            self.stats.duplicates += result.duplicates
+            self.stats.dead += result.dead
+            tp = TopicPartition(topic, p)
+            if result.seek_to is not None:
+                self.stats.seeks += 1
+                consumer.seek(tp, result.seek_to)
+            elif result.next_offset is not None:
+                self.stats.positions[(topic, p)] = result.next_offset
 
 
 async def _partitions_for(consumer: AIOKafkaConsumer, topic: str) -> list[int]:

@@ -10,7 +10,7 @@ they do after ``republish`` refills a broker that lost its log.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -84,6 +84,10 @@ class Projection(Protocol):
     position update, the many journey events it does not care about. ``may_reject``
     says whether ``apply`` raises ``Rejected``; only then does each event pay for a
     savepoint.
+
+    A projection may also offer ``apply_all(conn, [(event, model), ...])``: the new
+    events of a whole transaction at once, in order (set-based SQL instead of
+    statements per event). It is used when the projection never rejects.
     """
 
     consumer: str
@@ -129,10 +133,10 @@ async def stored_positions(
     return {(t, p): o for t, p, o in await cur.fetchall()}
 
 
-async def _lock_position(
-    conn: AsyncConnection[Any], schema: str, consumer: str, topic: str, partition: int
-) -> int | None:
-    """Create-or-lock the position row; the stored next offset, or None if it is new.
+async def _lock_positions(
+    conn: AsyncConnection[Any], schema: str, consumer: str, topic: str, partitions: list[int]
+) -> dict[int, int | None]:
+    """Create-or-lock the position rows; each stored next offset, or None where it is new.
 
     A new consumer has no position yet: it starts wherever the log starts (which is not
     offset 0 on a cluster whose retention has deleted old segments).
@@ -140,33 +144,44 @@ async def _lock_position(
     cur = await conn.execute(
         sql.SQL(
             "INSERT INTO {s}.positions AS p (consumer, topic, partition, next_offset) "
-            "VALUES (%s, %s, %s, 0) ON CONFLICT (consumer, topic, partition) "
-            "DO UPDATE SET next_offset = p.next_offset RETURNING next_offset, (xmax = 0)"
+            "SELECT %s, %s, part, 0 FROM unnest(%s::int4[]) AS part "
+            "ON CONFLICT (consumer, topic, partition) "
+            "DO UPDATE SET next_offset = p.next_offset RETURNING partition, next_offset, (xmax = 0)"
         ).format(s=sql.Identifier(schema)),
-        (consumer, topic, partition),
+        (consumer, topic, partitions),
     )
-    row = await cur.fetchone()
-    assert row is not None
-    return None if row[1] else int(row[0])
+    return {int(r[0]): None if r[2] else int(r[1]) for r in await cur.fetchall()}
 
 
-async def _advance_if_at(
-    conn: AsyncConnection[Any], projection: Projection, record: Record, next_offset: int
-) -> bool:
-    """Move the position past records this consumer ignores, if it stands where we think.
+async def _store_positions(
+    conn: AsyncConnection[Any],
+    projection: Projection,
+    topic: str,
+    moves: dict[int, int],
+    expected: dict[int, int] | None = None,
+) -> set[int]:
+    """Set the next offset of several partitions in one statement; the ones it moved.
 
-    A compare-and-set instead of a transaction: the common case for consumers that
-    handle few event types. False means the stored position is elsewhere (re-delivery or
-    a reset), and the caller falls back to the full path.
+    With ``expected`` it is a compare-and-set: a partition moves only from where the
+    caller thinks it stands (a fresh fetch position that another writer did not move).
     """
+    parts = list(moves)
     cur = await conn.execute(
         sql.SQL(
-            "UPDATE {}.positions SET next_offset = %s, updated_at = now() WHERE consumer = %s "
-            "AND topic = %s AND partition = %s AND next_offset = %s"
+            "UPDATE {}.positions AS p SET next_offset = m.next, updated_at = now() "
+            "FROM unnest(%s::int4[], %s::int8[], %s::int8[]) AS m(part, next, expected) "
+            "WHERE p.consumer = %s AND p.topic = %s AND p.partition = m.part "
+            "AND (m.expected IS NULL OR p.next_offset = m.expected) RETURNING p.partition"
         ).format(sql.Identifier(projection.schema)),
-        (next_offset, projection.consumer, record.topic, record.partition, record.offset),
+        (
+            parts,
+            [moves[p] for p in parts],
+            [expected[p] if expected else None for p in parts],
+            projection.consumer,
+            topic,
+        ),
     )
-    return cur.rowcount == 1
+    return {int(r[0]) for r in await cur.fetchall()}
 
 
 async def _applied_versions(
@@ -192,15 +207,16 @@ async def _record_applied(
 ) -> None:
     if not versions:
         return
-    async with conn.cursor() as cur:
-        await cur.executemany(
-            sql.SQL(
-                "INSERT INTO {}.applied AS a (stream_id, source, version) VALUES (%s, %s, %s) "
-                "ON CONFLICT (stream_id, source) DO UPDATE "
-                "SET version = GREATEST(a.version, EXCLUDED.version)"
-            ).format(sql.Identifier(schema)),
-            [(k[0], k[1], v) for k, v in versions.items()],
-        )
+    keys = list(versions)
+    await conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.applied AS a (stream_id, source, version) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[]) "
+            "ON CONFLICT (stream_id, source) DO UPDATE "
+            "SET version = GREATEST(a.version, EXCLUDED.version)"
+        ).format(sql.Identifier(schema)),
+        ([k[0] for k in keys], [k[1] for k in keys], [versions[k] for k in keys]),
+    )
 
 
 async def _dead_letter(
@@ -245,62 +261,115 @@ async def apply_batch(
     records: Sequence[Record],
     publish: Publish | None = None,
 ) -> BatchResult:
-    """Apply one partition's records in one transaction, with position and dedup.
+    """``apply_batches`` for one partition."""
+    results = await apply_batches(conn, projection, topic, {partition: records}, publish)
+    return results[partition]
 
-    Records before the stored position are skipped (re-delivery). A first record after
-    it means the fetch position ran ahead of the truth (positions were reset, e.g. by
-    ``republish``): nothing is applied and ``seek_to`` tells the caller where to go.
-    Outgoing events are published (and acknowledged) before the transaction commits,
-    so a crash re-publishes rather than loses; consumers downstream deduplicate.
+
+async def apply_batches(
+    conn: AsyncConnection[Any],
+    projection: Projection,
+    topic: str,
+    batches: Mapping[int, Sequence[Record]],
+    publish: Publish | None = None,
+) -> dict[int, BatchResult]:
+    """Apply the records of several partitions of a topic in one transaction.
+
+    Per partition: records before the stored position are skipped (re-delivery); a
+    first record after it means the fetch position ran ahead of the truth (positions
+    were reset, e.g. by ``republish``): nothing of that partition is applied and
+    ``seek_to`` tells the caller where to go. Outgoing events are published (and
+    acknowledged) before the transaction commits, so a crash re-publishes rather than
+    loses; consumers downstream deduplicate. One transaction for all partitions: a
+    fetch spread over many partitions costs one commit, not one per partition.
     """
-    result = BatchResult()
-    if (
-        records
-        and projection.interested_in is not None
-        and not any(_maybe_interesting(projection, r) for r in records)
-        and await _advance_if_at(conn, projection, records[0], records[-1].offset + 1)
-    ):
-        result.skipped = len(records)
-        result.next_offset = records[-1].offset + 1
-        return result
+    results = {p: BatchResult() for p in batches}
+    pending = {p: list(recs) for p, recs in batches.items() if recs}
+    if projection.interested_in is not None:
+        dull = {
+            p: recs
+            for p, recs in pending.items()
+            if not any(_maybe_interesting(projection, r) for r in recs)
+        }
+        if dull:
+            moved = await _store_positions(
+                conn,
+                projection,
+                topic,
+                {p: recs[-1].offset + 1 for p, recs in dull.items()},
+                expected={p: recs[0].offset for p, recs in dull.items()},
+            )
+            for p in moved:
+                results[p].skipped = len(pending[p])
+                results[p].next_offset = pending.pop(p)[-1].offset + 1
+    if not pending:
+        return results
     async with conn.transaction():
-        stored = await _lock_position(
-            conn, projection.schema, projection.consumer, topic, partition
+        stored = await _lock_positions(
+            conn, projection.schema, projection.consumer, topic, sorted(pending)
         )
-        if stored is None:
-            stored = records[0].offset if records else 0
-        fresh = [r for r in records if r.offset >= stored]
-        result.duplicates = len(records) - len(fresh)
-        if not fresh:
-            return result
-        if fresh[0].offset > stored:
-            result.seek_to = stored
-            return result
-        decoded = [d for r in fresh if (d := await _decode(conn, projection, r, result))]
-        seen = await _applied_versions(
-            conn, projection.schema, {(e.subject, e.source) for _, e, _ in decoded}
-        )
-        changed: dict[tuple[str, str], int] = {}
-        for record, event, model in decoded:
-            key = (event.subject, event.source)
-            retried = any(k == RETRY_HEADER for k, _ in record.headers)
-            if seen.get(key, 0) >= event.streamversion and not retried:
-                result.duplicates += 1
+        decoded: list[tuple[int, Record, CloudEvent, Any]] = []
+        moves: dict[int, int] = {}
+        for p, recs in sorted(pending.items()):
+            start = stored.get(p)
+            start = recs[0].offset if start is None else start
+            fresh = [r for r in recs if r.offset >= start]
+            results[p].duplicates = len(recs) - len(fresh)
+            if not fresh:
                 continue
-            if await _apply_one(conn, projection, record, event, model, result):
-                seen[key] = changed[key] = max(seen.get(key, 0), event.streamversion)
-        await _record_applied(conn, projection.schema, changed)
-        result.next_offset = fresh[-1].offset + 1
-        await conn.execute(
-            sql.SQL(
-                "UPDATE {}.positions SET next_offset = %s, updated_at = now() "
-                "WHERE consumer = %s AND topic = %s AND partition = %s"
-            ).format(sql.Identifier(projection.schema)),
-            (result.next_offset, projection.consumer, topic, partition),
-        )
-        if result.outgoing and publish is not None:
-            await publish(result.outgoing)
-    return result
+            if fresh[0].offset > start:
+                results[p].seek_to = start
+                continue
+            for r in fresh:
+                if d := await _decode(conn, projection, r, results[p]):
+                    decoded.append((p, *d))
+            moves[p] = results[p].next_offset = fresh[-1].offset + 1
+        if not moves:
+            return results
+        outgoing = await _apply_new(conn, projection, decoded, results)
+        await _store_positions(conn, projection, topic, moves)
+        if outgoing and publish is not None:
+            await publish(outgoing)
+    return results
+
+
+async def _apply_new(
+    conn: AsyncConnection[Any],
+    projection: Projection,
+    decoded: list[tuple[int, Record, CloudEvent, Any]],
+    results: dict[int, BatchResult],
+) -> list[Outgoing]:
+    """Apply what was not applied before (by stream version) and remember it."""
+    seen = await _applied_versions(
+        conn, projection.schema, {(e.subject, e.source) for _, _, e, _ in decoded}
+    )
+    changed: dict[tuple[str, str], int] = {}
+    fresh: list[tuple[int, Record, CloudEvent, Any]] = []
+    for p, record, event, model in decoded:
+        key = (event.subject, event.source)
+        retried = any(k == RETRY_HEADER for k, _ in record.headers)
+        if seen.get(key, 0) >= event.streamversion and not retried:
+            results[p].duplicates += 1
+            continue
+        fresh.append((p, record, event, model))
+        seen[key] = max(seen.get(key, 0), event.streamversion)
+    outgoing: list[Outgoing] = []
+    apply_all = getattr(projection, "apply_all", None)
+    if apply_all is not None and not projection.may_reject:
+        outgoing.extend(await apply_all(conn, [(e, m) for _, _, e, m in fresh]))
+        for p, _, event, _ in fresh:
+            results[p].applied += 1
+            key = (event.subject, event.source)
+            changed[key] = max(changed.get(key, 0), event.streamversion)
+    else:
+        for p, record, event, model in fresh:
+            if await _apply_one(conn, projection, record, event, model, results[p]):
+                key = (event.subject, event.source)
+                changed[key] = max(changed.get(key, 0), event.streamversion)
+    for result in results.values():
+        outgoing.extend(result.outgoing)
+    await _record_applied(conn, projection.schema, changed)
+    return outgoing
 
 
 def _maybe_interesting(projection: Projection, record: Record) -> bool:

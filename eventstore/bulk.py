@@ -19,50 +19,18 @@ from typing import Any
 from uuid import UUID
 
 from psycopg import AsyncConnection, errors, sql
-from psycopg.types.json import Jsonb, set_json_loads
+from psycopg.types.json import set_json_loads
 
 from eventstore.records import (
     GENESIS_HASH,
     NewEvent,
     StoredEvent,
-    canonical_json,
-    link_hash,
 )
+from eventstore.rows import ROW_COLUMNS, ROW_TYPES, chained_rows
 from eventstore.store import EVENT_COLUMNS, ConcurrencyError, EventStore
 
-COPY_COLUMNS = (
-    "position",
-    "stream_id",
-    "version",
-    "event_id",
-    "type",
-    "schema_version",
-    "occurred_at",
-    "actor",
-    "correlation_id",
-    "causation_id",
-    "data",
-    "prev_hash",
-    "hash",
-)
-COPY_TYPES = (
-    "int8",
-    "uuid",
-    "int4",
-    "uuid",
-    "text",
-    "int4",
-    "timestamptz",
-    "text",
-    "uuid",
-    "uuid",
-    "jsonb",
-    "bytea",
-    "bytea",
-)
-
-Row = tuple[Any, ...]
-"""One events row in ``COPY_COLUMNS`` order."""
+COPY_COLUMNS = ("position", *ROW_COLUMNS)
+COPY_TYPES = ("int8", *ROW_TYPES)
 
 
 @dataclass(frozen=True)
@@ -72,43 +40,6 @@ class StreamAppend:
     stream_id: UUID
     expected_version: int
     events: Sequence[NewEvent]
-
-
-def _as_is(text: str) -> str:
-    return text
-
-
-def chained_rows(
-    stream_id: UUID, version: int, prev_hash: bytes, events: Sequence[NewEvent]
-) -> tuple[list[Row], bytes]:
-    """Rows (position left as 0) for ``events`` after ``version``, and the new head hash.
-
-    The data is serialised once: the canonical text is both hashed and stored (jsonb
-    accepts it as is), so the chain is verifiable from what the store returns.
-    """
-    rows: list[Row] = []
-    for offset, event in enumerate(events, start=1):
-        text = canonical_json(event.data)
-        digest = link_hash(prev_hash, stream_id, version + offset, event, text)
-        rows.append(
-            (
-                0,
-                stream_id,
-                version + offset,
-                event.event_id,
-                event.type,
-                event.schema_version,
-                event.occurred_at,
-                event.actor,
-                event.correlation_id,
-                event.causation_id,
-                Jsonb(text, dumps=_as_is),
-                prev_hash,
-                digest,
-            )
-        )
-        prev_hash = digest
-    return rows, prev_hash
 
 
 async def stream_heads(

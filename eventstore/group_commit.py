@@ -20,25 +20,12 @@ from types import TracebackType
 from typing import Any
 from uuid import UUID
 
-from psycopg import AsyncConnection, errors, sql
+from psycopg import AsyncConnection, errors
 
-from eventstore.bulk import Row, chained_rows, stream_heads
+from eventstore.bulk import stream_heads
 from eventstore.records import GENESIS_HASH, NewEvent, StoredEvent
+from eventstore.rows import Row, chained_rows
 from eventstore.store import ConcurrencyError, EventStore
-
-_INSERT = """
-WITH ins AS (
-    INSERT INTO {s}.events (stream_id, version, event_id, type, schema_version, occurred_at,
-        actor, correlation_id, causation_id, data, prev_hash, hash)
-    SELECT * FROM unnest(%s::uuid[], %s::int4[], %s::uuid[], %s::text[], %s::int4[],
-        %s::timestamptz[], %s::text[], %s::uuid[], %s::uuid[], %s::jsonb[], %s::bytea[],
-        %s::bytea[])
-    RETURNING position, event_id, recorded_at
-), box AS (
-    INSERT INTO {s}.outbox (event_position) SELECT position FROM ins ORDER BY position
-)
-SELECT event_id, position, recorded_at FROM ins
-"""
 
 
 @dataclass
@@ -68,7 +55,6 @@ class GroupCommitter:
         self._queue: asyncio.Queue[_Pending | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._conns: list[AsyncConnection[Any]] = []
-        self._insert = sql.SQL(_INSERT).format(s=sql.Identifier(store.schema))
         self.batches = 0
         self.appends = 0
 
@@ -123,7 +109,6 @@ class GroupCommitter:
             async with conn.transaction():
                 accepted = await self._check(conn, batch)
                 stored = await self._insert_rows(conn, accepted)
-                await conn.execute("SELECT pg_notify(%s, '')", (self.store.notify_channel,))
         except errors.UniqueViolation:
             await self._one_by_one(conn, [p for p in batch if not p.future.done()])
             return
@@ -156,33 +141,10 @@ class GroupCommitter:
         rows = [r for p in accepted for r in p.rows]
         if not rows:
             return [[] for _ in accepted]
-        columns = list(zip(*(r[1:] for r in rows), strict=True))
-        cur = await conn.execute(self._insert, [list(c) for c in columns])
-        assigned = {r[0]: (r[1], r[2]) for r in await cur.fetchall()}
+        stored = iter(await self.store.insert_rows(conn, rows))  # in the rows' order
         result = []
         for p in accepted:
-            events = []
-            for row, event in zip(p.rows, p.events, strict=True):
-                position, recorded_at = assigned[event.event_id]
-                events.append(
-                    StoredEvent(
-                        position=position,
-                        stream_id=p.stream_id,
-                        version=row[2],
-                        event_id=event.event_id,
-                        type=event.type,
-                        schema_version=event.schema_version,
-                        occurred_at=event.occurred_at,
-                        recorded_at=recorded_at,
-                        actor=event.actor,
-                        correlation_id=event.correlation_id,
-                        causation_id=event.causation_id,
-                        data=event.data,
-                        prev_hash=row[11],
-                        hash=row[12],
-                    )
-                )
-            result.append(events)
+            result.append([next(stored) for _ in p.rows])
         return result
 
     async def _one_by_one(self, conn: AsyncConnection[Any], batch: list[_Pending]) -> None:

@@ -14,9 +14,9 @@ from uuid import UUID
 
 from psycopg import AsyncConnection, errors, sql
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
-from eventstore.records import GENESIS_HASH, NewEvent, StoredEvent, link_hash
+from eventstore.records import GENESIS_HASH, NewEvent, StoredEvent
+from eventstore.rows import ROW_COLUMNS, ROW_TYPES, Row, chained_rows
 
 DDL = """
 CREATE SCHEMA IF NOT EXISTS {schema};
@@ -56,6 +56,20 @@ EVENT_COLUMNS = (
     "position, stream_id, version, event_id, type, schema_version, occurred_at, "
     "recorded_at, actor, correlation_id, causation_id, data, prev_hash, hash"
 )
+
+
+APPEND = (
+    "WITH ins AS (INSERT INTO {s}.events ("
+    + ", ".join(ROW_COLUMNS)
+    + ") SELECT * FROM unnest("
+    + ", ".join(f"%s::{t}[]" for t in ROW_TYPES)
+    + ") RETURNING "
+    + EVENT_COLUMNS
+    + "), box AS (INSERT INTO {s}.outbox (event_position) "
+    "SELECT position FROM ins ORDER BY position) "
+    "SELECT ins.*, pg_notify(%s, '') AS notified FROM ins ORDER BY position"
+)
+"""Events, their outbox rows (in event order) and a NOTIFY for the relay, at once."""
 
 
 class ConcurrencyError(Exception):
@@ -98,6 +112,7 @@ class EventStore:
         self.source = source
         self._s = sql.Identifier(schema)
         self.notify_channel = f"{schema}_outbox"
+        self._append = sql.SQL(APPEND).format(s=self._s)
 
     async def create(self, conn: AsyncConnection[Any]) -> None:
         """Create the schema, tables and append-only trigger (idempotent)."""
@@ -135,49 +150,36 @@ class EventStore:
         version, prev = await self.stream_head(conn, stream_id)
         if version != expected_version:
             raise ConcurrencyError(stream_id, expected_version, version)
-        rows = []
-        for offset, event in enumerate(events, start=1):
-            digest = link_hash(prev, stream_id, version + offset, event)
-            rows.append((event, version + offset, prev, digest))
-            prev = digest
-        insert = sql.SQL(
-            "INSERT INTO {}.events (stream_id, version, event_id, type, schema_version, "
-            "occurred_at, actor, correlation_id, causation_id, data, prev_hash, hash) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-            "RETURNING " + EVENT_COLUMNS
-        ).format(self._s)
-        stored: list[StoredEvent] = []
+        rows, _ = chained_rows(stream_id, version, prev, events)
         try:
-            async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-                for event, ver, prev_hash, digest in rows:
-                    await cur.execute(
-                        insert,
-                        (
-                            stream_id,
-                            ver,
-                            event.event_id,
-                            event.type,
-                            event.schema_version,
-                            event.occurred_at,
-                            event.actor,
-                            event.correlation_id,
-                            event.causation_id,
-                            Jsonb(event.data),
-                            prev_hash,
-                            digest,
-                        ),
-                    )
-                    row = await cur.fetchone()
-                    assert row is not None
-                    stored.append(stored_event(row))
-                await cur.executemany(
-                    sql.SQL("INSERT INTO {}.outbox (event_position) VALUES (%s)").format(self._s),
-                    [(e.position,) for e in stored],
-                )
-                await cur.execute(sql.SQL("SELECT pg_notify(%s, '')"), (self.notify_channel,))
+            return await self.insert_rows(conn, rows)
         except errors.UniqueViolation as exc:
             raise ConcurrencyError(stream_id, expected_version) from exc
-        return stored
+
+    async def extend(
+        self, conn: AsyncConnection[Any], stream_id: UUID, events: Sequence[NewEvent]
+    ) -> list[StoredEvent]:
+        """Append after the stream's current head, for callers that already serialise the
+        stream's writers (they hold a lock on its row); the primary key still guards."""
+        version, prev = await self.stream_head(conn, stream_id)
+        rows, _ = chained_rows(stream_id, version, prev, events)
+        try:
+            return await self.insert_rows(conn, rows)
+        except errors.UniqueViolation as exc:
+            raise ConcurrencyError(stream_id, version) from exc
+
+    async def insert_rows(
+        self, conn: AsyncConnection[Any], rows: Sequence[Row]
+    ) -> list[StoredEvent]:
+        """Insert chained rows, their outbox rows and the relay's wake-up: one statement.
+
+        One statement, so it is atomic without a savepoint and costs one round trip; a
+        taken (stream, version) raises ``UniqueViolation`` and stores nothing.
+        """
+        columns = [list(c) for c in zip(*(r[1:] for r in rows), strict=True)]
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(self._append, [*columns, self.notify_channel])
+            return [stored_event(r) for r in await cur.fetchall()]
 
     async def read_stream(self, conn: AsyncConnection[Any], stream_id: UUID) -> list[StoredEvent]:
         """Every event of one stream, oldest first."""

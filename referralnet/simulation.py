@@ -121,7 +121,7 @@ class AllianceSimulation:
         """Wait (polling the referrer's own view, with a deadline) for routing's answer."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
-        pause = 0.05
+        pause = 0.25  # routing takes a few hops; asking sooner only adds load
         while loop.time() < deadline:
             view: dict[str, Any] = {}
             with contextlib.suppress(ApiFailure):  # 404 until the referrer's view has it
@@ -131,7 +131,7 @@ class AllianceSimulation:
             if status == "escalated" or (status in ("routed", "accepted") and service != previous):
                 return view
             await asyncio.sleep(pause)
-            pause = min(pause * 1.5, 0.5)
+            pause = min(pause * 1.5, 1.0)
         raise ApiFailure(f"referral {referral_id} was not routed within 60s")
 
     async def journey(self, index: int) -> None:

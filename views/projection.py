@@ -1,13 +1,18 @@
-"""Applies one organisation's topic to its view schema.
+"""Applies one organisation's topic to its view schema, a whole batch at a time.
 
 The distributor already decided what this organisation may see, so the projection is
-the same for every role: it records what arrives. Each statement is idempotent in
-effect because ``apply_batch`` skips events applied before.
+the same for every role: it records what arrives. A batch is folded in memory into
+rows per table and one change per referral, then written with a handful of set-based
+statements (``unnest``) in one pipeline, whatever its size: per-event statements were
+what limited both the live views and ``replay``. ``apply_batches`` only hands over
+events not applied before, so the additions below happen once per event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -17,25 +22,170 @@ from psycopg.types.json import Jsonb
 from bus.tracking import Outgoing
 from schemas.envelope import CloudEvent
 
-STATUS_UPDATES: dict[str, str] = {
-    "referral-routed": "status = 'routed', service_org = %(service_org)s, routed_at = %(at)s",
-    "referral-accepted": "status = 'accepted', accepted_at = %(at)s",
-    "referral-declined": "status = 'declined', declines = declines + 1",
-    "referral-escalated": "status = 'escalated', service_org = NULL",
-    "first-contact-made": "status = 'in-progress', first_contact_at = %(at)s",
-    "first-contact-overdue": "overdue = true",
-    "session-held": "sessions = sessions + 1, session_minutes = session_minutes + %(minutes)s, "
-    "status = CASE WHEN status = 'accepted' THEN 'in-progress' ELSE status END",
-    "activity-referred": "activities = activities + 1",
-    "activity-attended": "attendances = attendances + %(attended)s",
-    "outcome-recorded": "outcomes = outcomes + 1",
-    "referral-closed": "status = 'closed', closed_at = %(at)s, close_reason = %(reason)s",
+STATUS_OF: dict[str, str] = {
+    "referral-routed": "routed",
+    "referral-accepted": "accepted",
+    "referral-declined": "declined",
+    "referral-escalated": "escalated",
+    "first-contact-made": "in-progress",
+    "referral-closed": "closed",
 }
 
 
 def session_minutes(model: Any) -> int:
     """Minutes of a session, whichever schema version named them."""
     return int(getattr(model, "duration_minutes", None) or model.minutes)
+
+
+@dataclass
+class ReferralChange:
+    """What a batch's events do to one ``referrals`` row, in their order."""
+
+    status: str | None = None  # None: as stored (perhaps promoted, see below)
+    promote: bool = False  # a session while the stored status is unknown here
+    set_service: bool = False
+    service_org: str | None = None
+    routed_at: datetime | None = None
+    accepted_at: datetime | None = None
+    first_contact_at: datetime | None = None
+    closed_at: datetime | None = None
+    close_reason: str | None = None
+    overdue: bool = False
+    declines: int = 0
+    sessions: int = 0
+    minutes: int = 0
+    activities: int = 0
+    attendances: int = 0
+    outcomes: int = 0
+    last_event_at: datetime | None = None
+
+    def fold(self, event: CloudEvent, model: Any) -> None:
+        """Add one event (the status rules of the journey, as the views show it)."""
+        kind, at = event.type, event.time
+        self.last_event_at = at if self.last_event_at is None else max(self.last_event_at, at)
+        self.status = STATUS_OF.get(kind, self.status)
+        if kind == "referral-routed":
+            self.set_service, self.service_org, self.routed_at = True, model.service_org, at
+        elif kind == "referral-escalated":
+            self.set_service, self.service_org = True, None
+        elif kind == "referral-accepted":
+            self.accepted_at = at
+        elif kind == "referral-declined":
+            self.declines += 1
+        elif kind == "first-contact-made":
+            self.first_contact_at = at
+        elif kind == "first-contact-overdue":
+            self.overdue = True
+        elif kind == "session-held":
+            self.sessions += 1
+            self.minutes += session_minutes(model)
+            if self.status is None:
+                self.promote = True
+            elif self.status == "accepted":
+                self.status = "in-progress"
+        elif kind == "activity-referred":
+            self.activities += 1
+        elif kind == "activity-attended":
+            self.attendances += 1 if model.attended else 0
+        elif kind == "outcome-recorded":
+            self.outcomes += 1
+        elif kind == "referral-closed":
+            self.closed_at, self.close_reason = at, str(model.reason)
+
+
+CHANGE_COLUMNS = (
+    ("referral_id", "uuid"),
+    ("status", "text"),
+    ("promote", "bool"),
+    ("set_service", "bool"),
+    ("service_org", "text"),
+    ("routed_at", "timestamptz"),
+    ("accepted_at", "timestamptz"),
+    ("first_contact_at", "timestamptz"),
+    ("closed_at", "timestamptz"),
+    ("close_reason", "text"),
+    ("overdue", "bool"),
+    ("declines", "int4"),
+    ("sessions", "int4"),
+    ("minutes", "int4"),
+    ("activities", "int4"),
+    ("attendances", "int4"),
+    ("outcomes", "int4"),
+    ("last_event_at", "timestamptz"),
+)
+
+_UPDATE_REFERRALS = (
+    "UPDATE {s}.referrals AS r SET "
+    "status = COALESCE(c.status, CASE WHEN c.promote AND r.status = 'accepted' "
+    "THEN 'in-progress' ELSE r.status END), "
+    "service_org = CASE WHEN c.set_service THEN c.service_org ELSE r.service_org END, "
+    "routed_at = COALESCE(c.routed_at, r.routed_at), "
+    "accepted_at = COALESCE(c.accepted_at, r.accepted_at), "
+    "first_contact_at = COALESCE(c.first_contact_at, r.first_contact_at), "
+    "closed_at = COALESCE(c.closed_at, r.closed_at), "
+    "close_reason = COALESCE(c.close_reason, r.close_reason), "
+    "overdue = r.overdue OR c.overdue, "
+    "declines = r.declines + c.declines, sessions = r.sessions + c.sessions, "
+    "session_minutes = r.session_minutes + c.minutes, "
+    "activities = r.activities + c.activities, attendances = r.attendances + c.attendances, "
+    "outcomes = r.outcomes + c.outcomes, "
+    "last_event_at = GREATEST(r.last_event_at, c.last_event_at) "
+    "FROM unnest("
+    + ", ".join(f"%s::{t}[]" for _, t in CHANGE_COLUMNS)
+    + ") AS c("
+    + ", ".join(n for n, _ in CHANGE_COLUMNS)
+    + ") WHERE r.referral_id = c.referral_id"
+)
+_INSERT_REFERRALS = (
+    "INSERT INTO {s}.referrals (referral_id, person_ref, referrer_org, referrer_kind, needs, "
+    "urgency, area, age_band, status, referred_at, last_event_at) "
+    "SELECT c.id, c.person_ref, c.referrer_org, c.referrer_kind, "
+    "ARRAY(SELECT jsonb_array_elements_text(c.needs)), c.urgency, c.area, c.age_band, "
+    "'referred', c.referred_at, c.referred_at FROM unnest(%s::uuid[], %s::text[], %s::text[], "
+    "%s::text[], %s::jsonb[], %s::text[], %s::text[], %s::text[], %s::timestamptz[]) "
+    "AS c(id, person_ref, referrer_org, referrer_kind, needs, urgency, area, age_band, "
+    "referred_at) ON CONFLICT (referral_id) DO NOTHING"
+)
+_INSERT_SESSIONS = (
+    "INSERT INTO {s}.sessions (session_id, referral_id, kind, minutes, mode, held_at) "
+    "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::int4[], %s::text[], "
+    "%s::timestamptz[]) ON CONFLICT DO NOTHING"
+)
+_INSERT_ACTIVITIES = (
+    "INSERT INTO {s}.activities (referral_id, activity_id, provider_org, activity_kind, "
+    "referred_at) SELECT * FROM unnest(%s::uuid[], %s::text[], %s::text[], %s::text[], "
+    "%s::timestamptz[]) ON CONFLICT DO NOTHING"
+)
+_ATTENDANCE = (
+    "UPDATE {s}.activities AS a SET attended = a.attended + c.attended, "
+    "missed = a.missed + c.missed FROM unnest(%s::uuid[], %s::text[], %s::int4[], %s::int4[]) "
+    "AS c(referral_id, activity_id, attended, missed) "
+    "WHERE a.referral_id = c.referral_id AND a.activity_id = c.activity_id"
+)
+_INSERT_OUTCOMES = (
+    "INSERT INTO {s}.outcomes (event_id, referral_id, measure, timepoint, score, items, "
+    "recorded_at) SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], "
+    "%s::float8[], %s::jsonb[], %s::timestamptz[]) ON CONFLICT DO NOTHING"
+)
+_INSERT_TIMELINE = (
+    "INSERT INTO {s}.timeline (event_id, referral_id, type, at, actor) "
+    "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[], %s::text[]) "
+    "ON CONFLICT DO NOTHING"
+)
+
+
+class _Rows:
+    """Column lists for one batch, table by table (the ``unnest`` arguments)."""
+
+    def __init__(self, width: int) -> None:
+        self.columns: list[list[Any]] = [[] for _ in range(width)]
+
+    def add(self, *values: Any) -> None:
+        for column, value in zip(self.columns, values, strict=True):
+            column.append(value)
+
+    def __bool__(self) -> bool:
+        return bool(self.columns[0])
 
 
 class ViewProjection:
@@ -47,117 +197,117 @@ class ViewProjection:
         self.consumer = f"view.{org_id}"
         self.interested_in: frozenset[str] | None = None
         self.may_reject = False
-        self._s = sql.Identifier(schema)
+        s = sql.Identifier(schema)
+        self._sql = {
+            name: sql.SQL(text).format(s=s)
+            for name, text in (
+                ("referrals", _INSERT_REFERRALS),
+                ("sessions", _INSERT_SESSIONS),
+                ("activities", _INSERT_ACTIVITIES),
+                ("attendance", _ATTENDANCE),
+                ("outcomes", _INSERT_OUTCOMES),
+                ("timeline", _INSERT_TIMELINE),
+                ("changes", _UPDATE_REFERRALS),
+            )
+        }
 
     async def apply(
         self, conn: AsyncConnection[Any], event: CloudEvent, model: Any
     ) -> Sequence[Outgoing]:
-        rid = UUID(event.subject)
-        if event.type == "referral-created":
-            await self._created(conn, rid, model)
-        await self._details(conn, rid, event, model)
-        # One round trip: the timeline row and the referral's status change together.
-        update = STATUS_UPDATES.get(event.type, "status = status")
-        await conn.execute(
-            sql.SQL(
-                "WITH t AS (INSERT INTO {s}.timeline (event_id, referral_id, type, at, actor) "
-                "VALUES (%(event_id)s, %(id)s, %(type)s, %(at)s, %(actor)s) "
-                "ON CONFLICT DO NOTHING) "
-                "UPDATE {s}.referrals SET " + update + ", last_event_at = "
-                "GREATEST(last_event_at, %(at)s) WHERE referral_id = %(id)s"
-            ).format(s=self._s),
-            {
-                "event_id": event.id,
-                "type": event.type,
-                "actor": event.actor,
-                "id": rid,
-                "at": event.time,
-                "service_org": getattr(model, "service_org", None),
-                "minutes": session_minutes(model) if event.type == "session-held" else 0,
-                "attended": 1 if getattr(model, "attended", False) else 0,
-                "reason": str(getattr(model, "reason", "")),
-            },
-        )
+        return await self.apply_all(conn, [(event, model)])
+
+    async def apply_all(
+        self, conn: AsyncConnection[Any], items: Sequence[tuple[CloudEvent, Any]]
+    ) -> Sequence[Outgoing]:
+        """Write a batch: new rows first, then each referral's folded change."""
+        rows = {
+            "referrals": _Rows(9),
+            "sessions": _Rows(6),
+            "activities": _Rows(5),
+            "outcomes": _Rows(7),
+            "timeline": _Rows(5),
+        }
+        attendance: dict[tuple[UUID, str], list[int]] = {}
+        changes: dict[UUID, ReferralChange] = {}
+        for event, model in items:
+            rid = UUID(event.subject)
+            self._rows_of(rows, attendance, rid, event, model)
+            rows["timeline"].add(event.id, rid, event.type, event.time, event.actor)
+            changes.setdefault(rid, ReferralChange()).fold(event, model)
+        statements: list[tuple[str, list[Any]]] = [
+            (name, r.columns) for name, r in rows.items() if r and name != "timeline"
+        ]
+        if attendance:
+            keys = list(attendance)
+            statements.append(
+                (
+                    "attendance",
+                    [
+                        [k[0] for k in keys],
+                        [k[1] for k in keys],
+                        [attendance[k][0] for k in keys],
+                        [attendance[k][1] for k in keys],
+                    ],
+                )
+            )
+        statements.append(("timeline", rows["timeline"].columns))
+        statements.append(("changes", _change_columns(changes)))
+        async with conn.pipeline():
+            for name, params in statements:
+                await conn.execute(self._sql[name], params)
         return ()
 
-    async def _created(self, conn: AsyncConnection[Any], rid: UUID, model: Any) -> None:
-        await conn.execute(
-            sql.SQL(
-                "INSERT INTO {}.referrals (referral_id, person_ref, referrer_org, referrer_kind, "
-                "needs, urgency, area, age_band, status, referred_at, last_event_at) "
-                "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'referred', %s, %s) "
-                "ON CONFLICT (referral_id) DO NOTHING"
-            ).format(self._s),
-            (
+    @staticmethod
+    def _rows_of(
+        rows: dict[str, _Rows],
+        attendance: dict[tuple[UUID, str], list[int]],
+        rid: UUID,
+        event: CloudEvent,
+        model: Any,
+    ) -> None:
+        if event.type == "referral-created":
+            rows["referrals"].add(
                 rid,
                 model.person_ref,
                 model.referrer_org,
                 model.referrer_kind,
-                [str(n) for n in model.needs],
+                Jsonb([str(n) for n in model.needs]),
                 str(model.urgency),
                 model.area,
                 str(model.age_band),
                 model.referred_at,
-                model.referred_at,
-            ),
-        )
-
-    async def _details(
-        self, conn: AsyncConnection[Any], rid: UUID, event: CloudEvent, model: Any
-    ) -> None:
-        if event.type == "session-held":
-            await conn.execute(
-                sql.SQL(
-                    "INSERT INTO {}.sessions (session_id, referral_id, kind, minutes, mode, "
-                    "held_at) VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING"
-                ).format(self._s),
-                (
-                    model.session_id,
-                    rid,
-                    str(model.kind),
-                    session_minutes(model),
-                    str(model.mode),
-                    model.held_at,
-                ),
+            )
+        elif event.type == "session-held":
+            rows["sessions"].add(
+                model.session_id,
+                rid,
+                str(model.kind),
+                session_minutes(model),
+                str(model.mode),
+                model.held_at,
             )
         elif event.type == "activity-referred":
-            await conn.execute(
-                sql.SQL(
-                    "INSERT INTO {}.activities (referral_id, activity_id, provider_org, "
-                    "activity_kind, referred_at) VALUES (%s, %s, %s, %s, %s) "
-                    "ON CONFLICT DO NOTHING"
-                ).format(self._s),
-                (
-                    rid,
-                    model.activity_id,
-                    model.provider_org,
-                    model.activity_kind,
-                    model.referred_at,
-                ),
+            rows["activities"].add(
+                rid, model.activity_id, model.provider_org, model.activity_kind, model.referred_at
             )
         elif event.type == "activity-attended":
-            column = "attended" if model.attended else "missed"
-            await conn.execute(
-                sql.SQL(
-                    "UPDATE {}.activities SET {} = {} + 1 WHERE referral_id = %s "
-                    "AND activity_id = %s"
-                ).format(self._s, sql.Identifier(column), sql.Identifier(column)),
-                (rid, model.activity_id),
-            )
+            counts = attendance.setdefault((rid, model.activity_id), [0, 0])
+            counts[0 if model.attended else 1] += 1
         elif event.type == "outcome-recorded":
-            await conn.execute(
-                sql.SQL(
-                    "INSERT INTO {}.outcomes (event_id, referral_id, measure, timepoint, score, "
-                    "items, recorded_at) VALUES (%s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT DO NOTHING"
-                ).format(self._s),
-                (
-                    event.id,
-                    rid,
-                    str(model.measure),
-                    str(model.timepoint),
-                    model.score,
-                    Jsonb(model.items) if model.items is not None else None,
-                    model.recorded_at,
-                ),
+            rows["outcomes"].add(
+                event.id,
+                rid,
+                str(model.measure),
+                str(model.timepoint),
+                None if model.score is None else float(model.score),
+                Jsonb(model.items) if model.items is not None else None,
+                model.recorded_at,
             )
+
+
+def _change_columns(changes: dict[UUID, ReferralChange]) -> list[list[Any]]:
+    """The ``unnest`` arguments of the referrals update, in ``CHANGE_COLUMNS`` order."""
+    names = [n for n, _ in CHANGE_COLUMNS[1:]]
+    columns: list[list[Any]] = [list(changes)]
+    columns.extend([getattr(c, n) for c in changes.values()] for n in names)
+    return columns

@@ -138,11 +138,10 @@ def build(event_type: str, data: dict[str, Any]) -> Any:
 async def append_events(
     conn: AsyncConnection[Any], case: CaseState, actor: str, at: datetime, *models: Any
 ) -> list[StoredEvent]:
-    version, _ = await STORE.stream_head(conn, case.referral_id)
     events = [
         new_event(m, actor=actor, occurred_at=at, correlation_id=case.referral_id) for m in models
     ]
-    return await STORE.append(conn, case.referral_id, version, events)
+    return await STORE.extend(conn, case.referral_id, events)
 
 
 async def first_contact(

@@ -126,11 +126,6 @@ async def _route(
     )
 
 
-async def _append(conn: AsyncConnection[Any], referral_id: UUID, events: list[NewEvent]) -> None:
-    version, _ = await STORE.stream_head(conn, referral_id)
-    await STORE.append(conn, referral_id, version, events)
-
-
 async def open_case(
     conn: AsyncConnection[Any], created: Any, *, event_id: UUID, at: datetime
 ) -> None:
@@ -158,7 +153,7 @@ async def open_case(
     if not candidates:  # a service may have joined since the ledger was last synced
         await sync_capacity(conn)
     routed = await _route(conn, row, at=at, actor="routing", causation=event_id)
-    await _append(conn, row.referral_id, [routed])
+    await STORE.extend(conn, row.referral_id, [routed])
 
 
 async def _own_routed_case(conn: AsyncConnection[Any], referral_id: UUID, org: str) -> CaseRow:
@@ -193,7 +188,7 @@ async def accept(
         "referral-accepted", referral_id=referral_id, service_org=org, accepted_at=accepted_at
     )
     event = new_event(model, actor=org, occurred_at=accepted_at, correlation_id=referral_id)
-    await _append(conn, referral_id, [event])
+    await STORE.extend(conn, referral_id, [event])
 
 
 async def decline(
@@ -225,7 +220,7 @@ async def decline(
     rerouted = await _route(
         conn, after, at=declined_at, actor="routing", causation=declined.event_id
     )
-    await _append(conn, referral_id, [declined, rerouted])
+    await STORE.extend(conn, referral_id, [declined, rerouted])
     return rerouted.data.get("service_org")
 
 
