@@ -45,12 +45,6 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default=[10_000, 100_000],
         help="replay: sizes for the scaling section (add 1000000 for the full run)",
     )
-    p.add_argument(
-        "--pipeline",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="replay: also rebuild in psycopg pipeline mode",
-    )
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     p.add_argument("--note", action="append", default=[], help="a note for the report")
     args = p.parse_args(argv)
@@ -87,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                     stack, args.loads, args.seconds, args.seed_events, args.max_in_flight
                 )
             elif name == "replay":
-                sections += replay.run(stack, args.replay_events, args.scaling, args.pipeline)
+                sections += replay.run(stack, args.replay_events, args.scaling)
     notes = list(args.note)
     if args.quick:
         notes.append("`--quick`: sizes shrunk to prove the benchmarks run; not for citing.")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
@@ -28,7 +29,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from bus import dead_letters
 from bus.runner import publish_outgoing
-from bus.tracking import Outgoing, Projection, Record, apply_batches
+from bus.tracking import Outgoing, Projection, Record, apply_batches, keep_start
 from eventstore.pool import connection_pool
 
 log = structlog.get_logger(__name__)
@@ -153,6 +154,9 @@ def tracked_agent(
                     # can keep failing on a partition for its whole request timeout.
                     log.warning("batch_retry", topic=tname, error=repr(exc))
                     await _drop_producer()
+                    async with pool.connection() as conn:
+                        firsts = {p: recs[0].offset for p, recs in partitions.items()}
+                        await keep_start(conn, projection, tname, firsts)
                     topics = list(by_topic)
                     for t in topics[topics.index(tname) :]:
                         for p, recs in by_topic[t].items():
@@ -216,4 +220,7 @@ def run_worker(app: faust.App) -> None:
     """Run a faust worker in this process until it is stopped (SIGTERM/SIGINT)."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
+    # faust leaves the libraries' loggers enabled for debug: aiokafka then builds a log
+    # record for every message sent, only for the handler to drop it. Warnings still show.
+    logging.disable(logging.INFO)
     faust.Worker(app, loglevel="warning", loop=loop).execute_from_commandline()

@@ -64,12 +64,14 @@ class OutboxRelay:
         producer: AIOKafkaProducer,
         topic: str,
         batch: int = 1000,
+        linger_seconds: float = 0.02,
     ) -> None:
         self.store = store
         self._conninfo = conninfo
         self._producer = producer
         self._topic = topic
         self._batch = batch
+        self._linger = linger_seconds
         self.published = 0
 
     async def drain(self, conn: AsyncConnection[Any]) -> int:
@@ -129,3 +131,7 @@ class OutboxRelay:
                     gen = conn.notifies(timeout=idle_seconds, stop_after=1)
                     async for _ in gen:
                         pass
+                if self._linger > 0:
+                    # A batching delay, not synchronisation: appends that land meanwhile
+                    # share one query, one produce request and one delete.
+                    await asyncio.sleep(self._linger)

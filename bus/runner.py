@@ -60,6 +60,9 @@ async def publish_outgoing(producer: AIOKafkaProducer, outgoing: Sequence[Outgoi
         await future
 
 
+LINGER_SECONDS = 0.05
+
+
 class TrackedRunner:
     """Consumes a changing set of topics, one projection per topic, positions in Postgres."""
 
@@ -73,6 +76,7 @@ class TrackedRunner:
         refresh_seconds: float = 2.0,
         max_records: int = 2000,
         client_id: str = "referralnet-runner",
+        linger_seconds: float = LINGER_SECONDS,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._pool = pool
@@ -81,6 +85,7 @@ class TrackedRunner:
         self._refresh = refresh_seconds
         self._max_records = max_records
         self._client_id = client_id
+        self._linger = linger_seconds
         self._projections: dict[str, Projection] = {}
         self.stats = RunnerStats()
 
@@ -115,7 +120,7 @@ class TrackedRunner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(stop.wait(), timeout=self._refresh)
                     continue
-                batches = await consumer.getmany(timeout_ms=200, max_records=self._max_records)
+                batches = await self._fetch(consumer)
                 by_topic: dict[str, dict[int, Sequence[Any]]] = defaultdict(dict)
                 for tp, messages in batches.items():
                     by_topic[tp.topic][tp.partition] = messages
@@ -125,6 +130,24 @@ class TrackedRunner:
         finally:
             await consumer.stop()
             await producer.stop()
+
+    async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
+        """What the broker has; a small first batch lingers briefly to let more arrive.
+
+        Every batch costs a transaction and a few statements per topic whatever its
+        size, so under load a short linger shares them among many events; an idle
+        consumer pays it once, on the record that wakes it.
+        """
+        batches: dict[TopicPartition, list[Any]] = await consumer.getmany(
+            timeout_ms=200, max_records=self._max_records
+        )
+        count = sum(len(m) for m in batches.values())
+        if 0 < count < self._max_records // 4 and self._linger > 0:
+            await asyncio.sleep(self._linger)  # a batching delay, not synchronisation
+            more = await consumer.getmany(timeout_ms=0, max_records=self._max_records - count)
+            for tp, messages in more.items():
+                batches[tp] = [*batches.get(tp, ()), *messages]
+        return batches
 
     async def _reassign(self, consumer: AIOKafkaConsumer) -> None:
         wanted = dict(await self._projections_source())

@@ -81,13 +81,13 @@ class Projection(Protocol):
     """Something that applies bus events to its PostgreSQL tables.
 
     ``interested_in`` (None: every type) lets a consumer skip, at the cost of only a
-    position update, the many journey events it does not care about. ``may_reject``
-    says whether ``apply`` raises ``Rejected``; only then does each event pay for a
-    savepoint.
+    position update, the many journey events it does not care about. ``apply`` may
+    raise ``Rejected`` before it has written anything; ``may_reject`` says it may also
+    do so after writing, and only then does each event pay for a savepoint.
 
     A projection may also offer ``apply_all(conn, [(event, model), ...])``: the new
     events of a whole transaction at once, in order (set-based SQL instead of
-    statements per event). It is used when the projection never rejects.
+    statements per event), used instead of ``apply`` when ``may_reject`` is false.
     """
 
     consumer: str
@@ -151,6 +151,25 @@ async def _lock_positions(
         (consumer, topic, partitions),
     )
     return {int(r[0]): None if r[2] else int(r[1]) for r in await cur.fetchall()}
+
+
+async def keep_start(
+    conn: AsyncConnection[Any], projection: Projection, topic: str, firsts: Mapping[int, int]
+) -> None:
+    """Record where partitions without a position start, outside any batch transaction.
+
+    A consumer's first batch sets its position in the batch's own transaction; if that
+    rolls back (a failed publish) and the client re-delivers later records first, the
+    consumer would take them for its start. Called on that failure path.
+    """
+    parts = list(firsts)
+    await conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.positions (consumer, topic, partition, next_offset) "
+            "SELECT %s, %s, * FROM unnest(%s::int4[], %s::int8[]) ON CONFLICT DO NOTHING"
+        ).format(sql.Identifier(projection.schema)),
+        (projection.consumer, topic, parts, [firsts[p] for p in parts]),
+    )
 
 
 async def _store_positions(
@@ -410,14 +429,13 @@ async def _apply_one(
     result: BatchResult,
 ) -> bool:
     """Apply one new event; False when it was rejected (and dead-lettered instead)."""
-    if not projection.may_reject:
-        result.outgoing.extend(await projection.apply(conn, event, model))
-        result.applied += 1
-        return True
     try:
-        # A savepoint, so a rejected event leaves no half-applied rows behind and can be
-        # re-driven later (a retried dead letter was never applied, so skips dedup).
-        async with conn.transaction():
+        if projection.may_reject:
+            # A savepoint, so a rejected event leaves no half-applied rows behind and can
+            # be re-driven later (a retried dead letter was never applied, so skips dedup).
+            async with conn.transaction():
+                result.outgoing.extend(await projection.apply(conn, event, model))
+        else:
             result.outgoing.extend(await projection.apply(conn, event, model))
     except Rejected as exc:
         await _dead_letter(conn, projection.schema, projection.consumer, record, str(exc))

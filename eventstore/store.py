@@ -147,7 +147,10 @@ class EventStore:
         """
         if not events:
             return []
-        version, prev = await self.stream_head(conn, stream_id)
+        if expected_version == 0:  # a new stream: version 1's key catches an existing one
+            version, prev = 0, GENESIS_HASH
+        else:
+            version, prev = await self.stream_head(conn, stream_id)
         if version != expected_version:
             raise ConcurrencyError(stream_id, expected_version, version)
         rows, _ = chained_rows(stream_id, version, prev, events)

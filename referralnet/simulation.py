@@ -121,8 +121,10 @@ class AllianceSimulation:
         """Wait (polling the referrer's own view, with a deadline) for routing's answer."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 60
-        pause = 0.25  # routing takes a few hops; asking sooner only adds load
+        pause = 0.4  # routing's answer takes a few hops: asking at once only adds load
         while loop.time() < deadline:
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 1.0)
             view: dict[str, Any] = {}
             with contextlib.suppress(ApiFailure):  # 404 until the referrer's view has it
                 path = f"/referrals/{referral_id}?person=false"
@@ -130,8 +132,6 @@ class AllianceSimulation:
             status, service = view.get("status"), view.get("service_org")
             if status == "escalated" or (status in ("routed", "accepted") and service != previous):
                 return view
-            await asyncio.sleep(pause)
-            pause = min(pause * 1.5, 1.0)
         raise ApiFailure(f"referral {referral_id} was not routed within 60s")
 
     async def journey(self, index: int) -> None:

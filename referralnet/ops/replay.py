@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import AsyncConnection, sql
 
 from bus.topics import Topics
-from bus.tracking import Record, apply_batch, stored_positions
+from bus.tracking import Record, apply_batches, stored_positions
 from referralnet.ops import log
 from referralnet.ops.checksum import combine, digests_in_transaction
 from views.projection import ViewProjection
@@ -30,7 +30,6 @@ Progress = Callable[[int, int], None]
 """Called with (events read, events to read); the total grows if the log does."""
 
 REPLAY_SUFFIX = "__replay"
-PIPELINE = True
 OLD_SUFFIX = "__old"
 
 
@@ -113,11 +112,12 @@ class _Replayer:
         self.reader.resume(*due)
         last = time.monotonic()
         while due:
-            batches = await self.reader.getmany(*due, timeout_ms=200, max_records=2000)
-            for tp, messages in batches.items():
-                if messages:
-                    last = time.monotonic()
-                    await self._apply(tp, messages)
+            batches = await self.reader.getmany(*due, timeout_ms=200, max_records=5000)
+            fetched = {tp: m for tp, m in batches.items() if m}
+            if fetched:
+                last = time.monotonic()
+                await self._apply(fetched)
+            for tp in list(due):
                 if self.positions.get(tp, 0) >= targets[tp]:
                     due.discard(tp)
             progress()
@@ -125,27 +125,27 @@ class _Replayer:
                 raise TimeoutError(f"the log stopped short of what the view consumed: {due}")
         return self.events - before
 
-    async def _apply(self, tp: TopicPartition, messages: list[Any]) -> None:
-        records = [
-            Record(m.topic, m.partition, m.offset, m.key, m.value, list(m.headers or ()))
-            for m in messages
-        ]
-        if PIPELINE:
-            # Queue the projection's statements instead of waiting for each one's reply.
-            async with self.conn.pipeline():
-                result = await apply_batch(
-                    self.conn, self.projection, tp.topic, tp.partition, records
-                )
-        else:
-            result = await apply_batch(self.conn, self.projection, tp.topic, tp.partition, records)
-        if result.seek_to is not None:
-            self.reader.seek(tp, result.seek_to)
-            return
-        self.events += len(records)
-        self.applied += result.applied
-        self.duplicates += result.duplicates
-        self.dead += result.dead
-        self.positions[tp] = records[-1].offset + 1
+    async def _apply(self, fetched: dict[TopicPartition, list[Any]]) -> None:
+        """One fetch, every partition of the topic, in one transaction."""
+        topic = next(iter(fetched)).topic
+        batches = {
+            tp.partition: [
+                Record(m.topic, m.partition, m.offset, m.key, m.value, list(m.headers or ()))
+                for m in messages
+            ]
+            for tp, messages in fetched.items()
+        }
+        results = await apply_batches(self.conn, self.projection, topic, batches)
+        for partition, result in results.items():
+            tp = TopicPartition(topic, partition)
+            if result.seek_to is not None:
+                self.reader.seek(tp, result.seek_to)
+                continue
+            self.events += len(batches[partition])
+            self.applied += result.applied
+            self.duplicates += result.duplicates
+            self.dead += result.dead
+            self.positions[tp] = batches[partition][-1].offset + 1
 
 
 async def replay_view(

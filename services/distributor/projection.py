@@ -38,7 +38,7 @@ class DistributorProjection:
     consumer = "distributor"
     schema = "distributor"
     interested_in: frozenset[str] | None = None
-    may_reject = True
+    may_reject = False  # it rejects only before writing anything: no savepoint needed
 
     def __init__(self, topics: Topics, secret: bytes, refresh_seconds: float = 5.0) -> None:
         self._topics = topics
@@ -63,6 +63,8 @@ class DistributorProjection:
     ) -> Sequence[Outgoing]:
         ent = await store.load(conn, event.subject)
         created_copy = None
+        changed = event.type in ("referral-created", "referral-routed", "referral-declined")
+        changed = changed or event.type in ("referral-escalated", "activity-referred")
         if event.type == "referral-created":
             if ent is None:
                 ent = Entitlements(
@@ -81,7 +83,8 @@ class DistributorProjection:
             if model.provider_org not in ent.providers:
                 ent.providers.append(model.provider_org)
             created_copy = _thaw(ent.created)
-        await store.save(conn, event.subject, ent)
+        if changed:  # most journey events change nobody's entitlements
+            await store.save(conn, event.subject, ent)
         commissioners = await self._commissioner_ids(conn, event.type == "referral-created")
         return [
             Outgoing(self._topics.org(d.org_id), d.event)

@@ -46,8 +46,13 @@ async def _as_holder(
     org_id: str,
     act: Callable[[casework.CaseState], Awaitable[StoredEvent]],
 ) -> Recorded:
-    """Run a casework command for the service holding the referral: wait for routing's
-    answer outside the transaction, then lock the case and act in one transaction."""
+    """Run a casework command for the service holding the referral, in one transaction
+    with the case locked; if routing's answer has not reached outcomes yet, wait for it
+    outside any transaction and try once more."""
+    async with conn.transaction():
+        case = await casework.ready_case(conn, referral_id, org_id)
+        if case is not None:
+            return _recorded(await act(case))
     await casework.await_case(conn, referral_id, org_id)
     async with conn.transaction():
         return _recorded(await act(await casework.case_for(conn, referral_id, org_id)))

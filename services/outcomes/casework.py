@@ -86,6 +86,7 @@ async def await_case(conn: AsyncConnection[Any], referral_id: UUID, org: str) ->
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + WAIT_FOR_ROUTING
+    pause = 0.02
     while True:
         case = await _read_case(conn, referral_id)
         if case and case.service_org == org and case.status in ("accepted", "closed"):
@@ -100,7 +101,8 @@ async def await_case(conn: AsyncConnection[Any], referral_id: UUID, org: str) ->
             if case.service_org != org:
                 raise Forbidden(f"referral {referral_id} is not routed to {org}")
             raise Conflict("the referral has not been accepted yet", state=case.public())
-        await asyncio.sleep(0.02)  # polling a projection another process updates
+        await asyncio.sleep(pause)  # polling a projection another process updates
+        pause = min(pause * 2, 0.25)  # a hop or two away: each poll is a query
 
 
 async def case_for(conn: AsyncConnection[Any], referral_id: UUID, org: str) -> CaseState:
@@ -115,6 +117,16 @@ async def case_for(conn: AsyncConnection[Any], referral_id: UUID, org: str) -> C
     if locked.status != "accepted":
         raise Conflict("the referral has not been accepted yet", state=locked.public())
     return locked
+
+
+async def ready_case(conn: AsyncConnection[Any], referral_id: UUID, org: str) -> CaseState | None:
+    """The case, locked, if ``org`` holds it accepted and open; None if not (or not yet).
+
+    The common case in one query; the caller falls back to ``await_case`` otherwise.
+    """
+    locked = await _read_case(conn, referral_id, lock=True)
+    ready = locked is not None and locked.service_org == org and locked.status == "accepted"
+    return locked if ready else None
 
 
 def check_time(at: datetime, case: CaseState, field: str) -> None:

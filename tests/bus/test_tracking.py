@@ -24,6 +24,7 @@ from bus.tracking import (
     Rejected,
     apply_batch,
     create_tracking,
+    keep_start,
     stored_positions,
 )
 from schemas.envelope import CloudEvent, to_kafka
@@ -365,6 +366,26 @@ async def test_a_failing_publish_rolls_back_position_and_writes(
     assert await position(conn, projection) in (None, 0)
     result, published = await apply(conn, projection, [record(event, 0)])
     assert result.applied == 1 and [o.event.id for o in published] == [event.id]
+
+
+async def test_a_failed_first_batch_keeps_its_start_for_out_of_order_redelivery(
+    conn: psycopg.AsyncConnection[Any], projection: CountingProjection
+) -> None:
+    """A new consumer's first batch fails; the client then hands over a later record
+    first (faust had buffered it). With the start kept, that is a gap, not a start."""
+    events = [session_event(uuid4(), 1) for _ in range(3)]
+
+    async def broker_down(outgoing: Sequence[Outgoing]) -> None:
+        raise ConnectionError("broker unavailable")
+
+    with pytest.raises(ConnectionError):
+        await apply_batch(conn, projection, TOPIC, PARTITION, records(events[:2]), broker_down)
+    await keep_start(conn, projection, TOPIC, {PARTITION: 0})
+    later, _ = await apply(conn, projection, [record(events[2], 2)])
+    assert (later.seek_to, later.applied) == (0, 0)
+    assert await seen(conn, projection) == []
+    result, _ = await apply(conn, projection, records(events))
+    assert result.applied == 3 and await position(conn, projection) == 3
 
 
 async def test_positions_are_kept_per_consumer_and_partition(
