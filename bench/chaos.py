@@ -657,8 +657,7 @@ def prepare(system: RunningSystem) -> dict[str, str]:
     tokens = asyncio.run(load())
     ensure_topics(
         system.bootstrap_servers,
-        [system.topics.org(o.id) for o in parsed.organisations],
-        system.topics.partitions,
+        system.topics.layout(system.topics.org(o.id) for o in parsed.organisations),
     )
     return tokens
 

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 
-def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int) -> list[str]:
-    """Create the topics that do not exist yet; return the ones created."""
-    wanted = sorted(set(names))
+def ensure_topics(bootstrap_servers: str, layout: Mapping[str, int]) -> list[str]:
+    """Create the topics of ``{topic: partitions}`` that do not exist yet; return those."""
+    wanted = sorted(layout)
     admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="referralnet-admin")
     try:
         existing = set(admin.list_topics())
@@ -20,7 +20,7 @@ def ensure_topics(bootstrap_servers: str, names: Iterable[str], partitions: int)
             # Another process may win the race; the topic is there either way.
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
-                    [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in missing]
+                    [NewTopic(n, num_partitions=layout[n], replication_factor=1) for n in missing]
                 )
         return missing
     finally:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 PARTITIONS = 6
+"""The journey log and dead letters: spread by referral id over this many partitions."""
+ORG_PARTITIONS = 1
+"""A partner's topic: its one view consumer reads all of it, and one partition keeps each
+fetch and each batch whole (with six, a view paid per-partition costs six times)."""
 
 
 @dataclass(frozen=True)
@@ -13,6 +18,7 @@ class Topics:
 
     prefix: str = ""
     partitions: int = PARTITIONS
+    org_partitions: int = ORG_PARTITIONS
 
     @property
     def referral_events(self) -> str:
@@ -25,3 +31,11 @@ class Topics:
     def org(self, org_id: str) -> str:
         """The topic carrying what one partner organisation may see."""
         return f"{self.prefix}org.{org_id}"
+
+    def partitions_of(self, name: str) -> int:
+        """How many partitions the topic ``name`` is created with."""
+        return self.org_partitions if name.startswith(f"{self.prefix}org.") else self.partitions
+
+    def layout(self, names: Iterable[str]) -> dict[str, int]:
+        """``{topic: partitions}`` for creating or repairing ``names``."""
+        return {n: self.partitions_of(n) for n in names}

@@ -30,8 +30,5 @@ async def create_schemas(database_url: str) -> None:
 
 def create_topics(bootstrap_servers: str, topics: Topics, org_ids: list[str]) -> None:
     """The journey log, dead letters and one topic per partner."""
-    ensure_topics(
-        bootstrap_servers,
-        [topics.referral_events, topics.dead_letters, *(topics.org(o) for o in org_ids)],
-        topics.partitions,
-    )
+    names = [topics.referral_events, topics.dead_letters, *(topics.org(o) for o in org_ids)]
+    ensure_topics(bootstrap_servers, topics.layout(names))

@@ -124,8 +124,7 @@ def directory_load(
         topics = Topics(prefix=settings.topic_prefix)
         ensure_topics(
             endpoints.bootstrap_servers(settings),
-            [topics.org(o.id) for o in parsed.organisations],
-            topics.partitions,
+            topics.layout(topics.org(o.id) for o in parsed.organisations),
         )
     except endpoints.NoBroker:
         pass  # topics are created by the workers when they start

@@ -166,8 +166,7 @@ def register_alliance(system: RunningSystem, yaml_text: str, suffix: str) -> All
     tokens = asyncio.run(load())
     ensure_topics(
         system.bootstrap_servers,
-        [system.topics.org(o.id) for o in parsed.organisations],
-        system.topics.partitions,
+        system.topics.layout(system.topics.org(o.id) for o in parsed.organisations),
     )
     ids = {role: f"{prefix}-{suffix}" for role, prefix in ROLES.items()}
     return Alliance(suffix, ids, tokens, system.base_url)

@@ -44,12 +44,8 @@ class ViewCatalogue:
             for org in new:
                 await create_view(conn, schema_name(org))
         if new:
-            await asyncio.to_thread(
-                ensure_topics,
-                self._bootstrap,
-                [self._topics.org(o) for o in new],
-                self._topics.partitions,
-            )
+            layout = self._topics.layout(self._topics.org(o) for o in new)
+            await asyncio.to_thread(ensure_topics, self._bootstrap, layout)
             for org in new:
                 self._known[self._topics.org(org)] = ViewProjection(org, schema_name(org))
         return dict(self._known)

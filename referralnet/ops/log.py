@@ -120,9 +120,9 @@ class TopicRepair:
 
 
 def repair_topics(
-    bootstrap_servers: str, names: Iterable[str], partitions: int, timeout: float = 30.0
+    bootstrap_servers: str, layout: Mapping[str, int], timeout: float = 30.0
 ) -> TopicRepair:
-    """Make every topic exist with exactly ``partitions`` partitions.
+    """Make every topic of ``{topic: partitions}`` exist with exactly that many.
 
     A broker that lost its log auto-creates a topic on the first produce, with its own
     default partition count (Tansu: 4); records keyed by referral would then land in
@@ -130,7 +130,7 @@ def repair_topics(
     so it is deleted and created again (a running client may auto-create it in between:
     hence the loop).
     """
-    wanted = sorted(set(names))
+    wanted = sorted(layout)
     repair = TopicRepair()
     deadline = time.monotonic() + timeout
     admin = _admin(bootstrap_servers)
@@ -143,7 +143,7 @@ def repair_topics(
                 else {}
             )
             missing = [n for n in wanted if n not in existing]
-            wrong = [n for n in wanted if n in existing and counts.get(n) != partitions]
+            wrong = [n for n in wanted if n in existing and counts.get(n) != layout[n]]
             if not missing and not wrong:
                 return repair
             if time.monotonic() > deadline:
@@ -155,7 +155,7 @@ def repair_topics(
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
                     [
-                        NewTopic(n, num_partitions=partitions, replication_factor=1)
+                        NewTopic(n, num_partitions=layout[n], replication_factor=1)
                         for n in [*missing, *wrong]
                     ]
                 )

@@ -183,9 +183,7 @@ async def republish(
         cur = await conn.execute("SELECT id FROM directory.organisations ORDER BY id")
         orgs = [r[0] for r in await cur.fetchall()]
         names = [topics.referral_events, topics.dead_letters, *(topics.org(o) for o in orgs)]
-        repair = await asyncio.to_thread(
-            log.repair_topics, bootstrap_servers, names, topics.partitions
-        )
+        repair = await asyncio.to_thread(log.repair_topics, bootstrap_servers, topics.layout(names))
         result.topics_created, result.topics_recreated = repair.created, repair.recreated
         present = await _present_ids(bootstrap_servers, topics.referral_events)
         stored: set[str] = set()

@@ -43,6 +43,6 @@ async def prepare(database_url: str) -> tuple[dict[tuple[str, int], int], list[s
 def main(bootstrap_servers: str, database_url: str, topics: Topics, home: Path) -> None:
     """Run the distributor until stopped."""
     positions, orgs = asyncio.run(prepare(database_url))
-    ensure_topics(bootstrap_servers, [topics.org(o) for o in orgs], topics.partitions)
+    ensure_topics(bootstrap_servers, topics.layout(topics.org(o) for o in orgs))
     sync_group_offsets(bootstrap_servers, APP_ID, positions)
     run_worker(build(bootstrap_servers, database_url, topics, pseudonym_secret(home)))

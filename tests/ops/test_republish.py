@@ -78,7 +78,7 @@ def test_republish_after_the_broker_lost_its_log_restores_every_view(
 
     counts = partition_counts(system.bootstrap_servers)
     assert counts[system.topics.referral_events] == system.topics.partitions
-    assert all(counts[system.topics.org(o)] == system.topics.partitions for o in orgs)
+    assert all(counts[system.topics.org(o)] == system.topics.org_partitions for o in orgs)
     assert (
         sum(
             asyncio.run(

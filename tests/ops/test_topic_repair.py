@@ -20,7 +20,7 @@ def test_missing_topics_are_created_and_wrong_ones_recreated(stack: Stack) -> No
         admin.create_topics([NewTopic(wrong, num_partitions=4, replication_factor=1)])
     finally:
         admin.close()
-    repair = repair_topics(stack.bootstrap_servers, [wrong, missing], 6)
+    repair = repair_topics(stack.bootstrap_servers, {wrong: 6, missing: 6})
     assert repair.recreated == [wrong] and repair.created == [missing]
     assert partition_counts(stack.bootstrap_servers, [wrong, missing]) == {wrong: 6, missing: 6}
-    assert repair_topics(stack.bootstrap_servers, [wrong, missing], 6).recreated == []
+    assert repair_topics(stack.bootstrap_servers, {wrong: 6, missing: 6}).recreated == []
