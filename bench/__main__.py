@@ -38,12 +38,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--loads", type=_numbers, default=[50.0, 100.0, 200.0], help="e2e: per s")
     p.add_argument("--seed-events", type=int, default=1_000_000, help="e2e/memory: stored history")
     p.add_argument("--max-in-flight", type=int, default=64, help="e2e: API admission bound")
-    p.add_argument("--replay-events", type=int, default=100_000, help="replay: stored events")
+    p.add_argument("--replay-events", type=int, default=1_000_000, help="replay: stored events")
     p.add_argument(
         "--scaling",
         type=lambda s: [int(x) for x in s.split(",") if x],
         default=[10_000, 100_000],
-        help="replay: sizes for the scaling section (add 1000000 for the full run)",
+        help="replay: sizes for the scaling section (the replay size is added)",
     )
     p.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     p.add_argument("--note", action="append", default=[], help="a note for the report")

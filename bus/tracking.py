@@ -366,8 +366,7 @@ async def _apply_new(
     fresh: list[tuple[int, Record, CloudEvent, Any]] = []
     for p, record, event, model in decoded:
         key = (event.subject, event.source)
-        retried = any(k == RETRY_HEADER for k, _ in record.headers)
-        if seen.get(key, 0) >= event.streamversion and not retried:
+        if seen.get(key, 0) >= event.streamversion and not _retried(record):
             results[p].duplicates += 1
             continue
         fresh.append((p, record, event, model))
@@ -389,6 +388,11 @@ async def _apply_new(
         outgoing.extend(result.outgoing)
     await _record_applied(conn, projection.schema, changed)
     return outgoing
+
+
+def _retried(record: Record) -> bool:
+    """A dead letter re-driven by ``dead-letters retry`` (it was never applied)."""
+    return any(k == RETRY_HEADER for k, _ in record.headers)
 
 
 def _maybe_interesting(projection: Projection, record: Record) -> bool:
