@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from eventstore.bulk import StreamAppend, append_many, read_streams
 from eventstore.group_commit import GroupCommitter
 from eventstore.records import NewEvent, hash_of
 from eventstore.store import ConcurrencyError, EventStore
+from tests.store.outbox import outbox_positions
 
 pytestmark = pytest.mark.infra
 
@@ -36,23 +35,6 @@ def event(n: int, **data: Any) -> NewEvent:
         occurred_at=T0 + timedelta(minutes=n),
         correlation_id=uuid4(),
     )
-
-
-@pytest.fixture
-async def store(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[EventStore]:
-    s = EventStore(f"b_{uuid4().hex[:8]}", "/services/test")
-    await s.create(conn)
-    yield s
-    await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(s.schema)))
-
-
-async def outbox(conn: psycopg.AsyncConnection[Any], store: EventStore) -> list[int]:
-    cur = await conn.execute(
-        sql.SQL("SELECT event_position FROM {}.outbox ORDER BY id").format(
-            sql.Identifier(store.schema)
-        )
-    )
-    return [r[0] for r in await cur.fetchall()]
 
 
 async def test_append_many_chains_like_append_and_fills_the_outbox(
@@ -78,7 +60,9 @@ async def test_append_many_chains_like_append_and_fills_the_outbox(
         assert all(hash_of(e) == e.hash for e in events)
         assert all(x.hash == y.prev_hash for x, y in itertools.pairwise(events))
     assert streams[a] == await store.read_stream(conn, a)
-    assert await outbox(conn, store) == sorted(e.position for s in streams.values() for e in s)
+    assert await outbox_positions(conn, store) == sorted(
+        e.position for s in streams.values() for e in s
+    )
 
 
 async def test_append_many_is_all_or_nothing_on_a_stale_version(
@@ -89,7 +73,7 @@ async def test_append_many_is_all_or_nothing_on_a_stale_version(
     with pytest.raises(ConcurrencyError):
         await append_many(conn, store, [StreamAppend(b, 0, [event(2)]), StreamAppend(a, 0, [])])
     assert await store.read_stream(conn, b) == []
-    assert len(await outbox(conn, store)) == 1
+    assert len(await outbox_positions(conn, store)) == 1
 
 
 async def test_group_commit_shares_commits_and_fails_only_the_loser(
@@ -117,7 +101,7 @@ async def test_group_commit_shares_commits_and_fails_only_the_loser(
         for e in events:
             assert returned[e.event_id] == e  # what append returned is what was stored
             assert hash_of(e) == e.hash
-    assert len(await outbox(conn, store)) == 20 + 1 + 19 * 2
+    assert len(await outbox_positions(conn, store)) == 20 + 1 + 19 * 2
 
 
 async def test_group_commit_survives_a_writer_outside_it(

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from uuid import UUID, uuid4
@@ -19,6 +18,7 @@ from psycopg import sql
 
 from eventstore.records import GENESIS_HASH, NewEvent, StoredEvent, hash_of
 from eventstore.store import ConcurrencyError, EventStore
+from tests.store.outbox import outbox_positions
 
 pytestmark = pytest.mark.infra
 
@@ -34,23 +34,6 @@ def event(n: int, **data: Any) -> NewEvent:
         occurred_at=T0 + timedelta(minutes=n),
         correlation_id=uuid4(),
     )
-
-
-@pytest.fixture
-async def store(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[EventStore]:
-    s = EventStore(f"s_{uuid4().hex[:8]}", "/services/test")
-    await s.create(conn)
-    yield s
-    await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(s.schema)))
-
-
-async def outbox_positions(conn: psycopg.AsyncConnection[Any], store: EventStore) -> list[int]:
-    cur = await conn.execute(
-        sql.SQL("SELECT event_position FROM {}.outbox ORDER BY id").format(
-            sql.Identifier(store.schema)
-        )
-    )
-    return [r[0] for r in await cur.fetchall()]
 
 
 async def test_append_and_read_back(conn: psycopg.AsyncConnection[Any], store: EventStore) -> None:
