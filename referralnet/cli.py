@@ -348,9 +348,13 @@ def republish(
 
 @dead_letters_app.callback()
 def dead_letters_list(
-    ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json")] = False
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    show_all: Annotated[
+        bool, typer.Option("--all", help="also those already re-driven by `retry`")
+    ] = False,
 ) -> None:
-    """List poison events: reason, source topic, partition, offset, consumer, type."""
+    """List pending poison events: reason, source topic, partition, offset, consumer, type."""
     if ctx.invoked_subcommand is not None:
         return
     from referralnet.ops import render as ops_render
@@ -358,7 +362,9 @@ def dead_letters_list(
 
     settings = _settings()
     letters = asyncio.run(
-        list_dead_letters(endpoints.bootstrap_servers(settings), _topics(settings))
+        list_dead_letters(
+            endpoints.bootstrap_servers(settings), _topics(settings), include_retried=show_all
+        )
     )
     if as_json:
         print(json.dumps([d.as_json() for d in letters], indent=2))
@@ -375,10 +381,11 @@ def dead_letters_retry(
 
     settings = _settings()
     bootstrap = endpoints.bootstrap_servers(settings)
-    letters = asyncio.run(list_dead_letters(bootstrap, _topics(settings)))
+    topics = _topics(settings)
+    letters = asyncio.run(list_dead_letters(bootstrap, topics, include_retried=True))
     try:
         letter = find(letters, ident)
-        topic, partition, offset = asyncio.run(retry(bootstrap, letter))
+        topic, partition, offset = asyncio.run(retry(bootstrap, letter, topics.dead_letters))
     except NoSuchDeadLetter as exc:
         raise UsageProblem(str(exc)) from None
     console.print(

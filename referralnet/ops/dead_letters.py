@@ -3,13 +3,15 @@
 A dead letter carries the original key, value and headers plus why and where from
 (``bus.dead_letters`` headers). Re-driving publishes the original record to its source
 topic again with ``x-dead-letter-retry``, which lets it past the stream-version dedup
-(it was never applied); every consumer of that topic sees it again.
+(it was never applied); every consumer of that topic sees it again. It also parks a
+marker on ``dead-letters`` saying so, which the listing reads: a re-driven letter is
+no longer pending (``--all`` still shows it, with where it went).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +25,11 @@ from referralnet.ops import log
 DLQ_HEADERS = frozenset(
     {dlq.REASON, dlq.SOURCE_TOPIC, dlq.SOURCE_PARTITION, dlq.SOURCE_OFFSET, dlq.CONSUMER}
 )
+
+
+RETRIED = "x-dead-letter-retried"
+"""Header of a marker record: the id of the dead letter that was re-driven."""
+RETRIED_TO = "x-dead-letter-retried-to"
 
 
 class NoSuchDeadLetter(LookupError):
@@ -46,6 +53,7 @@ class DeadLetter:
     key: bytes | None
     value: bytes | None
     headers: list[tuple[str, bytes]]
+    retried_to: str | None = None  # topic[partition]@offset, once re-driven
 
     @property
     def id(self) -> str:
@@ -63,6 +71,7 @@ class DeadLetter:
             "type": self.type,
             "subject": self.subject,
             "parked_at": self.parked_at.isoformat(),
+            "retried_to": self.retried_to,
         }
 
 
@@ -98,13 +107,24 @@ def parse(partition: int, offset: int, timestamp_ms: int, record: Any) -> DeadLe
     )
 
 
-async def list_dead_letters(bootstrap_servers: str, topics: Topics) -> list[DeadLetter]:
-    """Every record on the dead-letters topic, oldest first per partition."""
+async def list_dead_letters(
+    bootstrap_servers: str, topics: Topics, *, include_retried: bool = False
+) -> list[DeadLetter]:
+    """The dead letters on the topic, oldest first: those still pending, or all of them."""
     highwater = await log.topic_highwaters(bootstrap_servers, [topics.dead_letters])
     found: list[DeadLetter] = []
+    retried: dict[str, str] = {}
     async for tp, messages in log.read_range(bootstrap_servers, {}, highwater):
-        found.extend(parse(tp.partition, m.offset, m.timestamp, m) for m in messages)
-    return sorted(found, key=lambda d: (d.parked_at, d.partition, d.offset))
+        for m in messages:
+            named = {k: bytes(v or b"") for k, v in m.headers or ()}
+            if RETRIED in named:
+                retried[_text(named, RETRIED)] = _text(named, RETRIED_TO)
+            else:
+                found.append(parse(tp.partition, m.offset, m.timestamp, m))
+    letters = [replace(d, retried_to=retried.get(d.id)) for d in found]
+    if not include_retried:
+        letters = [d for d in letters if d.retried_to is None]
+    return sorted(letters, key=lambda d: (d.parked_at, d.partition, d.offset))
 
 
 def find(letters: list[DeadLetter], ident: str) -> DeadLetter:
@@ -123,8 +143,11 @@ def find(letters: list[DeadLetter], ident: str) -> DeadLetter:
     )
 
 
-async def retry(bootstrap_servers: str, letter: DeadLetter) -> tuple[str, int, int]:
-    """Publish the original record to its source topic again; return where it went."""
+async def retry(
+    bootstrap_servers: str, letter: DeadLetter, dead_letter_topic: str
+) -> tuple[str, int, int]:
+    """Publish the original record to its source topic again, then mark the letter as
+    re-driven on ``dead_letter_topic``; return where the record went."""
     if not letter.source_topic:
         raise NoSuchDeadLetter(f"dead letter {letter.id} does not say which topic it came from")
     producer = AIOKafkaProducer(
@@ -138,6 +161,13 @@ async def retry(bootstrap_servers: str, letter: DeadLetter) -> tuple[str, int, i
             value=letter.value,
             key=letter.key,
             headers=[*letter.headers, (RETRY_HEADER, marker)],
+        )
+        where = f"{meta.topic}[{meta.partition}]@{meta.offset}"
+        await producer.send_and_wait(
+            dead_letter_topic,
+            value=None,
+            key=letter.key,
+            headers=[(RETRIED, letter.id.encode()), (RETRIED_TO, where.encode())],
         )
     finally:
         await producer.stop()

@@ -63,7 +63,7 @@ def dead_letter_table(console: Console, letters: Sequence[DeadLetter]) -> None:
         console.print("no dead letters")
         return
     table = Table(title=f"{len(letters)} dead letter(s)")
-    for column in ("id", "parked", "consumer", "source", "type", "reason"):
+    for column in ("id", "parked", "consumer", "source", "type", "reason", "retried to"):
         table.add_column(column, overflow="fold")
     for d in letters:
         table.add_row(
@@ -73,6 +73,7 @@ def dead_letter_table(console: Console, letters: Sequence[DeadLetter]) -> None:
             f"{d.source_topic}[{d.source_partition}]@{d.source_offset}",
             d.type or "?",
             d.reason,
+            d.retried_to or "",
         )
     console.print(table)
 

@@ -188,6 +188,12 @@ def test_retry_re_drives_a_dead_letter_after_the_fix(
     assert retried.exit_code == 0, retried.output
     assert "re-drove" in retried.output
     wait_until(lambda: query(system, row, (rid,)) == [(1,)], timeout=60)
+    # No longer pending; `--all` still shows it, with where it was re-driven to.
+    assert letter["id"] not in [d["id"] for d in _letters(system)]
+    everything = run_cli(system, "dead-letters", "--all", "--json")
+    assert everything.exit_code == 0, everything.output
+    again = next(d for d in json.loads(everything.stdout) if d["id"] == letter["id"])
+    assert again["retried_to"].startswith(f"{events}[")
     provider_view = schema_name(alliance.ids["provider"])
     assert query(
         system, f"SELECT count(*) FROM {provider_view}.timeline WHERE referral_id = %s", (rid,)
