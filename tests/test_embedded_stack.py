@@ -325,8 +325,12 @@ def start_stack_process(home: Path) -> tuple[subprocess.Popen[str], Endpoints, l
     else:
         pytest.fail(f"stack process exited with {proc.wait()}")
     endpoints = Endpoints(**json.loads(line.removeprefix("ENDPOINTS ")))
-    descendants = [child.pid for child in psutil.Process(proc.pid).children(recursive=True)]
-    names = {psutil.Process(pid).name() for pid in descendants}
+    descendants: list[int] = []
+    names: set[str] = set()
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):  # postgres forks short-lived helpers
+            names.add(child.name())
+            descendants.append(child.pid)
     assert {"tansu", "postgres"} <= names
     return proc, endpoints, descendants
 
