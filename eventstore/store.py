@@ -153,11 +153,7 @@ class EventStore:
             version, prev = await self.stream_head(conn, stream_id)
         if version != expected_version:
             raise ConcurrencyError(stream_id, expected_version, version)
-        rows, _ = chained_rows(stream_id, version, prev, events)
-        try:
-            return await self.insert_rows(conn, rows)
-        except errors.UniqueViolation as exc:
-            raise ConcurrencyError(stream_id, expected_version) from exc
+        return await self._chain_and_insert(conn, stream_id, version, prev, events)
 
     async def extend(
         self, conn: AsyncConnection[Any], stream_id: UUID, events: Sequence[NewEvent]
@@ -165,6 +161,16 @@ class EventStore:
         """Append after the stream's current head, for callers that already serialise the
         stream's writers (they hold a lock on its row); the primary key still guards."""
         version, prev = await self.stream_head(conn, stream_id)
+        return await self._chain_and_insert(conn, stream_id, version, prev, events)
+
+    async def _chain_and_insert(
+        self,
+        conn: AsyncConnection[Any],
+        stream_id: UUID,
+        version: int,
+        prev: bytes,
+        events: Sequence[NewEvent],
+    ) -> list[StoredEvent]:
         rows, _ = chained_rows(stream_id, version, prev, events)
         try:
             return await self.insert_rows(conn, rows)
