@@ -119,6 +119,20 @@ class EmbeddedPostgres:
             raise RuntimeError("the embedded database is not running")
         return f"postgresql://postgres@{LOOPBACK}:{self._port}/{database}"
 
+    def local_url(self, database: str = DATABASE) -> str:
+        """The URL for processes on this machine: the Unix socket where the server has one.
+
+        A round trip over the socket costs both sides about a quarter less CPU than over
+        loopback TCP, and the workers make tens of thousands of them; ``url`` stays the
+        address to print for tools.
+        """
+        if not self._has_socket():
+            return self.url(database)
+        return f"postgresql://postgres@/{database}?host={self.socket_dir}&port={self._port}"
+
+    def _has_socket(self) -> bool:
+        return len(str(self.socket_dir)) <= _SOCKET_PATH_MAX
+
     def start(self, timeout: float = 30.0) -> str:
         """initdb if needed, start the postmaster, prove ``SELECT 1``, ensure ``referralnet``.
 
@@ -251,7 +265,7 @@ class EmbeddedPostgres:
             "-h", LOOPBACK, "-p", str(port),
             "-c", "max_connections=200",
         ]  # fmt: skip
-        if len(str(self.socket_dir)) <= _SOCKET_PATH_MAX:
+        if self._has_socket():
             _give(self.socket_dir, self._run_as)
             return [*argv, "-k", str(self.socket_dir)]
         return [*argv, "-k", ""]  # too long for a Unix socket path: TCP only

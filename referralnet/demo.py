@@ -74,7 +74,7 @@ async def _simulate(
 
 
 async def _results(system: RunningSystem, first: str) -> tuple[Any, list[dict[str, Any]], Any]:
-    async with await AsyncConnection.connect(system.database_url, autocommit=True) as conn:
+    async with await AsyncConnection.connect(system.local_database_url, autocommit=True) as conn:
         orgs = await directory.organisations(conn)
         commissioner = next(o.id for o in orgs if o.kind.value == "commissioner")
         report = await build_report(conn, schema_name(commissioner))
@@ -99,13 +99,13 @@ def run_demo(settings: Settings, *, referrals: int, concurrency: int, console: C
             + ", ".join(f"{k} {v:.2f}s" for k, v in system.startup_seconds.items())
         )
         console.print(f"broker {system.bootstrap_servers}  database {system.database_url}")
-        tokens, acts = asyncio.run(_register(system.database_url))
+        tokens, acts = asyncio.run(_register(system.local_database_url))
         console.print(f"registered {len(tokens)} partners and {len(acts)} activities")
         sim_start = time.monotonic()
         stats = asyncio.run(_simulate(system, tokens, acts, referrals, concurrency, console))
         sim_seconds = time.monotonic() - sim_start
         waited = asyncio.run(
-            wait_caught_up(system.database_url, system.bootstrap_servers, system.topics)
+            wait_caught_up(system.local_database_url, system.bootstrap_servers, system.topics)
         )
         console.print(
             f"{stats.referrals} referrals and {stats.requests} API requests in {sim_seconds:.1f}s "
@@ -118,7 +118,7 @@ def run_demo(settings: Settings, *, referrals: int, concurrency: int, console: C
         render.journey(console, UUID(stats.first_referral or ""), steps, breaks)
         replay_start = time.monotonic()
         replays = asyncio.run(
-            replay_all(system.database_url, system.bootstrap_servers, system.topics)
+            replay_all(system.local_database_url, system.bootstrap_servers, system.topics)
         )
         events = sum(r.events for r in replays)
         console.print(

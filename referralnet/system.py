@@ -44,6 +44,12 @@ class RunningSystem:
         return f"http://{self.settings.api_host}:{self.settings.api_port}"
 
     @property
+    def local_database_url(self) -> str:
+        """The URL for this machine's processes (the embedded server's Unix socket);
+        ``database_url`` is the TCP address printed for tools."""
+        return self.database.local_url() if self.database else self.database_url
+
+    @property
     def env(self) -> dict[str, str]:
         return self.supervisor.env
 
@@ -86,7 +92,7 @@ def running_system(
         timings["schemas_and_topics"] = time.monotonic() - t
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
-            "DATABASE_URL": database_url,
+            "DATABASE_URL": database.local_url() if database else database_url,  # socket: cheaper
             "REFERRALNET_HOME": str(settings.home),
             "REFERRALNET_API_HOST": settings.api_host,
             "REFERRALNET_API_PORT": str(settings.api_port),

@@ -262,6 +262,12 @@ def test_postgres_starts_selects_restarts_and_stop_frees_port(
         conn.execute("CREATE TABLE kept (value text)")
         conn.execute("INSERT INTO kept VALUES ('survives restart')")
 
+    local = database.local_url()  # the workers' address: the Unix socket, same server
+    with psycopg.connect(local) as conn:
+        assert conn.info.host == str(database.socket_dir)
+        assert conn.execute("SELECT inet_server_addr()").fetchone() == (None,)  # not TCP
+        assert conn.execute("SELECT count(*) FROM kept").fetchone() == (1,)
+
     fresh = database.create_database("fresh_db")
     assert fresh.endswith(f":{port}/fresh_db")
     assert select_one(fresh) == 1
