@@ -57,8 +57,11 @@ async def _until_signalled(body: Callable[[asyncio.Event], Awaitable[None]]) -> 
 async def relay(stop: asyncio.Event) -> None:
     """Relay the outboxes of all three service stores onto ``referral-events``."""
     _, bootstrap, database_url, topics = _endpoints()
+    # linger_ms=20: the three relays' sends share one record batch per partition. The
+    # embedded broker's fetch cost grows with the number of batches a partition holds,
+    # so batches of one event made it ~2.5x slower over a 2,000-referral year.
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=2, request_timeout_ms=10_000
+        bootstrap_servers=bootstrap, acks="all", linger_ms=20, request_timeout_ms=10_000
     )
     await producer.start()
     try:
