@@ -88,6 +88,10 @@ class Projection(Protocol):
     A projection may also offer ``apply_all(conn, [(event, model), ...])``: the new
     events of a whole transaction at once, in order (set-based SQL instead of
     statements per event), used instead of ``apply`` when ``may_reject`` is false.
+
+    Or, keeping ``apply`` per event (each may be rejected alone), ``prepare(conn,
+    events)`` before the first and ``finish(conn)`` after the last of a transaction's
+    new events: state is read once and written once per batch, not per event.
     """
 
     consumer: str
@@ -380,10 +384,15 @@ async def _apply_new(
             key = (event.subject, event.source)
             changed[key] = max(changed.get(key, 0), event.streamversion)
     else:
+        prepare, finish = getattr(projection, "prepare", None), getattr(projection, "finish", None)
+        if prepare is not None:
+            await prepare(conn, [e for _, _, e, _ in fresh])
         for p, record, event, model in fresh:
             if await _apply_one(conn, projection, record, event, model, results[p]):
                 key = (event.subject, event.source)
                 changed[key] = max(changed.get(key, 0), event.streamversion)
+        if finish is not None:
+            await finish(conn)
     for result in results.values():
         outgoing.extend(result.outgoing)
     await _record_applied(conn, projection.schema, changed)

@@ -46,22 +46,48 @@ class DistributorProjection:
         self._refresh = refresh_seconds
         self._commissioners: list[str] = []
         self._fetched_at = float("-inf")
+        self._batch: dict[str, Entitlements] | None = None  # between prepare and finish
+        self._changed: dict[str, Entitlements] = {}
 
-    async def _commissioner_ids(self, conn: AsyncConnection[Any], fresh: bool) -> list[str]:
-        """Every commissioner; re-read for each new referral (``fresh``), so one that joined
-        just before it is not left out of its whole journey, and at least every few seconds."""
+    async def _refresh_commissioners(self, conn: AsyncConnection[Any], fresh: bool) -> None:
+        """Every commissioner; re-read for each batch with a new referral (``fresh``), so one
+        that joined just before it is not left out of its whole journey, and at least every
+        few seconds."""
         if fresh or time.monotonic() - self._fetched_at > self._refresh:
             cur = await conn.execute(
                 "SELECT id FROM directory.organisations WHERE kind = 'commissioner' ORDER BY id"
             )
             self._commissioners = [r[0] for r in await cur.fetchall()]
             self._fetched_at = time.monotonic()
-        return self._commissioners
+
+    async def prepare(self, conn: AsyncConnection[Any], events: Sequence[CloudEvent]) -> None:
+        """Read (and lock) the entitlements of the batch's referrals in one query."""
+        self._batch = await store.load_many(conn, {e.subject for e in events})
+        self._changed = {}
+        await self._refresh_commissioners(conn, any(e.type == "referral-created" for e in events))
+
+    async def finish(self, conn: AsyncConnection[Any]) -> None:
+        """Write the entitlements the batch changed, in one statement."""
+        changed, self._batch, self._changed = self._changed, None, {}
+        await store.save_many(conn, changed)
 
     async def apply(
         self, conn: AsyncConnection[Any], event: CloudEvent, model: Any
     ) -> Sequence[Outgoing]:
-        ent = await store.load(conn, event.subject)
+        if self._batch is not None:
+            return await self._apply(event, model)
+        await self.prepare(conn, [event])  # a lone call: a batch of one
+        try:
+            outgoing = await self._apply(event, model)
+        except BaseException:
+            self._batch, self._changed = None, {}
+            raise
+        await self.finish(conn)
+        return outgoing
+
+    async def _apply(self, event: CloudEvent, model: Any) -> Sequence[Outgoing]:
+        assert self._batch is not None
+        ent = self._batch.get(event.subject)
         created_copy = None
         changed = event.type in ("referral-created", "referral-routed", "referral-declined")
         changed = changed or event.type in ("referral-escalated", "activity-referred")
@@ -84,9 +110,8 @@ class DistributorProjection:
                 ent.providers.append(model.provider_org)
             created_copy = _thaw(ent.created)
         if changed:  # most journey events change nobody's entitlements
-            await store.save(conn, event.subject, ent)
-        commissioners = await self._commissioner_ids(conn, event.type == "referral-created")
+            self._batch[event.subject] = self._changed[event.subject] = ent
         return [
             Outgoing(self._topics.org(d.org_id), d.event)
-            for d in deliveries(event, ent, commissioners, self._secret, created_copy)
+            for d in deliveries(event, ent, self._commissioners, self._secret, created_copy)
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -33,31 +34,43 @@ async def create(conn: AsyncConnection[Any]) -> None:
     await create_tracking(conn, "distributor")
 
 
-async def load(conn: AsyncConnection[Any], referral_id: str) -> Entitlements | None:
+async def load_many(
+    conn: AsyncConnection[Any], referral_ids: Collection[str]
+) -> dict[str, Entitlements]:
+    """The entitlements of ``referral_ids`` that exist, locked for this transaction."""
     cur = await conn.execute(
-        "SELECT referrer_org, share_outcomes_with_referrer, created, service_org, providers "
-        "FROM distributor.entitlements WHERE referral_id = %s FOR UPDATE",
-        (referral_id,),
+        "SELECT referral_id, referrer_org, share_outcomes_with_referrer, created, service_org, "
+        "providers FROM distributor.entitlements WHERE referral_id = ANY(%s) "
+        "ORDER BY referral_id FOR UPDATE",
+        (list(referral_ids),),
     )
-    row = await cur.fetchone()
-    if row is None:
-        return None
-    return Entitlements(row[0], row[1], row[2], row[3], list(row[4]))
+    return {
+        row[0]: Entitlements(row[1], row[2], row[3], row[4], list(row[5]))
+        for row in await cur.fetchall()
+    }
 
 
-async def save(conn: AsyncConnection[Any], referral_id: str, ent: Entitlements) -> None:
+async def save_many(conn: AsyncConnection[Any], changed: dict[str, Entitlements]) -> None:
+    """Insert or update the entitlements of several referrals in one statement."""
+    if not changed:
+        return
+    ids, ents = list(changed), list(changed.values())
     await conn.execute(
         "INSERT INTO distributor.entitlements (referral_id, referrer_org, "
         "share_outcomes_with_referrer, service_org, providers, created) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (referral_id) DO UPDATE SET "
+        "SELECT r, o, s, v, "
+        "ARRAY(SELECT jsonb_array_elements_text(p)), c "
+        "FROM unnest(%s::text[], %s::text[], %s::boolean[], %s::text[], %s::jsonb[], "
+        "%s::jsonb[]) AS t(r, o, s, v, p, c) "
+        "ON CONFLICT (referral_id) DO UPDATE SET "
         "service_org = EXCLUDED.service_org, providers = EXCLUDED.providers",
         (
-            referral_id,
-            ent.referrer_org,
-            ent.share_outcomes_with_referrer,
-            ent.service_org,
-            ent.providers,
-            Jsonb(ent.created),
+            ids,
+            [e.referrer_org for e in ents],
+            [e.share_outcomes_with_referrer for e in ents],
+            [e.service_org for e in ents],
+            [Jsonb(e.providers) for e in ents],
+            [Jsonb(e.created) for e in ents],
         ),
     )
 

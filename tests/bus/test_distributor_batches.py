@@ -1,0 +1,159 @@
+"""The distributor reads entitlements once per batch: a referral's whole start in one batch.
+
+When created, routed and activity-referred arrive in one transaction, the later events
+must see the entitlements the earlier ones set (held in memory, written once at the
+end), an event of a never-created referral is dead-lettered alone, and the next batch
+reads back what the first one stored.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from uuid import UUID, uuid4
+
+import psycopg
+import pytest
+
+from bus.topics import Topics
+from bus.tracking import Outgoing, Record, apply_batch
+from directory import store as directory
+from schemas.envelope import CloudEvent, to_kafka
+from schemas.registry import dataschema_uri
+from services.distributor import store
+from services.distributor.projection import DistributorProjection
+
+pytestmark = pytest.mark.infra
+
+T0 = datetime(2026, 2, 2, 9, tzinfo=UTC)
+TOPICS = Topics()
+
+
+def event(
+    rid: UUID, event_type: str, source: str, version: int, data: dict[str, Any], schema: int = 1
+) -> Any:
+    return CloudEvent(
+        id=uuid4(),
+        source=f"/services/{source}",
+        type=event_type,
+        subject=str(rid),
+        time=T0 + timedelta(hours=version),
+        dataschema=dataschema_uri(event_type, schema),
+        data={"referral_id": str(rid), **data},
+        streamversion=version,
+        correlationid=rid,
+        causationid=None,
+        actor="test",
+    )
+
+
+def created(rid: UUID, referrer: str) -> Any:
+    return event(
+        rid,
+        "referral-created",
+        "intake",
+        1,
+        {
+            "person_ref": "p_batch",
+            "referrer_org": referrer,
+            "referrer_kind": "gp-practice",
+            "needs": ["stress"],
+            "urgency": "routine",
+            "consent": {"share_with_link_worker": True, "share_outcomes_with_referrer": False},
+            "area": "north",
+            "age_band": "35-49",
+            "referred_at": T0.isoformat(),
+        },
+    )
+
+
+def as_records(events: list[CloudEvent], first: int) -> list[Record]:
+    return [
+        Record(TOPICS.referral_events, 0, first + i, *to_kafka(e)) for i, e in enumerate(events)
+    ]
+
+
+def copies(published: list[Outgoing]) -> dict[str, list[str]]:
+    """Event types each org topic received, in order."""
+    out: dict[str, list[str]] = {}
+    for o in published:
+        out.setdefault(o.topic.removeprefix("org."), []).append(o.event.type)
+    return out
+
+
+async def test_a_batch_sees_its_own_entitlement_changes_and_stores_them_once(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    await directory.create(conn)
+    await store.create(conn)
+    tag = uuid4().hex[:6]
+    gp, lw, vg, icb = (f"{k}-{tag}" for k in ("gp", "lw", "vg", "icb"))
+    await conn.execute(
+        "INSERT INTO directory.organisations (id, name, kind, areas, spec) "
+        "VALUES (%s, 'ICB', 'commissioner', '{}', '{}')",
+        (icb,),
+    )
+    rid, orphan = uuid4(), uuid4()
+    session = {
+        "session_id": str(uuid4()),
+        "kind": "longer-appointment",
+        "duration_minutes": 45,
+        "mode": "in-person",
+        "held_at": (T0 + timedelta(days=2)).isoformat(),
+    }
+    first = [
+        created(rid, gp),
+        event(
+            rid, "referral-routed", "routing", 1, {"service_org": lw, "attempt": 1, "reason": "t"}
+        ),
+        event(
+            orphan,
+            "referral-routed",
+            "routing",
+            1,
+            {"service_org": lw, "attempt": 1, "reason": "t"},
+        ),
+        event(
+            rid,
+            "activity-referred",
+            "outcomes",
+            1,
+            {
+                "activity_id": "walk",
+                "provider_org": vg,
+                "activity_kind": "walking-group",
+                "referred_at": (T0 + timedelta(days=1)).isoformat(),
+            },
+        ),
+    ]
+    projection = DistributorProjection(TOPICS, b"secret")
+    published: list[Outgoing] = []
+
+    async def publish(outgoing: Any) -> None:
+        published.extend(outgoing)
+
+    async with conn.transaction():
+        result = await apply_batch(
+            conn, projection, TOPICS.referral_events, 0, as_records(first, 0), publish
+        )
+    assert (result.applied, result.dead) == (3, 1)  # the orphan alone is dead-lettered
+    got = copies(published)
+    assert got[gp] == ["referral-created", "referral-routed", "activity-referred"]
+    assert got[lw] == ["referral-created", "referral-routed", "activity-referred"]
+    assert got[vg] == ["referral-created", "activity-referred"]  # the created copy, late
+    assert got[icb] == ["referral-created", "referral-routed", "activity-referred"]
+    cur = await conn.execute(
+        "SELECT referrer_org, service_org, providers FROM distributor.entitlements "
+        "WHERE referral_id = ANY(%s)",
+        ([str(rid), str(orphan)],),
+    )
+    assert await cur.fetchall() == [(gp, lw, [vg])]
+
+    published.clear()
+    second = [event(rid, "session-held", "outcomes", 2, session, schema=2)]
+    async with conn.transaction():
+        result = await apply_batch(
+            conn, projection, TOPICS.referral_events, 0, as_records(second, 4), publish
+        )
+    assert result.applied == 1
+    assert set(copies(published)) == {gp, lw, icb}  # read back: the service, not the provider
