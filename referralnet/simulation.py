@@ -3,7 +3,9 @@
 Each referral's journey runs as its own task (bounded concurrency), with world times
 spread over the year: referral, routing (waited for in the referrer's view), an
 occasional decline, first contact, baseline measures, sessions, onward activities with
-attendance recorded by the provider, follow-up measures, closing.
+attendance recorded by the provider, follow-up measures, closing. The measures of one
+review are recorded together (``POST /referrals/{id}/assessments``), as a link worker
+enters them.
 """
 
 from __future__ import annotations
@@ -204,8 +206,7 @@ class AllianceSimulation:
             {"contacted_at": t.isoformat(), "mode": "phone"},
         )
         baseline = _baseline(rng, needs)
-        for measure, items in baseline.items():
-            await self._outcome(rid, lw, measure, "baseline", items, t)
+        await self._assessment(rid, lw, "baseline", baseline, t)
         for _ in range(rng.randint(1, 4)):
             t += timedelta(days=rng.randint(5, 14))
             kind = rng.choices(SESSION_KINDS, weights=[k[1] for k in SESSION_KINDS])[0]
@@ -241,8 +242,8 @@ class AllianceSimulation:
                 )
                 self.stats.attendances += 1
         t += timedelta(days=rng.randint(20, 60))
-        for measure, items in baseline.items():
-            await self._outcome(rid, lw, measure, "follow-up", _follow_up(measure, items, rng), t)
+        follow_up = {m: _follow_up(m, items, rng) for m, items in baseline.items()}
+        await self._assessment(rid, lw, "follow-up", follow_up, t)
         if rng.random() < 0.9:
             await self._call(
                 "POST",
@@ -255,20 +256,18 @@ class AllianceSimulation:
             )
             self.stats.closed += 1
 
-    async def _outcome(
-        self, rid: str, lw: str, measure: str, timepoint: str, items: list[int], at: datetime
+    async def _assessment(
+        self, rid: str, lw: str, timepoint: str, taken: dict[str, list[int]], at: datetime
     ) -> None:
-        body: dict[str, Any] = {
-            "measure": measure,
-            "timepoint": timepoint,
-            "recorded_at": at.isoformat(),
-        }
-        if measure == "activity-minutes":
-            body["score"] = items[0]
-        else:
-            body["items"] = items
-        await self._call("POST", f"/referrals/{rid}/outcomes", lw, body)
-        self.stats.outcomes += 1
+        """The measures of one review, recorded together (one outcome event each)."""
+        measures = [
+            {"measure": m, "score": items[0]} if m == "activity-minutes" else
+            {"measure": m, "items": items}
+            for m, items in taken.items()
+        ]  # fmt: skip
+        body = {"timepoint": timepoint, "recorded_at": at.isoformat(), "measures": measures}
+        await self._call("POST", f"/referrals/{rid}/assessments", lw, body)
+        self.stats.outcomes += len(measures)
 
     async def run(self, progress: Any = None) -> SimulationStats:
         """Run every journey, ``concurrency`` at a time; ``progress(done)`` after each."""

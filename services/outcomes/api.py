@@ -14,6 +14,8 @@ from eventstore.records import StoredEvent
 from services.outcomes import casework
 from services.outcomes.requests import (
     ActivityReferral,
+    Assessment,
+    AssessmentRecorded,
     Attendance,
     Closing,
     FirstContact,
@@ -46,16 +48,31 @@ async def _as_holder(
     org_id: str,
     act: Callable[[casework.CaseState], Awaitable[StoredEvent]],
 ) -> Recorded:
+    """Run a casework command for the service holding the referral (``_as_holder_many``)."""
+
+    async def one(case: casework.CaseState) -> list[StoredEvent]:
+        return [await act(case)]
+
+    return (await _as_holder_many(conn, referral_id, org_id, one))[0]
+
+
+async def _as_holder_many(
+    conn: AsyncConnection[Any],
+    referral_id: UUID,
+    org_id: str,
+    act: Callable[[casework.CaseState], Awaitable[list[StoredEvent]]],
+) -> list[Recorded]:
     """Run a casework command for the service holding the referral, in one transaction
     with the case locked; if routing's answer has not reached outcomes yet, wait for it
     outside any transaction and try once more."""
     async with conn.transaction():
         case = await casework.ready_case(conn, referral_id, org_id)
         if case is not None:
-            return _recorded(await act(case))
+            return [_recorded(e) for e in await act(case)]
     await casework.await_case(conn, referral_id, org_id)
     async with conn.transaction():
-        return _recorded(await act(await casework.case_for(conn, referral_id, org_id)))
+        case = await casework.case_for(conn, referral_id, org_id)
+        return [_recorded(e) for e in await act(case)]
 
 
 @router.post(
@@ -128,6 +145,23 @@ async def outcome(referral_id: UUID, body: OutcomeRecord, org: Caller, conn: Con
     return await _as_holder(
         conn, referral_id, org.id, lambda case: casework.outcome(conn, case, org.id, body)
     )
+
+
+@router.post(
+    "/referrals/{referral_id}/assessments",
+    status_code=201,
+    response_model=AssessmentRecorded,
+    responses=ERROR_RESPONSES,
+)
+async def assessment(
+    referral_id: UUID, body: Assessment, org: Caller, conn: Conn
+) -> AssessmentRecorded:
+    """Several measures taken at one sitting: one ``outcome-recorded`` event each, all
+    stored or (any out of range: 422 naming ``measures[i]`` and the item) none."""
+    recorded = await _as_holder_many(
+        conn, referral_id, org.id, lambda case: casework.assessment(conn, case, org.id, body)
+    )
+    return AssessmentRecorded(referral_id=referral_id, recorded=recorded)
 
 
 @router.post(

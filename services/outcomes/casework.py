@@ -24,9 +24,11 @@ from schemas.measures import Measure, MeasureError, score_outcome
 from schemas.registry import latest_version, model_for
 from services.outcomes.requests import (
     ActivityReferral,
+    Assessment,
     Attendance,
     Closing,
     FirstContact,
+    MeasureTaken,
     OutcomeRecord,
     SessionHeld,
 )
@@ -284,26 +286,48 @@ async def attendance(
     return (await append_events(conn, case, org, body.attended_at, model))[0]
 
 
+def _outcome_model(
+    case: CaseState, taken: MeasureTaken, timepoint: str, at: datetime, field: str = ""
+) -> Any:
+    """An ``outcome-recorded`` model for one measure; a range error names ``field`` + item."""
+    try:
+        scored = score_outcome(Measure(taken.measure), taken.items, taken.score)
+    except MeasureError as exc:
+        raise Invalid(f"allowed {exc.allowed}, got {exc.got!r}", field=field + exc.field) from None
+    return build(
+        "outcome-recorded",
+        {
+            "referral_id": case.referral_id,
+            "measure": taken.measure,
+            "timepoint": timepoint,
+            "items": taken.items,
+            "score": scored.score,
+            "recorded_at": at,
+        },
+    )
+
+
 async def outcome(
     conn: AsyncConnection[Any], case: CaseState, org: str, body: OutcomeRecord
 ) -> StoredEvent:
     check_time(body.recorded_at, case, "recorded_at")
-    try:
-        scored = score_outcome(Measure(body.measure), body.items, body.score)
-    except MeasureError as exc:
-        raise Invalid(f"allowed {exc.allowed}, got {exc.got!r}", field=exc.field) from None
-    model = build(
-        "outcome-recorded",
-        {
-            "referral_id": case.referral_id,
-            "measure": body.measure,
-            "timepoint": body.timepoint,
-            "items": body.items,
-            "score": scored.score,
-            "recorded_at": body.recorded_at,
-        },
-    )
+    model = _outcome_model(case, body, body.timepoint, body.recorded_at)
     return (await append_events(conn, case, org, body.recorded_at, model))[0]
+
+
+async def assessment(
+    conn: AsyncConnection[Any], case: CaseState, org: str, body: Assessment
+) -> list[StoredEvent]:
+    """Every measure of one sitting validated first, then appended in one statement."""
+    check_time(body.recorded_at, case, "recorded_at")
+    names = [m.measure for m in body.measures]
+    if len(set(names)) != len(names):
+        raise Invalid("each measure at most once per assessment", field="measures")
+    models = [
+        _outcome_model(case, m, body.timepoint, body.recorded_at, f"measures[{i}].")
+        for i, m in enumerate(body.measures)
+    ]
+    return await append_events(conn, case, org, body.recorded_at, *models)
 
 
 async def close(

@@ -36,12 +36,28 @@ class Attendance(Strict):
     attended: bool = True
 
 
-class OutcomeRecord(Strict):
-    measure: Literal["ons4", "swemwbs", "wemwbs", "ucla3", "activity-minutes"]
-    timepoint: Literal["baseline", "follow-up", "discharge"]
+MeasureName = Literal["ons4", "swemwbs", "wemwbs", "ucla3", "activity-minutes"]
+Timepoint = Literal["baseline", "follow-up", "discharge"]
+
+
+class MeasureTaken(Strict):
+    measure: MeasureName
     items: list[int] | None = Field(default=None, description="item scores, in the measure's order")
     score: float | None = Field(default=None, description="when the measure has no items")
+
+
+class OutcomeRecord(MeasureTaken):
+    timepoint: Timepoint
     recorded_at: AwareDatetime
+
+
+class Assessment(Strict):
+    """The measures taken at one sitting (a baseline or follow-up review): all are valid
+    and recorded together, or none is."""
+
+    timepoint: Timepoint
+    recorded_at: AwareDatetime
+    measures: list[MeasureTaken] = Field(min_length=1, max_length=5)
 
 
 class Closing(Strict):
@@ -66,3 +82,10 @@ class Recorded(BaseModel):
     stream_version: int
     session_id: UUID | None = None
     score: float | None = None
+
+
+class AssessmentRecorded(BaseModel):
+    """One ``outcome-recorded`` event per measure, in the order given."""
+
+    referral_id: UUID
+    recorded: list[Recorded]

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from referralnet.system import RunningSystem
+from schemas.measures import swemwbs_metric
 from tests.conftest import Alliance, alliance_yaml, referral_body, register_alliance, wait_until
 
 pytestmark = pytest.mark.infra
@@ -259,6 +260,62 @@ def test_outcome_out_of_range_names_field_and_range_and_stores_nothing(
     problem = refused(response, 422)
     assert field in fields(problem), problem
     assert allowed in fields(problem)[field], problem
+    assert counts.snapshot() == before
+
+
+ASSESSED_AT = "2026-01-20T10:00:00Z"
+
+
+def test_an_assessment_records_one_outcome_per_measure_in_one_append(
+    system: RunningSystem, alliance: Alliance
+) -> None:
+    rid = _accepted(system, alliance)
+    measures = [
+        {"measure": "swemwbs", "items": [3, 3, 3, 3, 3, 3, 3]},
+        {"measure": "ucla3", "items": [2, 2, 1]},
+        {"measure": "activity-minutes", "score": 150},
+    ]
+    body = {"timepoint": "baseline", "recorded_at": ASSESSED_AT, "measures": measures}
+    response = alliance.client("link_worker").post(f"/referrals/{rid}/assessments", json=body)
+    assert response.status_code == 201, response.text
+    recorded = response.json()["recorded"]
+    assert [r["type"] for r in recorded] == ["outcome-recorded"] * 3
+    first = recorded[0]["stream_version"]
+    assert [r["stream_version"] for r in recorded] == [first, first + 1, first + 2]
+    assert [r["score"] for r in recorded] == [swemwbs_metric(21), 5.0, 150.0]
+
+
+@pytest.mark.parametrize(
+    ("measures", "field", "reason"),
+    [
+        (
+            [{"measure": "swemwbs", "items": [3] * 7}, {"measure": "ons4", "items": [5, 5, 11, 5]}],
+            "measures[1].items[2] (happy)",
+            "0-10",
+        ),
+        (
+            [{"measure": "ucla3", "items": [1, 1, 1]}, {"measure": "ucla3", "items": [2, 2, 2]}],
+            "measures",
+            "at most once",
+        ),
+        ([], "measures", "at least 1"),
+    ],
+    ids=["one-out-of-range", "measure-twice", "empty"],
+)
+def test_an_assessment_with_any_bad_measure_stores_none(
+    system: RunningSystem,
+    alliance: Alliance,
+    accepted: str,
+    measures: list[dict[str, Any]],
+    field: str,
+    reason: str,
+) -> None:
+    counts = Counts(system.database_url, "outcomes")
+    before = counts.snapshot()
+    body = {"timepoint": "baseline", "recorded_at": ASSESSED_AT, "measures": measures}
+    response = alliance.client("link_worker").post(f"/referrals/{accepted}/assessments", json=body)
+    problem = refused(response, 422)
+    assert reason in fields(problem)[field], problem
     assert counts.snapshot() == before
 
 
