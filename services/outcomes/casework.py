@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import asdict, dataclass
+from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -56,26 +57,41 @@ class CaseState:
     first_contact_at: datetime | None
     overdue_flagged: bool
     closed_at: datetime | None
+    head: tuple[int, bytes] | None = dataclass_field(default=None, repr=False, compare=False)
+    """The stream's version and hash, read after the case was locked (None: read later)."""
 
     def public(self) -> dict[str, Any]:
         return {
             k: (v.isoformat() if isinstance(v, datetime) else str(v) if v else v)
             for k, v in asdict(self).items()
+            if k != "head"
         }
+
+
+CASE_COLUMNS = (
+    "referral_id, referrer_org, referred_at, service_org, status, routed_at, accepted_at, "
+    "first_contact_at, overdue_flagged, closed_at"
+)
 
 
 async def _read_case(
     conn: AsyncConnection[Any], referral_id: UUID, lock: bool = False
 ) -> CaseState | None:
+    """The case; locked, also the stream's head, read by a statement of its own after the
+    lock was granted (so it sees whatever the previous holder appended). In a pipeline
+    the three statements cost one round trip."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "SELECT referral_id, referrer_org, referred_at, service_org, status, routed_at, "
-            "accepted_at, first_contact_at, overdue_flagged, closed_at FROM outcomes.cases "
-            "WHERE referral_id = %s" + (" FOR UPDATE" if lock else ""),
+            f"SELECT {CASE_COLUMNS} FROM outcomes.cases WHERE referral_id = %s"
+            + (" FOR UPDATE" if lock else ""),
             (referral_id,),
         )
+        heads = await conn.execute(*STORE.head_statement(referral_id)) if lock else None
         row = await cur.fetchone()
-    return CaseState(**row) if row else None
+    if row is None:
+        return None
+    head = STORE.head_from(await heads.fetchone()) if heads is not None else None
+    return CaseState(**row, head=head)
 
 
 async def await_case(conn: AsyncConnection[Any], referral_id: UUID, org: str) -> None:
@@ -155,7 +171,7 @@ async def append_events(
     events = [
         new_event(m, actor=actor, occurred_at=at, correlation_id=case.referral_id) for m in models
     ]
-    return await STORE.extend(conn, case.referral_id, events)
+    return await STORE.extend(conn, case.referral_id, events, head=case.head)
 
 
 async def first_contact(

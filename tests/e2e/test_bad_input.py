@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -261,6 +262,24 @@ def test_outcome_out_of_range_names_field_and_range_and_stores_nothing(
     assert field in fields(problem), problem
     assert allowed in fields(problem)[field], problem
     assert counts.snapshot() == before
+
+
+def test_concurrent_casework_on_one_referral_appends_every_event_once(
+    system: RunningSystem, alliance: Alliance
+) -> None:
+    """Each command locks the case, then reads the stream's head: none may chain onto a
+    head another has already moved on from (that would be a 409 or a 500 here)."""
+    rid = _accepted(system, alliance)
+    clients = [alliance.client("link_worker") for _ in range(8)]
+
+    def post(client: httpx.Client) -> httpx.Response:
+        return client.post(f"/referrals/{rid}/sessions", json=SESSION)
+
+    with ThreadPoolExecutor(max_workers=len(clients)) as pool:
+        responses = list(pool.map(post, clients))
+    assert [r.status_code for r in responses] == [201] * len(clients), [r.text for r in responses]
+    versions = sorted(r.json()["stream_version"] for r in responses)
+    assert versions == list(range(versions[0], versions[0] + len(clients)))
 
 
 ASSESSED_AT = "2026-01-20T10:00:00Z"
