@@ -344,6 +344,9 @@ async def apply_batches(
                 results[p].seek_to = start
                 continue
             for r in fresh:
+                if projection.interested_in is not None and not _maybe_interesting(projection, r):
+                    results[p].skipped += 1  # a header peek: no envelope to parse
+                    continue
                 if d := await _decode(conn, projection, r, results[p]):
                     decoded.append((p, *d))
             moves[p] = results[p].next_offset = fresh[-1].offset + 1
