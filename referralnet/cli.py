@@ -94,8 +94,8 @@ def _pid() -> int:
 @app.command()
 def demo(
     referrals: Annotated[
-        int, typer.Option(min=1, max=100_000, help="referrals to simulate (1,000 fit in 3 min)")
-    ] = 1000,
+        int, typer.Option(min=1, max=100_000, help="referrals to simulate in the year")
+    ] = 2000,
     concurrency: Annotated[int, typer.Option(min=1, max=256, help="journeys in flight")] = 48,
 ) -> None:
     """Run a simulated year of a demo alliance through the public API and print the results."""
