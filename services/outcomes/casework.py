@@ -78,8 +78,7 @@ async def _read_case(
     conn: AsyncConnection[Any], referral_id: UUID, lock: bool = False
 ) -> CaseState | None:
     """The case; locked, also the stream's head, read by a statement of its own after the
-    lock was granted (so it sees whatever the previous holder appended). In a pipeline
-    the three statements cost one round trip."""
+    lock was granted (so it sees whatever the previous holder appended)."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"SELECT {CASE_COLUMNS} FROM outcomes.cases WHERE referral_id = %s"
