@@ -60,7 +60,8 @@ async def publish_outgoing(producer: AIOKafkaProducer, outgoing: Sequence[Outgoi
         await future
 
 
-LINGER_SECONDS = 0.05
+LINGER_SECONDS = 0.1
+"""As faust's take window (``bus.faust_agent.TAKE_WITHIN_SECONDS``), and measured with it."""
 
 
 class TrackedRunner:
