@@ -113,9 +113,6 @@ class EventStore:
         self._s = sql.Identifier(schema)
         self.notify_channel = f"{schema}_outbox"
         self._append = sql.SQL(APPEND).format(s=self._s)
-        self._head = sql.SQL(
-            "SELECT version, hash FROM {}.events WHERE stream_id = %s ORDER BY version DESC LIMIT 1"
-        ).format(self._s)
 
     async def create(self, conn: AsyncConnection[Any]) -> None:
         """Create the schema, tables and append-only trigger (idempotent)."""
@@ -126,16 +123,14 @@ class EventStore:
 
     async def stream_head(self, conn: AsyncConnection[Any], stream_id: UUID) -> tuple[int, bytes]:
         """Current version and hash of a stream (0 and the genesis hash when empty)."""
-        cur = await conn.execute(*self.head_statement(stream_id))
-        return self.head_from(await cur.fetchone())
-
-    def head_statement(self, stream_id: UUID) -> tuple[sql.Composed, tuple[UUID]]:
-        """The query behind ``stream_head``, for callers that pipeline it with others."""
-        return self._head, (stream_id,)
-
-    @staticmethod
-    def head_from(row: tuple[Any, ...] | None) -> tuple[int, bytes]:
-        """``stream_head``'s answer from a row of ``head_statement``."""
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT version, hash FROM {}.events WHERE stream_id = %s "
+                "ORDER BY version DESC LIMIT 1"
+            ).format(self._s),
+            (stream_id,),
+        )
+        row = await cur.fetchone()
         return (row[0], bytes(row[1])) if row else (0, GENESIS_HASH)
 
     async def append(
@@ -161,16 +156,11 @@ class EventStore:
         return await self._chain_and_insert(conn, stream_id, version, prev, events)
 
     async def extend(
-        self,
-        conn: AsyncConnection[Any],
-        stream_id: UUID,
-        events: Sequence[NewEvent],
-        head: tuple[int, bytes] | None = None,
+        self, conn: AsyncConnection[Any], stream_id: UUID, events: Sequence[NewEvent]
     ) -> list[StoredEvent]:
         """Append after the stream's current head, for callers that already serialise the
-        stream's writers (they hold a lock on its row) and may have read ``head`` since
-        taking it; the primary key still guards."""
-        version, prev = head if head is not None else await self.stream_head(conn, stream_id)
+        stream's writers (they hold a lock on its row); the primary key still guards."""
+        version, prev = await self.stream_head(conn, stream_id)
         return await self._chain_and_insert(conn, stream_id, version, prev, events)
 
     async def _chain_and_insert(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import asdict, dataclass
-from dataclasses import field as dataclass_field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
@@ -57,14 +56,11 @@ class CaseState:
     first_contact_at: datetime | None
     overdue_flagged: bool
     closed_at: datetime | None
-    head: tuple[int, bytes] | None = dataclass_field(default=None, repr=False, compare=False)
-    """The stream's version and hash, read after the case was locked (None: read later)."""
 
     def public(self) -> dict[str, Any]:
         return {
             k: (v.isoformat() if isinstance(v, datetime) else str(v) if v else v)
             for k, v in asdict(self).items()
-            if k != "head"
         }
 
 
@@ -77,20 +73,16 @@ CASE_COLUMNS = (
 async def _read_case(
     conn: AsyncConnection[Any], referral_id: UUID, lock: bool = False
 ) -> CaseState | None:
-    """The case; locked, also the stream's head, read by a statement of its own after the
-    lock was granted (so it sees whatever the previous holder appended)."""
+    """The case, locked for this transaction if ``lock``: the lock serialises the writers of
+    the referral's outcomes stream, so ``extend`` reads the head only after taking it."""
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             f"SELECT {CASE_COLUMNS} FROM outcomes.cases WHERE referral_id = %s"
             + (" FOR UPDATE" if lock else ""),
             (referral_id,),
         )
-        heads = await conn.execute(*STORE.head_statement(referral_id)) if lock else None
         row = await cur.fetchone()
-    if row is None:
-        return None
-    head = STORE.head_from(await heads.fetchone()) if heads is not None else None
-    return CaseState(**row, head=head)
+    return CaseState(**row) if row else None
 
 
 async def await_case(conn: AsyncConnection[Any], referral_id: UUID, org: str) -> None:
@@ -170,7 +162,7 @@ async def append_events(
     events = [
         new_event(m, actor=actor, occurred_at=at, correlation_id=case.referral_id) for m in models
     ]
-    return await STORE.extend(conn, case.referral_id, events, head=case.head)
+    return await STORE.extend(conn, case.referral_id, events)
 
 
 async def first_contact(

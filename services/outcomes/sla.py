@@ -15,7 +15,13 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from services.outcomes.casework import CaseState, append_events, overdue_model, sla_days
+from services.outcomes.casework import (
+    CASE_COLUMNS,
+    CaseState,
+    append_events,
+    overdue_model,
+    sla_days,
+)
 
 
 async def flag_overdue(conn: AsyncConnection[Any], now: datetime, limit: int = 500) -> int:
@@ -23,8 +29,7 @@ async def flag_overdue(conn: AsyncConnection[Any], now: datetime, limit: int = 5
     sla = timedelta(days=sla_days())
     async with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
-            "SELECT referral_id, referrer_org, referred_at, service_org, status, routed_at, "
-            "accepted_at, first_contact_at, overdue_flagged, closed_at FROM outcomes.cases "
+            f"SELECT {CASE_COLUMNS} FROM outcomes.cases "
             "WHERE first_contact_at IS NULL AND closed_at IS NULL AND NOT overdue_flagged "
             "AND status IN ('routed', 'accepted') AND routed_at + %(sla)s < %(now)s "
             "AND routed_seen_at + %(sla)s < %(now)s "
