@@ -25,6 +25,7 @@ from infra.embedded import EmbeddedStartError
 from infra.logging import configure_logging
 from infra.settings import Settings
 from referralnet import endpoints, journey, render
+from referralnet.infra_cli import infra_app
 from referralnet.registration import register
 from views.report import build_report
 from views.schema import schema_name
@@ -38,6 +39,7 @@ app = typer.Typer(
 )
 directory_app = typer.Typer(help="The alliance directory: partners, services, activities.")
 app.add_typer(directory_app, name="directory")
+app.add_typer(infra_app, name="infra")
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 
