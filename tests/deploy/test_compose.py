@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -230,6 +231,19 @@ def test_the_image_runs_as_an_unprivileged_user() -> None:
 
 
 def test_the_wheel_the_image_installs_carries_what_the_services_load(tmp_path: Path) -> None:
+    # The Docker build context: the repository minus what the .dockerignore leaves out.
+    ignored = [
+        line.strip()
+        for line in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    context = tmp_path / "context"
+    shutil.copytree(
+        ROOT,
+        context,
+        ignore=shutil.ignore_patterns(*(p.removeprefix("**/") for p in ignored)),
+    )
+    assert not (context / "tests").exists() and not (context / ".venv").exists()
     subprocess.run(
         [
             sys.executable,
@@ -240,7 +254,7 @@ def test_the_wheel_the_image_installs_carries_what_the_services_load(tmp_path: P
             "--no-deps",
             "--wheel-dir",
             str(tmp_path),
-            str(ROOT),
+            str(context),
         ],
         check=True,
         capture_output=True,
