@@ -49,6 +49,9 @@ REQUEST_TIMEOUT_MS = 10_000
 """Short enough that a broker advertising a call it never answers (Tansu: CreateAcls)
 costs 10 s once (the capability is then skipped), long enough for a busy controller."""
 
+BOOTSTRAP_TIMEOUT_MS = 10_000
+"""How long to try the bootstrap servers before saying the broker cannot be reached."""
+
 # Kafka protocol API keys (KIP-482 numbering) of the admin calls a plan needs.
 API_KEYS = {
     "partitions": (37,),  # CreatePartitions
@@ -76,6 +79,7 @@ def admin_client(
         bootstrap_servers=bootstrap_servers,
         client_id="referralnet-infra",
         request_timeout_ms=request_timeout_ms,
+        bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         **security.kafka_python(),
     )
 

@@ -12,18 +12,20 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import click
 import typer
+from kafka.errors import KafkaError
 from psycopg import AsyncConnection
 from rich.console import Console
 
 from bus.topics import Topics
 from infra.kafka_access import SERVICES, Principals
-from infra.kafka_apply import admin_client, apply, read_state
-from infra.kafka_plan import Action, Durability, Notice, Wanted, changes, plan, wanted
+from infra.kafka_apply import ApplyResult, admin_client, apply, read_state
+from infra.kafka_plan import Action, Durability, Notice, changes, plan, wanted
 from infra.kafka_security import KafkaSecurity, KafkaSecurityError
 from infra.settings import Settings
 from referralnet import endpoints
@@ -94,25 +96,6 @@ def _org_ids(settings: Settings, directory: Path | None) -> list[str]:
         return asyncio.run(from_database(url))
 
 
-def _wanted(
-    replication_factor: int,
-    min_insync_replicas: int,
-    directory: Path | None,
-    partner_principal: str,
-    service_principals: list[str] | None,
-) -> tuple[Settings, Wanted]:
-    if min_insync_replicas > replication_factor:
-        raise click.UsageError(
-            f"--min-insync-replicas {min_insync_replicas} exceeds --replication-factor "
-            f"{replication_factor}: no write with acks=all could succeed"
-        )
-    principals = _principals(partner_principal, service_principals)
-    settings = Settings.from_env()
-    orgs = _org_ids(settings, directory)
-    durability = Durability(replication_factor, min_insync_replicas)
-    return settings, wanted(Topics(prefix=settings.topic_prefix), orgs, durability, principals)
-
-
 def _security() -> KafkaSecurity:
     try:
         return KafkaSecurity.from_env()
@@ -120,15 +103,18 @@ def _security() -> KafkaSecurity:
         raise click.UsageError(str(exc)) from None
 
 
-def _print_steps(steps: list[Action], as_json: bool) -> None:
+def _print_steps(steps: list[Action], unsupported: Mapping[str, str], as_json: bool) -> None:
     if as_json:
-        print(json.dumps([{"step": type(s).__name__, "text": s.describe()} for s in steps]))
+        listed = [{"step": type(s).__name__, "text": s.describe()} for s in steps]
+        print(json.dumps({"steps": listed, "unsupported": dict(unsupported)}))
         return
     if not changes(steps):
         console.print("nothing to change: the cluster matches the directory and the layout")
     for step in steps:
         style = "yellow" if isinstance(step, Notice) else None
         console.print(step.describe(), style=style, highlight=False, soft_wrap=True)
+    for capability, why in sorted(unsupported.items()):
+        console.print(f"{capability}: {why}", style="yellow", highlight=False)
 
 
 def _run(
@@ -141,17 +127,28 @@ def _run(
     as_json: bool,
 ) -> None:
     security = _security()
-    settings, want = _wanted(
-        replication_factor, min_insync_replicas, directory, partner_principal, service_principals
-    )
-    admin = admin_client(endpoints.bootstrap_servers(settings), security)
+    if min_insync_replicas > replication_factor:
+        raise click.UsageError(
+            f"--min-insync-replicas {min_insync_replicas} exceeds --replication-factor "
+            f"{replication_factor}: no write with acks=all could succeed"
+        )
+    principals = _principals(partner_principal, service_principals)
+    settings = Settings.from_env()
+    # The broker before the directory: without a broker there is nothing to plan
+    # against, so fail before starting an embedded database to read partners from.
+    bootstrap = endpoints.bootstrap_servers(settings)
+    orgs = _org_ids(settings, directory)
+    durability = Durability(replication_factor, min_insync_replicas)
+    want = wanted(Topics(prefix=settings.topic_prefix), orgs, durability, principals)
+    try:
+        admin = admin_client(bootstrap, security)
+    except KafkaError as exc:
+        raise endpoints.NoBroker(f"cannot reach the broker at {bootstrap}: {exc}") from None
     try:
         state = read_state(admin, want)
         steps = plan(want, state)
         if dry_run:
-            _print_steps(steps, as_json)
-            for capability, why in sorted(state.unsupported.items()):
-                console.print(f"{capability}: {why}", style="yellow", highlight=False)
+            _print_steps(steps, state.unsupported, as_json)
             return
         result = apply(admin, steps, state)
     finally:
@@ -159,7 +156,7 @@ def _run(
     _report(steps, result, as_json)
 
 
-def _report(steps: list[Action], result: Any, as_json: bool) -> None:
+def _report(steps: list[Action], result: ApplyResult, as_json: bool) -> None:
     if as_json:
         print(
             json.dumps(

@@ -83,14 +83,15 @@ def test_apply_creates_every_topic_and_says_what_the_broker_cannot_do(
     env, topics, orgs = tenant
     planned = run_cli(env, "infra", "plan", "--json")
     assert planned.exit_code == 0, planned.output
-    steps = json.loads(planned.output.splitlines()[0])
+    printed = json.loads(planned.output)
+    steps = printed["steps"]
     created = {s["text"].split()[2] for s in steps if s["step"] == "CreateTopic"}
     wanted = {topics.referral_events, topics.dead_letters, *(topics.org(o) for o in orgs)}
     assert created == wanted
     grants = len(wanted_state(topics, orgs).grants)
     assert grants == 2 * len(orgs) + 21  # two per partner, 21 for the six services
     assert sum(s["step"] == "CreateGrant" for s in steps) == grants
-    assert "acls: not supported by this broker" in planned.output
+    assert printed["unsupported"]["acls"].startswith("not supported by this broker")
     assert _layout(admin, topics.prefix) == {}, "plan changed the cluster"
 
     applied = run_cli(env, "infra", "apply")
@@ -107,7 +108,7 @@ def test_apply_creates_every_topic_and_says_what_the_broker_cannot_do(
 
     again = run_cli(env, "infra", "apply", "--json")
     assert again.exit_code == 1
-    report = json.loads(again.output.splitlines()[0])
+    report = json.loads(again.output)
     assert report["done"] == [] and report["failed"] == []
     assert set(report["skipped"]) == {"acls"}
 
@@ -142,6 +143,16 @@ def test_apply_aligns_configs_and_leaves_what_it_must_not_change(
     after = run_cli(env, "infra", "plan")
     assert "set configs" not in after.output
     assert "kafka-reassign-partitions.sh" in after.output  # still said, never done
+
+
+def test_an_unreachable_broker_is_one_line_and_exit_1(
+    tenant: tuple[dict[str, str], Topics, list[str]],
+) -> None:
+    env, _, _ = tenant
+    result = run_cli({**env, "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}, "infra", "plan")
+    assert result.exit_code == 1
+    assert "cannot reach the broker at 127.0.0.1:1" in result.output
+    assert len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
