@@ -3,7 +3,7 @@
 What was kept: a ``pg_dump`` of the system of record (every schema but the derived ones:
 partner views and the distributor's bookkeeping) and the two key files. The procedure,
 with only the product's existing commands: restore the dump into an empty database on a
-new server, start the system on it, ``referralnet republish``. Two disasters:
+new server, ``referralnet republish``, start the system on it. Two disasters:
 
 - the database server and the broker are both lost: every partner's view must equal,
   by checksum, what it was before the loss; the hash chains must verify; the partners'
@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -87,8 +88,24 @@ def schemas(database_url: str) -> set[str]:
 
 
 @pytest.fixture
-def new_database_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
-    server = EmbeddedPostgres(tmp_path / "new-server")
+def workdir() -> Iterator[Path]:
+    """A scratch directory outside pytest's base temp directory.
+
+    The embedded PostgreSQL runs as another user, who must traverse the directory's
+    parents while initdb and the server start. pytest makes its ``pytest-of-<user>``
+    directory 0700 whenever a session starts, so another pytest run on the machine can
+    shut that user out in the middle of a start (seen: initdb "Permission denied").
+    """
+    path = Path(tempfile.mkdtemp(prefix="rn-backup-test-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def new_database_server(workdir: Path) -> Iterator[EmbeddedPostgres]:
+    server = EmbeddedPostgres(workdir / "new-server")
     server.start()
     try:
         yield server
@@ -97,14 +114,14 @@ def new_database_server(tmp_path: Path) -> Iterator[EmbeddedPostgres]:
 
 
 def test_a_restored_backup_and_republish_give_every_view_back(
-    tmp_path: Path, new_database_server: EmbeddedPostgres
+    workdir: Path, new_database_server: EmbeddedPostgres, new_broker: str
 ) -> None:
     suffix = uuid.uuid4().hex[:8]
-    dump = tmp_path / "referralnet.dump"
-    kept_keys = tmp_path / "kept-keys"
+    dump = workdir / "referralnet.dump"
+    kept_keys = workdir / "kept-keys"
 
     # --- before: a running alliance, its views, the backup -------------------------
-    home = tmp_path / "lost-site"
+    home = workdir / "lost-site"
     settings = replace(Settings(), home=home, kafka_bootstrap_servers=None, database_url=None)
     with running_system(settings, pick_free_port=True) as system:
         alliance = register_alliance(system, alliance_yaml(suffix), suffix)
@@ -133,22 +150,23 @@ def test_a_restored_backup_and_republish_give_every_view_back(
         s for s in lost_schemas if not s.startswith("view_") and s != "distributor"
     }
 
-    new_home = tmp_path / "new-site"
+    new_home = workdir / "new-site"
     shutil.copytree(kept_keys, new_home / "keys")
+    # The bus is refilled before the services start: they then begin from the positions
+    # republish reset, never from the lost broker's offsets kept in the dump.
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": new_broker,
+        "DATABASE_URL": restored_url,
+        "REFERRALNET_HOME": str(new_home),
+    }
+    started = time.monotonic()
+    republished = run_cli(env, "republish")
+    republish_seconds = time.monotonic() - started
+    assert republished.exit_code == 0, republished.output
     settings = replace(
-        Settings(), home=new_home, kafka_bootstrap_servers=None, database_url=restored_url
+        Settings(), home=new_home, kafka_bootstrap_servers=new_broker, database_url=restored_url
     )
     with running_system(settings, pick_free_port=True) as system:
-        env = {
-            "KAFKA_BOOTSTRAP_SERVERS": system.bootstrap_servers,
-            "DATABASE_URL": restored_url,
-            "REFERRALNET_TOPIC_PREFIX": system.topics.prefix,
-            "REFERRALNET_HOME": str(new_home),
-        }
-        started = time.monotonic()
-        republished = run_cli(env, "republish")
-        republish_seconds = time.monotonic() - started
-        assert republished.exit_code == 0, republished.output
         caught_up(system, wait_seconds=120)
         deadline = time.monotonic() + 120
         after = checksums(system, orgs)
@@ -173,9 +191,19 @@ def test_a_restored_backup_and_republish_give_every_view_back(
 
 
 @pytest.fixture
-def surviving_broker(tmp_path: Path) -> Iterator[str]:
+def surviving_broker(workdir: Path) -> Iterator[str]:
     """A broker that outlives the system using it (only the database is lost)."""
-    broker = EmbeddedBroker(tmp_path / "broker")
+    broker = EmbeddedBroker(workdir / "broker")
+    try:
+        yield broker.start()
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def new_broker(workdir: Path) -> Iterator[str]:
+    """The new site's broker, empty: the old one was lost with the database."""
+    broker = EmbeddedBroker(workdir / "new-broker")
     try:
         yield broker.start()
     finally:
@@ -183,14 +211,14 @@ def surviving_broker(tmp_path: Path) -> Iterator[str]:
 
 
 def test_a_broker_that_kept_newer_events_is_emptied_and_refilled_to_the_dump(
-    tmp_path: Path, new_database_server: EmbeddedPostgres, surviving_broker: str
+    workdir: Path, new_database_server: EmbeddedPostgres, surviving_broker: str
 ) -> None:
     """Step 5 of the procedure: only the database is lost, the broker still holds events
     recorded after the dump. Its topics are deleted and recreated (`infra apply`), then
     `republish`: the system goes back, consistently, to the moment of the dump."""
     suffix = uuid.uuid4().hex[:8]
-    dump, kept_keys = tmp_path / "referralnet.dump", tmp_path / "kept-keys"
-    home = tmp_path / "site"
+    dump, kept_keys = workdir / "referralnet.dump", workdir / "kept-keys"
+    home = workdir / "site"
     settings = replace(
         Settings(), home=home, kafka_bootstrap_servers=surviving_broker, database_url=None
     )
@@ -230,16 +258,16 @@ def test_a_broker_that_kept_newer_events_is_emptied_and_refilled_to_the_dump(
     assert "done: create topic referral-events" in applied.output, applied.output
     assert applied.exit_code == 1 and "acls: not supported by this broker" in applied.output
 
-    shutil.copytree(kept_keys, tmp_path / "new-site" / "keys")
+    shutil.copytree(kept_keys, workdir / "new-site" / "keys")
+    republished = run_cli({**env, "REFERRALNET_HOME": str(workdir / "new-site")}, "republish")
+    assert republished.exit_code == 0, republished.output
     settings = replace(
         Settings(),
-        home=tmp_path / "new-site",
+        home=workdir / "new-site",
         kafka_bootstrap_servers=surviving_broker,
         database_url=restored_url,
     )
     with running_system(settings, pick_free_port=True) as system:
-        republished = run_cli({**env, "REFERRALNET_HOME": str(tmp_path / "new-site")}, "republish")
-        assert republished.exit_code == 0, republished.output
         caught_up(system, wait_seconds=120)
         deadline = time.monotonic() + 120
         after = checksums(system, orgs)
