@@ -11,6 +11,7 @@ from directory import store as directory
 from directory.model import OrgKind
 from services.refusal import Forbidden
 from views import queries
+from views.entitlement import access, facts_of
 from views.report import Report, build_report
 from views.schema import schema_name
 from web.deps import Caller, Conn
@@ -32,13 +33,11 @@ async def own_view(
     if org.kind is OrgKind.COMMISSIONER:
         report = await build_report(conn, schema_name(org.id))
         return {"org": org.id, "role": "commissioner", "aggregates": report.model_dump()}
-    return {
-        "org": org.id,
-        "totals": await queries.totals(conn, org.id),
-        "referrals": await queries.referrals(
-            conn, org.id, status=status, limit=limit, offset=offset
-        ),
-    }
+    rows = await queries.referrals(conn, org.id, status=status, limit=limit, offset=offset)
+    for row in rows:  # the role each row is held in, by the one entitlement policy
+        granted = access(org.id, org.kind, facts_of(row, row.pop("providers")))
+        row["role"] = granted.role if granted else None
+    return {"org": org.id, "totals": await queries.totals(conn, org.id), "referrals": rows}
 
 
 @router.get("/report", response_model=Report, responses=ERROR_RESPONSES)

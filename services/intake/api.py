@@ -18,8 +18,9 @@ from services.intake.requests import (
     ReferralRequest,
 )
 from services.intake.store import STORE
-from services.refusal import NotFound
+from services.refusal import Forbidden, NotFound
 from views import queries as views
+from views.entitlement import access, facts_of, individual_rows_allowed
 from web.deps import Caller, Conn
 from web.errors import ERROR_RESPONSES
 
@@ -66,7 +67,7 @@ async def create_referral(
             row = await cur.fetchone()
             if row:
                 response.status_code = 200
-                return ReferralCreatedResponse(referral_id=row[0], person_ref=row[1])
+                return ReferralCreatedResponse(referral_id=row[0])
         details = body.person.model_dump(mode="json")
         person_ref = await person_ref_for(conn, vault, details)
         model = decided.model_copy(update={"person_ref": person_ref})
@@ -85,7 +86,7 @@ async def create_referral(
             model, actor=org.id, occurred_at=body.referred_at, correlation_id=referral_id
         )
         await STORE.append(conn, referral_id, 0, [event])
-    return ReferralCreatedResponse(referral_id=referral_id, person_ref=person_ref)
+    return ReferralCreatedResponse(referral_id=referral_id)
 
 
 async def person_details(conn: Conn, vault: PersonVault, referral_id: UUID) -> dict[str, object]:
@@ -99,14 +100,12 @@ async def person_details(conn: Conn, vault: PersonVault, referral_id: UUID) -> d
     return vault.decrypt(bytes(row[0]))
 
 
-PERSON_FIELDS_BY_ROLE = {
-    "link-worker": None,  # all fields
-    "referrer": None,
-    "provider": ("name",),
-}
-
-
-@router.get("/referrals/{referral_id}", response_model=ReferralDetail, responses=ERROR_RESPONSES)
+@router.get(
+    "/referrals/{referral_id}",
+    response_model=ReferralDetail,
+    responses=ERROR_RESPONSES,
+    summary="One referral, as much as the caller's current role allows",
+)
 async def get_referral(
     referral_id: UUID,
     org: Caller,
@@ -114,22 +113,29 @@ async def get_referral(
     request: Request,
     person: Annotated[bool, Query(description="include person details if entitled")] = True,
 ) -> ReferralDetail:
-    """What the caller's role may see of one referral, person details included if entitled.
+    """What the caller's role may see of one referral (``views.entitlement.access``).
 
-    Entitlement is "the referral is in your own view": the distributor decided that.
-    Anyone else gets 404, so the existence of a referral is not revealed either.
+    The referral must be in the caller's own view (the distributor decided that); anyone
+    else gets 404, so the existence of a referral is not revealed either. Person details
+    follow the role *now*: a service that declined the referral, saw it escalate away or
+    closed it gets none. Commissioners get 403 for every id: aggregates only.
     """
+    if not individual_rows_allowed(org.kind):
+        raise Forbidden("commissioners receive aggregates only (GET /view, GET /report)")
     row = await views.referral(conn, org.id, referral_id)
-    if row is None:
+    granted = access(org.id, org.kind, facts_of(row, row.pop("providers")) if row else None)
+    if row is None or granted is None:
         raise NotFound(f"no referral {referral_id} in your view")
-    role = str(row.pop("role"))
     shown = None
-    if person and role in PERSON_FIELDS_BY_ROLE:
+    if person and granted.person_level:
         details = await person_details(conn, request.app.state.vault, referral_id)
-        wanted = PERSON_FIELDS_BY_ROLE[role]
         shown = PersonView.model_validate(
-            {k: v for k, v in details.items() if wanted is None or k in wanted}
+            {k: v for k, v in details.items() if k in granted.person_fields}
         )
     return ReferralDetail(
-        referral_id=referral_id, role=role, view=row, person=shown, fetched_at=datetime.now(UTC)
+        referral_id=referral_id,
+        role=granted.role,
+        view=row,
+        person=shown,
+        fetched_at=datetime.now(UTC),
     )

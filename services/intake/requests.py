@@ -73,8 +73,10 @@ class ReferralRequest(BaseModel):
 
 
 class ReferralCreatedResponse(BaseModel):
+    """The referral's id, and nothing about the person: returning the person's pseudonym
+    would let a referrer confirm an NHS number by comparing it with those it holds."""
+
     referral_id: UUID
-    person_ref: str
 
 
 class PersonView(BaseModel):
