@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
@@ -19,14 +19,18 @@ from web.errors import ERROR_RESPONSES
 
 router = APIRouter(tags=["views"])
 
+Status = Literal["referred", "routed", "accepted", "declined", "escalated", "in-progress", "closed"]
+MAX_OFFSET = 10_000_000
+"""Bounded so that no query parameter can overflow PostgreSQL's bigint (422 instead)."""
+
 
 @router.get("/view", responses=ERROR_RESPONSES)
 async def own_view(
     org: Caller,
     conn: Conn,
-    status: Annotated[str | None, Query(max_length=40)] = None,
+    status: Annotated[Status | None, Query(description="only referrals in this status")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     """The caller's own view, and nothing else: rows for partners, aggregates for
     commissioners (who never see individual rows)."""

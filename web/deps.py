@@ -29,6 +29,9 @@ async def connection(
 
 
 Conn = Annotated[AsyncConnection[Any], Depends(connection)]
+"""A pooled connection held for the whole request."""
+Pool = Annotated[AsyncConnectionPool[AsyncConnection[Any]], Depends(pool)]
+"""The pool itself, for routes that take connections only while they use them."""
 
 
 async def caller(

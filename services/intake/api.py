@@ -9,6 +9,7 @@ from uuid import UUID, uuid4
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from eventstore.records import new_event
+from services.intake import idempotency
 from services.intake.domain import decide_referral
 from services.intake.pii import PersonVault, person_ref_for
 from services.intake.requests import (
@@ -22,7 +23,7 @@ from services.refusal import Forbidden, NotFound
 from views import queries as views
 from views.entitlement import access, facts_of, individual_rows_allowed
 from web.deps import Caller, Conn
-from web.errors import ERROR_RESPONSES
+from web.errors import ERROR_RESPONSES, ErrorBody
 
 router = APIRouter(tags=["intake"])
 
@@ -31,7 +32,19 @@ router = APIRouter(tags=["intake"])
     "/referrals",
     status_code=201,
     response_model=ReferralCreatedResponse,
-    responses=ERROR_RESPONSES,
+    responses={
+        **ERROR_RESPONSES,
+        200: {
+            "model": ReferralCreatedResponse,
+            "description": "Idempotent replay: this Idempotency-Key already created this "
+            "referral (same body); nothing new was stored",
+        },
+        422: {
+            "model": ErrorBody,
+            "description": "Invalid input, with the fields and why; or an Idempotency-Key "
+            "reused with a different body",
+        },
+    },
     summary="Refer a person (16+) to the alliance's link-worker services",
 )
 async def create_referral(
@@ -40,12 +53,23 @@ async def create_referral(
     conn: Conn,
     request: Request,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=200,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Printable ASCII; the same key with the same body returns the first "
+            "answer (200), with a different body 422",
+        ),
+    ] = None,
 ) -> ReferralCreatedResponse:
     """Store the referral (person details encrypted) and publish ``referral-created``.
 
     Only a pseudonym travels on the bus. With an ``Idempotency-Key`` header a retried
-    request returns the referral created the first time instead of a second one.
+    request returns the referral created the first time (200) instead of a second one; the
+    key reused with a different body is 422 (IETF idempotency-key draft). Concurrent
+    requests with one key wait for the first: one 201, the others 200.
     """
     vault: PersonVault = request.app.state.vault
     referral_id = uuid4()
@@ -57,18 +81,13 @@ async def create_referral(
         person_ref="p_pending",
         now=datetime.now(UTC),
     )
+    details = body.person.model_dump(mode="json")
     async with conn.transaction():
         if idempotency_key:
-            cur = await conn.execute(
-                "SELECT referral_id, person_ref FROM intake.idempotency "
-                "WHERE org_id = %s AND key = %s",
-                (org.id, idempotency_key),
-            )
-            row = await cur.fetchone()
-            if row:
+            claimed = await idempotency.claim(conn, org.id, idempotency_key, body, referral_id)
+            if claimed != referral_id:
                 response.status_code = 200
-                return ReferralCreatedResponse(referral_id=row[0])
-        details = body.person.model_dump(mode="json")
+                return ReferralCreatedResponse(referral_id=claimed)
         person_ref = await person_ref_for(conn, vault, details)
         model = decided.model_copy(update={"person_ref": person_ref})
         await conn.execute(
@@ -76,12 +95,6 @@ async def create_referral(
             "VALUES (%s, %s, %s)",
             (referral_id, person_ref, vault.encrypt(details)),
         )
-        if idempotency_key:
-            await conn.execute(
-                "INSERT INTO intake.idempotency (org_id, key, referral_id, person_ref) "
-                "VALUES (%s, %s, %s, %s)",
-                (org.id, idempotency_key, referral_id, person_ref),
-            )
         event = new_event(
             model, actor=org.id, occurred_at=body.referred_at, correlation_id=referral_id
         )

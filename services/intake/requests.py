@@ -6,9 +6,10 @@ from datetime import date, datetime
 from typing import Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.events import Need
+from web.fields import BirthDate, Flag, WorldTime
 
 
 def nhs_number_is_valid(number: str) -> bool:
@@ -27,7 +28,7 @@ class Person(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    date_of_birth: date
+    date_of_birth: BirthDate
     nhs_number: str | None = Field(default=None, description="10 digits, spaces allowed")
     phone: str | None = Field(default=None, max_length=40)
     email: str | None = Field(default=None, max_length=200)
@@ -53,10 +54,10 @@ class Person(BaseModel):
 class Consent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    share_with_link_worker: bool = Field(
+    share_with_link_worker: Flag = Field(
         description="The person agreed to be referred; must be true"
     )
-    share_outcomes_with_referrer: bool = False
+    share_outcomes_with_referrer: Flag = False
 
 
 class ReferralRequest(BaseModel):
@@ -65,11 +66,11 @@ class ReferralRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     person: Person
-    needs: list[Need] = Field(min_length=1)
+    needs: list[Need] = Field(min_length=1, max_length=20)
     consent: Consent
     area: str = Field(min_length=1, max_length=100)
     urgency: Literal["routine", "urgent", "asap"] = "routine"
-    referred_at: AwareDatetime
+    referred_at: WorldTime
 
 
 class ReferralCreatedResponse(BaseModel):

@@ -19,6 +19,10 @@ CREATE TABLE IF NOT EXISTS intake.idempotency (
     person_ref  text NOT NULL,
     PRIMARY KEY (org_id, key)
 );
+-- keys are stored as SHA-256 digests (never in clear, not even in a constraint
+-- violation's log line) with a digest of the request body they were first used with
+ALTER TABLE intake.idempotency ADD COLUMN IF NOT EXISTS request_hash text;
+ALTER TABLE intake.idempotency ALTER COLUMN person_ref DROP NOT NULL;
 """
 
 
