@@ -21,10 +21,13 @@ from services.intake.pii import PersonVault
 from services.outcomes.api import router as outcomes_router
 from services.routing.api import router as routing_router
 from views.api import router as views_router
-from web import errors
+from web import errors, tokens
 from web.admission import AdmissionControl, max_in_flight_from_env
 from web.errors import ERROR_TEXTS
 from web.limits import RequestLimits
+from web.ops_guard import OpsGuard, ops_token
+from web.quota import OrgQuota
+from web.tokens import TokenCache
 
 DESCRIPTION = """Referral Network: partners of a social-prescribing alliance exchange
 referrals and each keep their own view of what happens next.
@@ -47,6 +50,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = connection_pool(database_url, min_size=2, max_size=pool_size)
         await pool.open()
+        async with pool.connection() as conn:
+            await tokens.create(conn)  # rotation/revocation tables (idempotent)
         app.state.pool = pool
         try:
             yield
@@ -57,7 +62,8 @@ def create_app(
         title="Referral Network", version="0.1.0", description=DESCRIPTION, lifespan=lifespan
     )
     app.state.vault = PersonVault.from_home(home)
-    app.state.token_cache = {}
+    app.state.token_cache = TokenCache()
+    app.state.quota = OrgQuota.from_env()
     errors.install(app)
     for router in (intake_router, routing_router, outcomes_router, views_router):
         app.include_router(router)
@@ -70,6 +76,7 @@ def create_app(
 
     ops_http.install(app, database_url)  # /metrics and /healthz/<worker>
     limit = max_in_flight_from_env() if max_in_flight is None else max_in_flight
+    app.add_middleware(OpsGuard, token=ops_token(home))  # /metrics, /healthz/<worker>
     app.add_middleware(AdmissionControl, limit=limit)
     app.add_middleware(RequestLimits)  # outermost: body/header limits before any work
     app.openapi = lambda: documented_openapi(app)  # type: ignore[method-assign]
