@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Header, Query, Request, Response
@@ -19,7 +19,7 @@ from services.intake.requests import (
     ReferralRequest,
 )
 from services.intake.store import STORE
-from services.refusal import Forbidden, NotFound
+from services.refusal import Forbidden, Invalid, NotFound
 from views import queries as views
 from views.entitlement import access, facts_of, individual_rows_allowed
 from web.deps import Caller, Conn
@@ -81,6 +81,7 @@ async def create_referral(
         person_ref="p_pending",
         now=datetime.now(UTC),
     )
+    await known_area(conn, request.app.state, body.area)
     details = body.person.model_dump(mode="json")
     async with conn.transaction():
         if idempotency_key:
@@ -100,6 +101,25 @@ async def create_referral(
         )
         await STORE.append(conn, referral_id, 0, [event])
     return ReferralCreatedResponse(referral_id=referral_id)
+
+
+async def known_area(conn: Conn, state: Any, area: str) -> None:
+    """422 naming ``area`` unless some organisation or activity of the directory has it.
+
+    ``area`` travels on the bus, so only the directory's vocabulary may (free text such
+    as an address must not). Areas seen are remembered; an unseen one is looked up
+    again, so an area added by ``directory load`` is accepted at once.
+    """
+    areas: set[str] = getattr(state, "areas", set())
+    if area in areas:
+        return
+    cur = await conn.execute(
+        "SELECT a FROM directory.organisations, unnest(areas) AS a "
+        "UNION SELECT area FROM directory.activities"
+    )
+    state.areas = areas = {str(r[0]) for r in await cur.fetchall()}
+    if area not in areas:
+        raise Invalid("not an area of the alliance directory (see GET /directory)", field="area")
 
 
 async def person_details(conn: Conn, vault: PersonVault, referral_id: UUID) -> dict[str, object]:

@@ -9,6 +9,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.events import Need
+from schemas.events.base import AREA_PATTERN
 from web.fields import BirthDate, Flag, WorldTime
 
 
@@ -68,7 +69,12 @@ class ReferralRequest(BaseModel):
     person: Person
     needs: list[Need] = Field(min_length=1, max_length=20)
     consent: Consent
-    area: str = Field(min_length=1, max_length=100)
+    area: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=AREA_PATTERN,
+        description="One of the directory's areas (GET /directory), e.g. 'north'",
+    )
     urgency: Literal["routine", "urgent", "asap"] = "routine"
     referred_at: WorldTime
 

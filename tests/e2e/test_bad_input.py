@@ -684,3 +684,15 @@ def test_casework_on_an_unknown_referral_answers_at_once_and_stalls_nobody(
     assert set(statuses) <= {404, 429}, statuses
     assert all(status == 200 for status, _ in reads), reads
     assert max(seconds for _, seconds in reads) < 2.0, reads
+
+
+@pytest.mark.parametrize(
+    "area", ["Flat 3, 12 Acacia Avenue RT1 9QX", "nowhere-in-the-directory", "North"]
+)
+def test_an_area_outside_the_directory_is_422_naming_area(
+    alliance: Alliance, intake_unchanged: None, area: str
+) -> None:
+    """Issue 11 item 9: ``area`` reaches every topic, so only the directory's areas may."""
+    body = referral_body(area=area)
+    problem = refused(alliance.client("referrer").post("/referrals", json=body), 422)
+    assert "area" in fields(problem), problem
