@@ -22,6 +22,10 @@ COLUMNS = (
 )
 
 
+COLUMN_NAMES = tuple(c.strip().removeprefix("r.") for c in COLUMNS.split(","))
+"""The keys of a view row, in ``COLUMNS`` order."""
+
+
 async def totals(conn: AsyncConnection[Any], org_id: str) -> dict[str, Any]:
     """Headline counts of a view (what the demo prints per partner)."""
     s = sql.Identifier(schema_name(org_id))

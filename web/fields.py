@@ -14,7 +14,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime, timedelta
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, StrictBool
 
 EARLIEST_WORLD_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 """Nothing in a social-prescribing journey this product records predates 2000."""
@@ -44,16 +44,35 @@ def plausible_birth(value: date) -> date:
     return value
 
 
+def text_only(value: object) -> object:
+    """Dates and times arrive as ISO 8601 text: a number (a Unix time?) is refused."""
+    if not isinstance(value, str | datetime | date):
+        raise ValueError("must be ISO 8601 text")
+    return value
+
+
+def number_only(value: object) -> object:
+    """A JSON number: ``true`` and ``"45"`` are refused (no silent coercion)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a JSON number")
+    return value
+
+
 WorldTime = Annotated[
     AwareDatetime,
+    BeforeValidator(text_only),
     AfterValidator(plausible_time),
     Field(description="ISO 8601 with a UTC offset within ±15:59; from 2000 on, not in the future"),
 ]
 BirthDate = Annotated[
-    date, AfterValidator(plausible_birth), Field(description="1900-01-01 to today")
+    date,
+    BeforeValidator(text_only),
+    AfterValidator(plausible_birth),
+    Field(description="1900-01-01 to today"),
 ]
-Count = StrictInt
+Count = Annotated[int, BeforeValidator(number_only)]
+"""An integer; 45.0 is accepted (JSON Schema counts it as an integer), 45.5 is not."""
 Flag = StrictBool
-Score = StrictFloat
+Score = Annotated[float, BeforeValidator(number_only)]
 Slug = Annotated[str, Field(min_length=2, max_length=63, pattern=r"^[a-z0-9][a-z0-9-]{1,62}$")]
 """The directory's id spelling (``directory.model.SLUG``)."""

@@ -47,7 +47,9 @@ class OpsGuard:
         self.expected = f"Bearer {token}".encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and guarded(str(scope.get("path", ""))):
+        # other methods go on to the router, which answers 405 with Allow (nothing leaks)
+        reads = scope.get("method") in ("GET", "HEAD")
+        if scope["type"] == "http" and reads and guarded(str(scope.get("path", ""))):
             given = dict(scope.get("headers", [])).get(b"authorization", b"")
             if not hmac.compare_digest(given, self.expected):
                 await send(

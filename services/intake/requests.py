@@ -56,7 +56,8 @@ class Consent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     share_with_link_worker: Flag = Field(
-        description="The person agreed to be referred; must be true"
+        description="The person agreed to be referred; must be true",
+        json_schema_extra={"const": True},
     )
     share_outcomes_with_referrer: Flag = False
 
@@ -64,7 +65,28 @@ class Consent(BaseModel):
 class ReferralRequest(BaseModel):
     """``POST /referrals``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "person": {
+                        "name": "Alex Example",
+                        "date_of_birth": "1985-04-02",
+                        "nhs_number": "943 476 5919",
+                    },
+                    "needs": ["social-connection"],
+                    "consent": {
+                        "share_with_link_worker": True,
+                        "share_outcomes_with_referrer": True,
+                    },
+                    "area": "north",
+                    "urgency": "routine",
+                    "referred_at": "2026-01-05T10:00:00Z",
+                }
+            ]
+        },
+    )
 
     person: Person
     needs: list[Need] = Field(min_length=1, max_length=20)

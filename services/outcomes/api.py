@@ -14,6 +14,7 @@ from psycopg.rows import dict_row
 from directory import store as directory
 from directory.model import SLUG
 from eventstore.records import StoredEvent
+from services.intake.store import referrer_of
 from services.outcomes import casework
 from services.outcomes.requests import (
     ActivityReferral,
@@ -26,7 +27,7 @@ from services.outcomes.requests import (
     Recorded,
     SessionHeld,
 )
-from services.refusal import NotFound
+from services.refusal import NotFound, NotYet
 from web.deps import Caller, Conn, Pool
 from web.errors import ERROR_RESPONSES
 
@@ -81,7 +82,8 @@ async def _as_holder(db: Pool, referral_id: UUID, org_id: str, act: Act) -> list
     """Run a casework command for the service holding the referral, in one transaction
     with the case locked.
 
-    A referral outcomes has never heard of is 404 at once. If routing's acceptance has
+    A referral nobody ever made is 404 at once; one intake made but outcomes has not
+    heard of yet is 409 not-yet-known with Retry-After, at once. If routing's acceptance has
     not reached outcomes yet, wait for it (up to ``casework.WAIT_FOR_ROUTING`` seconds)
     *without holding a pooled connection*: one partner polling can never take
     connections from another (issue 12, finding 7).
@@ -93,7 +95,11 @@ async def _as_holder(db: Pool, referral_id: UUID, org_id: str, act: Act) -> list
                 return [_recorded(e) for e in await act(conn, case)]
         seen = await _peek(conn, referral_id)
     if seen is None:
-        raise NotFound(f"no referral {referral_id} is known to outcomes")
+        async with db.connection() as conn:
+            made = await referrer_of(conn, referral_id)
+        if made is None:  # nobody ever made it: say so at once
+            raise NotFound(f"no referral {referral_id}")
+        raise NotYet("the referral is not known to outcomes yet; retry shortly")
     loop = asyncio.get_running_loop()
     deadline = loop.time() + casework.WAIT_FOR_ROUTING
     pause = 0.02

@@ -532,6 +532,8 @@ def test_oversized_headers_are_431(alliance: Alliance) -> None:
         ({"person": {"name": "A", "date_of_birth": "1899-12-31"}}, "person.date_of_birth"),
         ({"person": {"name": "A\u0000B", "date_of_birth": "1980-01-01"}}, None),
         ({"area": "nor\u0000th"}, None),
+        ({"person": {"name": "A", "date_of_birth": 0}}, "person.date_of_birth"),
+        ({"referred_at": 1767607200}, "referred_at"),
         ({"consent": {"share_with_link_worker": "true"}}, "consent.share_with_link_worker"),
         ({"consent": {"share_with_link_worker": 1}}, "consent.share_with_link_worker"),
     ],
@@ -555,6 +557,7 @@ def test_implausible_times_nul_and_loose_types_are_422_on_referrals(
         ("sessions", {**SESSION, "minutes": 45.5}, "minutes"),
         ("sessions", {**SESSION, "held_at": "2026-01-08T10:00:00+23:59"}, "held_at"),
         ("sessions", {**SESSION, "held_at": "0097-01-08T10:00:00Z"}, "held_at"),
+        ("sessions", {**SESSION, "held_at": 1767866400}, "held_at"),
         ("contacts", {"contacted_at": "2026-01-07T09:00:00-16:30"}, "contacted_at"),
         ("activities", {"activity_id": "walk\u0000", "referred_at": "2026-01-08T11:00:00Z"}, None),
         (
@@ -696,3 +699,19 @@ def test_an_area_outside_the_directory_is_422_naming_area(
     body = referral_body(area=area)
     problem = refused(alliance.client("referrer").post("/referrals", json=body), 422)
     assert "area" in fields(problem), problem
+
+
+def test_a_referrer_reads_its_referral_right_after_making_it(alliance: Alliance) -> None:
+    """Read your own writes: 200 (role referrer) at once, in its view or not yet."""
+    referrer = alliance.client("referrer")
+    rid = referrer.post("/referrals", json=referral_body(area=f"area-{alliance.suffix}")).json()[
+        "referral_id"
+    ]
+    shown = referrer.get(f"/referrals/{rid}")
+    assert shown.status_code == 200, shown.text
+    assert shown.json()["role"] == "referrer"
+    # nobody else learns of it that way
+    refused(alliance.client("other_referrer").get(f"/referrals/{rid}"), 404)
+    # casework before outcomes heard of it is "not yet", never "no such referral"
+    early = alliance.client("link_worker").post(f"/referrals/{rid}/sessions", json=SESSION)
+    assert early.status_code in (403, 409), early.text
