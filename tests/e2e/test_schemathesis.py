@@ -50,6 +50,7 @@ MUST_HOLD = {
 def run_schemathesis(base_url: str, token: str, report_dir: Path) -> list[dict[str, Any]]:
     """One bounded run; the NDJSON events it wrote."""
     cli = Path(sys.executable).with_name("schemathesis")
+    report_dir.mkdir(parents=True, exist_ok=True)
     command = [
         str(cli),
         "run",
@@ -70,10 +71,17 @@ def run_schemathesis(base_url: str, token: str, report_dir: Path) -> list[dict[s
         "--report-dir",
         str(report_dir),
         "--no-color",
+        "--generation-database",
+        "none",  # no example database: each run is the same bounded, seeded run
     ]
     env = {**os.environ, "SCHEMATHESIS_HOOKS": ""}
     done = subprocess.run(
-        command, capture_output=True, text=True, timeout=SECONDS_PER_ROLE + 60, env=env
+        command,
+        capture_output=True,
+        text=True,
+        timeout=SECONDS_PER_ROLE + 60,
+        env=env,
+        cwd=report_dir.parent,  # anything it caches stays out of the work tree
     )
     reports = sorted(report_dir.glob("*.ndjson"))
     assert reports, done.stdout[-3000:] + done.stderr[-3000:]
