@@ -715,3 +715,37 @@ def test_a_referrer_reads_its_referral_right_after_making_it(alliance: Alliance)
     # casework before outcomes heard of it is "not yet", never "no such referral"
     early = alliance.client("link_worker").post(f"/referrals/{rid}/sessions", json=SESSION)
     assert early.status_code in (403, 409), early.text
+
+
+def test_one_partners_burst_of_slow_calls_gets_429_and_leaves_room_for_others(
+    system: RunningSystem, alliance: Alliance
+) -> None:
+    """60 parallel casework calls that each wait for routing (a referral routed to the
+    service but not accepted) from one partner: past its own in-flight share it gets
+    429 + Retry-After; another partner meanwhile is served, never shed with 503."""
+    import time
+
+    rid = _create(alliance, needs=["stress"])
+    _routed_to_lw(system, alliance, rid)
+
+    def slow(_: int) -> tuple[int, str | None]:
+        with alliance.client("link_worker") as c:
+            r = c.post(f"/referrals/{rid}/sessions", json=SESSION)
+            return r.status_code, r.headers.get("retry-after")
+
+    def other_partner(_: int) -> tuple[int, float]:
+        with alliance.client("referrer") as c:
+            t = time.monotonic()
+            status = c.get("/view").status_code
+            return status, time.monotonic() - t
+
+    with ThreadPoolExecutor(max_workers=70) as pool:
+        burst = pool.map(slow, range(60))
+        reads = list(pool.map(other_partner, range(10)))
+        answers = list(burst)
+    statuses = [s for s, _ in answers]
+    assert set(statuses) <= {409, 429}, statuses  # not accepted yet / over its share
+    assert statuses.count(429) > 0, statuses
+    assert all(retry for s, retry in answers if s == 429), answers
+    assert [s for s, _ in reads] == [200] * 10, reads
+    assert max(seconds for _, seconds in reads) < 2.0, reads

@@ -98,3 +98,32 @@ def test_a_key_with_control_characters_is_422(alliance: Alliance) -> None:
         headers={"Idempotency-Key": "tab\there"},
     )
     assert response.status_code == 422, response.text
+
+
+def test_no_idempotency_key_or_token_reaches_any_log(
+    system: RunningSystem, alliance: Alliance
+) -> None:
+    """Every log of the running system (PostgreSQL's and each worker's) after concurrent
+    uses of one key, its reuse with another body and a bad token."""
+    key = f"log-probe-{uuid.uuid4()}"
+    body = referral_body(area=f"area-{alliance.suffix}")
+
+    def post(n: int) -> int:
+        with alliance.client("referrer") as c:
+            sent = body if n < 6 else {**body, "urgency": "urgent"}
+            return c.post("/referrals", json=sent, headers={"Idempotency-Key": key}).status_code
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        statuses = list(pool.map(post, range(8)))
+    assert 201 in statuses and 422 in statuses, statuses
+    import httpx
+
+    bogus = f"rn_bogus{uuid.uuid4().hex}"
+    httpx.get(f"{alliance.base_url}/view", headers={"Authorization": f"Bearer {bogus}"})
+    secrets = [key, bogus, *alliance.tokens.values()]
+    logs = list((system.settings.home / "logs").rglob("*.log"))
+    assert logs, "no logs to search"
+    for path in logs:
+        text = path.read_text(errors="replace")
+        for secret in secrets:
+            assert secret not in text, (path.name, secret[:12])
