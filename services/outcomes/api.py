@@ -71,11 +71,13 @@ async def _peek(conn: AsyncConnection[Any], referral_id: UUID) -> casework.CaseS
 
 
 def _may_still_become_yours(case: casework.CaseState, org_id: str) -> bool:
-    """Routing's answer is on its way to outcomes: the case is not accepted or closed yet,
-    and not held by another service."""
-    if case.status in ("referred", "declined"):
-        return True
-    return case.status == "routed" and case.service_org in (None, org_id)
+    """Routing's answer may still be on its way to outcomes: the case is neither yours
+    and accepted (ready), nor settled (closed, escalated, accepted by another service)."""
+    ready = case.service_org == org_id and case.status in ("accepted", "closed")
+    settled = case.status in ("closed", "escalated") or (
+        case.status == "accepted" and case.service_org != org_id
+    )
+    return not (ready or settled)
 
 
 async def _as_holder(db: Pool, referral_id: UUID, org_id: str, act: Act) -> list[Recorded]:
