@@ -70,6 +70,18 @@ async def _peek(conn: AsyncConnection[Any], referral_id: UUID) -> casework.CaseS
     return casework.CaseState(**row) if row else None
 
 
+async def _accepted_by(conn: AsyncConnection[Any], referral_id: UUID, org_id: str) -> bool:
+    """Whether routing (the acceptance's system of record, written in the accept request's
+    own transaction) has the referral accepted by ``org_id``: only then is an answer on
+    its way to outcomes, worth waiting for."""
+    cur = await conn.execute(
+        "SELECT 1 FROM routing.cases WHERE referral_id = %s AND service_org = %s "
+        "AND status = 'accepted'",
+        (referral_id, org_id),
+    )
+    return await cur.fetchone() is not None
+
+
 def _may_still_become_yours(case: casework.CaseState, org_id: str) -> bool:
     """Routing's answer may still be on its way to outcomes: the case is neither yours
     and accepted (ready), nor settled (closed, escalated, accepted by another service)."""
@@ -85,10 +97,11 @@ async def _as_holder(db: Pool, referral_id: UUID, org_id: str, act: Act) -> list
     with the case locked.
 
     A referral nobody ever made is 404 at once; one intake made but outcomes has not
-    heard of yet is 409 not-yet-known with Retry-After, at once. If routing's acceptance has
-    not reached outcomes yet, wait for it (up to ``casework.WAIT_FOR_ROUTING`` seconds)
-    *without holding a pooled connection*: one partner polling can never take
-    connections from another (issue 12, finding 7).
+    heard of yet is 409 not-yet-known with Retry-After, at once; one not accepted by the
+    caller is 403/409 at once. Only when routing has recorded the caller's acceptance and
+    outcomes has not heard of it yet does the call wait for it (up to
+    ``casework.WAIT_FOR_ROUTING`` seconds), *without holding a pooled connection*: one
+    partner can never take connections from another (issue 12, finding 7).
     """
     async with db.connection() as conn:
         async with conn.transaction():
@@ -96,20 +109,27 @@ async def _as_holder(db: Pool, referral_id: UUID, org_id: str, act: Act) -> list
             if case is not None:
                 return [_recorded(e) for e in await act(conn, case)]
         seen = await _peek(conn, referral_id)
-    if seen is None:
+        accepted = await _accepted_by(conn, referral_id, org_id)
+    if seen is None and not accepted:
         async with db.connection() as conn:
             made = await referrer_of(conn, referral_id)
         if made is None:  # nobody ever made it: say so at once
             raise NotFound(f"no referral {referral_id}")
         raise NotYet("the referral is not known to outcomes yet; retry shortly")
+    if not accepted:  # nothing is on its way: answer now (403 / 409 with the state)
+        async with db.connection() as conn, conn.transaction():
+            case = await casework.case_for(conn, referral_id, org_id)
+            return [_recorded(e) for e in await act(conn, case)]
     loop = asyncio.get_running_loop()
     deadline = loop.time() + casework.WAIT_FOR_ROUTING
     pause = 0.02
-    while _may_still_become_yours(seen, org_id) and loop.time() < deadline:
+    while (seen is None or _may_still_become_yours(seen, org_id)) and loop.time() < deadline:
         await asyncio.sleep(pause)  # polling a projection another process updates
         pause = min(pause * 2, 0.25)
         async with db.connection() as conn:
             seen = await _peek(conn, referral_id) or seen
+    if seen is None:
+        raise NotYet("the referral is not known to outcomes yet; retry shortly")
     async with db.connection() as conn, conn.transaction():
         case = await casework.case_for(conn, referral_id, org_id)
         return [_recorded(e) for e in await act(conn, case)]
