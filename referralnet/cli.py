@@ -422,6 +422,61 @@ def status(
         sys.exit(1)
 
 
+token_app = typer.Typer(help="Organisation tokens: rotate (with a grace period), revoke.")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("rotate")
+def token_rotate(
+    org: Annotated[str, typer.Argument(help="organisation id")],
+    grace: Annotated[
+        int, typer.Option("--grace", min=0, help="seconds the old token stays valid")
+    ] = 0,
+    expires_in: Annotated[
+        int | None, typer.Option("--expires-in", min=1, help="seconds the new token is valid")
+    ] = None,
+) -> None:
+    """Issue ORG a new token and print it once; the old one works for --grace seconds."""
+    from datetime import timedelta
+
+    from web import tokens
+
+    async def run(url: str) -> str:
+        async with await _connect(url) as conn:
+            await tokens.create(conn)
+            return await tokens.rotate(
+                conn,
+                org,
+                grace=timedelta(seconds=grace),
+                expires_in=timedelta(seconds=expires_in) if expires_in else None,
+            )
+
+    with endpoints.database_url(_settings()) as url:
+        try:
+            token = asyncio.run(run(url))
+        except tokens.UnknownOrganisation:
+            raise UsageProblem(f"no organisation {org!r} is registered") from None
+    print(token)
+
+
+@token_app.command("revoke")
+def token_revoke(org: Annotated[str, typer.Argument(help="organisation id")]) -> None:
+    """Stop every token of ORG at once (every API process within seconds)."""
+    from web import tokens
+
+    async def run(url: str) -> None:
+        async with await _connect(url) as conn:
+            await tokens.create(conn)
+            await tokens.revoke(conn, org)
+
+    with endpoints.database_url(_settings()) as url:
+        try:
+            asyncio.run(run(url))
+        except tokens.UnknownOrganisation:
+            raise UsageProblem(f"no organisation {org!r} is registered") from None
+    print(f"revoked every token of {org}")
+
+
 def main() -> None:
     """Console-script entry: one-line errors, exit 2 for bad input."""
     configure_logging("warning")

@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
 
 from eventstore.pool import connection_pool
 from referralnet.ops import http as ops_http
@@ -19,8 +21,13 @@ from services.intake.pii import PersonVault
 from services.outcomes.api import router as outcomes_router
 from services.routing.api import router as routing_router
 from views.api import router as views_router
-from web import errors
+from web import errors, tokens
 from web.admission import AdmissionControl, max_in_flight_from_env
+from web.errors import ERROR_TEXTS
+from web.limits import RequestLimits
+from web.ops_guard import OpsGuard, ops_token
+from web.quota import OrgQuota
+from web.tokens import TokenCache
 
 DESCRIPTION = """Referral Network: partners of a social-prescribing alliance exchange
 referrals and each keep their own view of what happens next.
@@ -43,6 +50,8 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         pool = connection_pool(database_url, min_size=2, max_size=pool_size)
         await pool.open()
+        async with pool.connection() as conn:
+            await tokens.create(conn)  # rotation/revocation tables (idempotent)
         app.state.pool = pool
         try:
             yield
@@ -53,7 +62,8 @@ def create_app(
         title="Referral Network", version="0.1.0", description=DESCRIPTION, lifespan=lifespan
     )
     app.state.vault = PersonVault.from_home(home)
-    app.state.token_cache = {}
+    app.state.token_cache = TokenCache()
+    app.state.quota = OrgQuota.from_env()
     errors.install(app)
     for router in (intake_router, routing_router, outcomes_router, views_router):
         app.include_router(router)
@@ -66,5 +76,35 @@ def create_app(
 
     ops_http.install(app, database_url)  # /metrics and /healthz/<worker>
     limit = max_in_flight_from_env() if max_in_flight is None else max_in_flight
-    app.add_middleware(AdmissionControl, limit=limit)  # outermost: refuses before any work
+    app.add_middleware(OpsGuard, token=ops_token(home))  # /metrics, /healthz/<worker>
+    app.add_middleware(AdmissionControl, limit=limit)
+    app.add_middleware(RequestLimits)  # outermost: body/header limits before any work
+    app.openapi = lambda: documented_openapi(app)  # type: ignore[method-assign]
     return app
+
+
+def documented_openapi(app: FastAPI) -> dict[str, Any]:
+    """The OpenAPI document with every status each operation can answer.
+
+    The limits, admission control and error handlers apply to every route, including
+    the operations routes mounted from ``referralnet.ops``; documenting them once here
+    keeps the contract honest (schemathesis checks that no status is undocumented).
+    """
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(
+        title=app.title, version=app.version, description=app.description, routes=app.routes
+    )
+    error_ref = {"$ref": "#/components/schemas/ErrorBody"}
+    for path, operations in schema.get("paths", {}).items():
+        # the operations routes answer their own JSON shapes (503: the problems found)
+        body = {} if path.startswith(("/healthz", "/metrics")) else error_ref
+        for operation in operations.values():
+            responses = operation.setdefault("responses", {})
+            for code, text in ERROR_TEXTS.items():
+                responses.setdefault(
+                    str(code),
+                    {"description": text, "content": {"application/json": {"schema": body}}},
+                )
+    app.openapi_schema = schema
+    return schema

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 
@@ -11,6 +11,7 @@ from directory import store as directory
 from directory.model import OrgKind
 from services.refusal import Forbidden
 from views import queries
+from views.entitlement import access, facts_of
 from views.report import Report, build_report
 from views.schema import schema_name
 from web.deps import Caller, Conn
@@ -18,27 +19,29 @@ from web.errors import ERROR_RESPONSES
 
 router = APIRouter(tags=["views"])
 
+Status = Literal["referred", "routed", "accepted", "declined", "escalated", "in-progress", "closed"]
+MAX_OFFSET = 10_000_000
+"""Bounded so that no query parameter can overflow PostgreSQL's bigint (422 instead)."""
+
 
 @router.get("/view", responses=ERROR_RESPONSES)
 async def own_view(
     org: Caller,
     conn: Conn,
-    status: Annotated[str | None, Query(max_length=40)] = None,
+    status: Annotated[Status | None, Query(description="only referrals in this status")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     """The caller's own view, and nothing else: rows for partners, aggregates for
     commissioners (who never see individual rows)."""
     if org.kind is OrgKind.COMMISSIONER:
         report = await build_report(conn, schema_name(org.id))
         return {"org": org.id, "role": "commissioner", "aggregates": report.model_dump()}
-    return {
-        "org": org.id,
-        "totals": await queries.totals(conn, org.id),
-        "referrals": await queries.referrals(
-            conn, org.id, status=status, limit=limit, offset=offset
-        ),
-    }
+    rows = await queries.referrals(conn, org.id, status=status, limit=limit, offset=offset)
+    for row in rows:  # the role each row is held in, by the one entitlement policy
+        granted = access(org.id, org.kind, facts_of(row, row.pop("providers")))
+        row["role"] = granted.role if granted else None
+    return {"org": org.id, "totals": await queries.totals(conn, org.id), "referrals": rows}
 
 
 @router.get("/report", response_model=Report, responses=ERROR_RESPONSES)

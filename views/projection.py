@@ -71,7 +71,10 @@ class ReferralChange:
         elif kind == "referral-accepted":
             self.accepted_at = at
         elif kind == "referral-declined":
+            # the declining service no longer holds the referral: its entitlement ends
+            # here (views.entitlement), and the next referral-routed sets the new one
             self.declines += 1
+            self.set_service, self.service_org = True, None
         elif kind == "first-contact-made":
             self.first_contact_at = at
         elif kind == "first-contact-overdue":

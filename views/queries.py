@@ -10,12 +10,9 @@ from psycopg.rows import dict_row
 
 from views.schema import schema_name
 
-ROLE = """CASE WHEN r.service_org = %(org)s THEN 'link-worker'
-              WHEN r.referrer_org = %(org)s THEN 'referrer'
-              WHEN EXISTS (SELECT 1 FROM {s}.activities a
-                           WHERE a.referral_id = r.referral_id AND a.provider_org = %(org)s)
-                   THEN 'provider'
-              ELSE 'former-service' END"""
+PROVIDERS = "ARRAY(SELECT a.provider_org FROM {s}.activities a WHERE a.referral_id = r.referral_id)"
+"""The providers of the referral's activities: one input of the entitlement policy
+(``views.entitlement``), which decides the caller's role in Python, not in SQL."""
 
 COLUMNS = (
     "r.referral_id, r.person_ref, r.referrer_org, r.referrer_kind, r.service_org, r.needs, "
@@ -23,6 +20,10 @@ COLUMNS = (
     "r.first_contact_at, r.overdue, r.closed_at, r.close_reason, r.declines, r.sessions, "
     "r.session_minutes, r.activities, r.attendances, r.outcomes, r.last_event_at"
 )
+
+
+COLUMN_NAMES = tuple(c.strip().removeprefix("r.") for c in COLUMNS.split(","))
+"""The keys of a view row, in ``COLUMNS`` order."""
 
 
 async def totals(conn: AsyncConnection[Any], org_id: str) -> dict[str, Any]:
@@ -51,17 +52,15 @@ async def referrals(
     limit: int = 100,
     offset: int = 0,
 ) -> list[dict[str, Any]]:
-    """Referrals in the view with the caller's role for each, newest first."""
+    """Referrals in the view, newest first, each with ``providers`` (for the policy)."""
     s = sql.Identifier(schema_name(org_id))
     query = sql.SQL(
-        "SELECT " + COLUMNS + ", " + ROLE + " AS role FROM {s}.referrals r "
+        "SELECT " + COLUMNS + ", " + PROVIDERS + " AS providers FROM {s}.referrals r "
         "WHERE (%(status)s::text IS NULL OR r.status = %(status)s) "
         "ORDER BY r.referred_at DESC, r.referral_id LIMIT %(limit)s OFFSET %(offset)s"
     ).format(s=s)
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            query, {"org": org_id, "status": status, "limit": limit, "offset": offset}
-        )
+        await cur.execute(query, {"status": status, "limit": limit, "offset": offset})
         return list(await cur.fetchall())
 
 
@@ -71,12 +70,12 @@ async def referral(
     """One referral as the caller's view holds it; ``details`` lists its sessions,
     activities, outcomes and timeline."""
     s = sql.Identifier(schema_name(org_id))
-    params = {"org": org_id, "id": referral_id}
+    params = {"id": referral_id}
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(
             sql.SQL(
-                "SELECT " + COLUMNS + ", " + ROLE + " AS role FROM {s}.referrals r "
-                "WHERE r.referral_id = %(id)s"
+                "SELECT " + COLUMNS + ", " + PROVIDERS + " AS providers "
+                "FROM {s}.referrals r WHERE r.referral_id = %(id)s"
             ).format(s=s),
             params,
         )

@@ -53,15 +53,33 @@ class ApiError(Exception):
         self.headers = headers
 
 
+ERROR_TEXTS: dict[int, str] = {
+    400: "Malformed request (e.g. a Content-Length that is not a number, an unreadable body)",
+    401: "Missing, unknown, revoked or expired bearer token",
+    403: "Your organisation may not do this (commissioners: aggregates only)",
+    404: "No such referral or activity (for you)",
+    405: "Method not allowed on this path (the Allow header lists those that are)",
+    409: "Not possible in the referral's current state (state included), or a concurrent "
+    "request with the same Idempotency-Key is still being processed",
+    413: "Body larger than 64 KiB (decided before the body is read)",
+    422: "Invalid input, with the fields and why",
+    429: "Too many requests from your organisation; retry after Retry-After seconds",
+    431: "Request headers larger than 8 KiB",
+    503: "At capacity; nothing was done, retry after Retry-After seconds",
+}
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in {
-        401: "Missing or unknown bearer token",
-        403: "Your organisation may not do this",
-        404: "No such referral or activity (for you)",
-        409: "Not possible in the referral's current state (state included)",
-        422: "Invalid input, with the fields and why",
-    }.items()
+    code: {"model": ErrorBody, "description": text} for code, text in ERROR_TEXTS.items()
+}
+"""Every error status any API route can answer, documented on every route (the limits,
+authentication and admission control apply to all of them)."""
+
+_ERROR_NAMES = {
+    400: "bad-request",
+    404: "not-found",
+    405: "method-not-allowed",
+    413: "body-too-large",
+    422: "invalid-request",
+    503: "unavailable",
 }
 
 
@@ -105,8 +123,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        error = ApiError(exc.status_code, "http-error", str(exc.detail))
-        return JSONResponse(_body(error), status_code=exc.status_code)
+        name = _ERROR_NAMES.get(exc.status_code, "http-error")
+        error = ApiError(exc.status_code, name, str(exc.detail))
+        # keep the exception's headers: 405 must say which methods are allowed (Allow)
+        return JSONResponse(_body(error), status_code=exc.status_code, headers=exc.headers)
 
     app.add_middleware(CatchAll)
 

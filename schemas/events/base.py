@@ -22,8 +22,18 @@ OrgId = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
 Slug = Annotated[str, StringConstraints(pattern=SLUG_PATTERN)]
 """A directory id or kind that is not an organisation (an activity, a kind of referrer)."""
 
-ShortText = Annotated[str, StringConstraints(min_length=1, max_length=120)]
-"""A machine-written explanation; short so that it cannot become a case note."""
+MACHINE_TEXT_PATTERN = r"^[a-z0-9][a-z0-9 ;:()+.-]{0,119}$"
+"""Lower-case words, digits and a little punctuation, no commas: what routing writes
+("area north; covers 2 need(s); 5 place(s) left"), and too poor to carry a name or an
+address."""
+
+ShortText = Annotated[
+    str, StringConstraints(min_length=1, max_length=120, pattern=MACHINE_TEXT_PATTERN)
+]
+"""A machine-written explanation; short and plain so that it cannot become a case note."""
+
+AREA_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
+"""An area of the alliance directory, spelt as a slug ("north", "coast-east")."""
 
 
 class Need(StrEnum):

@@ -4,8 +4,13 @@
 | referrer                    | every milestone; outcomes only if the person consented    |
 | link-worker service routed  | everything from routing on, plus the referral itself      |
 | a service that declined     | the journey up to and including its own decline           |
-| provider of an activity     | the referral, its own activity-referred and attendance    |
+| provider of an activity     | the referral, its own activity-referred and attendance,   |
+|                             | and referral-closed (its access to the person ends there)  |
 | commissioner                | everything, pseudonymised: no referral id, no person_ref  |
+
+Partners' copies of ``referral-created`` carry a ``person_ref`` pseudonymised per
+partner and referral (``partner_copy``): nothing a partner holds links two referrals of
+one person, so nothing can confirm a guessed NHS number.
 
 Redaction substitutes identifiers rather than dropping fields, so every copy still
 validates against its published schema.
@@ -128,7 +133,34 @@ def deliveries(
         out.append(Delivery(provider, event))
     elif t == "activity-attended":
         out.append(Delivery(str(event.data["provider_org"]), event))
-    return _unique(out)
+    elif t == "referral-closed":
+        # providers learn that the referral ended: their view then withholds the person
+        # (views.entitlement), and their role in it is over
+        out.extend(Delivery(p, event) for p in ent.providers)
+    return [
+        d
+        if d.org_id in commissioners
+        else Delivery(d.org_id, partner_copy(d.event, secret, d.org_id))
+        for d in _unique(out)
+    ]
+
+
+def partner_copy(event: CloudEvent, secret: bytes, org_id: str) -> CloudEvent:
+    """A partner's copy: ``person_ref`` replaced by a pseudonym of (partner, referral).
+
+    The real pseudonym links every referral of one NHS number; handed to partners it let
+    an organisation confirm an NHS number (refer with a guessed number, compare the
+    pseudonym with those in its view). Per partner *and referral* it links nothing.
+    Events without ``person_ref`` are passed through untouched.
+    """
+    if "person_ref" not in event.data:
+        return event
+    scope = f"{org_id}\x1f{event.subject}"
+    data = {
+        **event.data,
+        "person_ref": "p_" + pseudonym(secret, scope, str(event.data["person_ref"]))[:20],
+    }
+    return replace(event, data=data)
 
 
 def _unique(deliveries_: list[Delivery]) -> list[Delivery]:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from eventstore.records import new_event
+from services.intake import idempotency
 from services.intake.domain import decide_referral
 from services.intake.pii import PersonVault, person_ref_for
 from services.intake.requests import (
@@ -17,11 +18,12 @@ from services.intake.requests import (
     ReferralDetail,
     ReferralRequest,
 )
-from services.intake.store import STORE
-from services.refusal import NotFound
+from services.intake.store import STORE, referrer_of
+from services.refusal import Forbidden, Invalid, NotFound
 from views import queries as views
+from views.entitlement import access, facts_of, individual_rows_allowed
 from web.deps import Caller, Conn
-from web.errors import ERROR_RESPONSES
+from web.errors import ERROR_RESPONSES, ErrorBody
 
 router = APIRouter(tags=["intake"])
 
@@ -30,7 +32,19 @@ router = APIRouter(tags=["intake"])
     "/referrals",
     status_code=201,
     response_model=ReferralCreatedResponse,
-    responses=ERROR_RESPONSES,
+    responses={
+        **ERROR_RESPONSES,
+        200: {
+            "model": ReferralCreatedResponse,
+            "description": "Idempotent replay: this Idempotency-Key already created this "
+            "referral (same body); nothing new was stored",
+        },
+        422: {
+            "model": ErrorBody,
+            "description": "Invalid input, with the fields and why; or an Idempotency-Key "
+            "reused with a different body",
+        },
+    },
     summary="Refer a person (16+) to the alliance's link-worker services",
 )
 async def create_referral(
@@ -39,12 +53,23 @@ async def create_referral(
     conn: Conn,
     request: Request,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=200,
+            pattern=r"^[\x21-\x7e]+$",
+            description="Printable ASCII; the same key with the same body returns the first "
+            "answer (200), with a different body 422",
+        ),
+    ] = None,
 ) -> ReferralCreatedResponse:
     """Store the referral (person details encrypted) and publish ``referral-created``.
 
     Only a pseudonym travels on the bus. With an ``Idempotency-Key`` header a retried
-    request returns the referral created the first time instead of a second one.
+    request returns the referral created the first time (200) instead of a second one; the
+    key reused with a different body is 422 (IETF idempotency-key draft). Concurrent
+    requests with one key wait for the first: one 201, the others 200.
     """
     vault: PersonVault = request.app.state.vault
     referral_id = uuid4()
@@ -56,18 +81,14 @@ async def create_referral(
         person_ref="p_pending",
         now=datetime.now(UTC),
     )
+    await known_area(conn, request.app.state, body.area)
+    details = body.person.model_dump(mode="json")
     async with conn.transaction():
         if idempotency_key:
-            cur = await conn.execute(
-                "SELECT referral_id, person_ref FROM intake.idempotency "
-                "WHERE org_id = %s AND key = %s",
-                (org.id, idempotency_key),
-            )
-            row = await cur.fetchone()
-            if row:
+            claimed = await idempotency.claim(conn, org.id, idempotency_key, body, referral_id)
+            if claimed != referral_id:
                 response.status_code = 200
-                return ReferralCreatedResponse(referral_id=row[0], person_ref=row[1])
-        details = body.person.model_dump(mode="json")
+                return ReferralCreatedResponse(referral_id=claimed)
         person_ref = await person_ref_for(conn, vault, details)
         model = decided.model_copy(update={"person_ref": person_ref})
         await conn.execute(
@@ -75,17 +96,30 @@ async def create_referral(
             "VALUES (%s, %s, %s)",
             (referral_id, person_ref, vault.encrypt(details)),
         )
-        if idempotency_key:
-            await conn.execute(
-                "INSERT INTO intake.idempotency (org_id, key, referral_id, person_ref) "
-                "VALUES (%s, %s, %s, %s)",
-                (org.id, idempotency_key, referral_id, person_ref),
-            )
         event = new_event(
             model, actor=org.id, occurred_at=body.referred_at, correlation_id=referral_id
         )
         await STORE.append(conn, referral_id, 0, [event])
-    return ReferralCreatedResponse(referral_id=referral_id, person_ref=person_ref)
+    return ReferralCreatedResponse(referral_id=referral_id)
+
+
+async def known_area(conn: Conn, state: Any, area: str) -> None:
+    """422 naming ``area`` unless some organisation or activity of the directory has it.
+
+    ``area`` travels on the bus, so only the directory's vocabulary may (free text such
+    as an address must not). Areas seen are remembered; an unseen one is looked up
+    again, so an area added by ``directory load`` is accepted at once.
+    """
+    areas: set[str] = getattr(state, "areas", set())
+    if area in areas:
+        return
+    cur = await conn.execute(
+        "SELECT a FROM directory.organisations, unnest(areas) AS a "
+        "UNION SELECT area FROM directory.activities"
+    )
+    state.areas = areas = {str(r[0]) for r in await cur.fetchall()}
+    if area not in areas:
+        raise Invalid("not an area of the alliance directory (see GET /directory)", field="area")
 
 
 async def person_details(conn: Conn, vault: PersonVault, referral_id: UUID) -> dict[str, object]:
@@ -99,14 +133,12 @@ async def person_details(conn: Conn, vault: PersonVault, referral_id: UUID) -> d
     return vault.decrypt(bytes(row[0]))
 
 
-PERSON_FIELDS_BY_ROLE = {
-    "link-worker": None,  # all fields
-    "referrer": None,
-    "provider": ("name",),
-}
-
-
-@router.get("/referrals/{referral_id}", response_model=ReferralDetail, responses=ERROR_RESPONSES)
+@router.get(
+    "/referrals/{referral_id}",
+    response_model=ReferralDetail,
+    responses=ERROR_RESPONSES,
+    summary="One referral, as much as the caller's current role allows",
+)
 async def get_referral(
     referral_id: UUID,
     org: Caller,
@@ -114,22 +146,36 @@ async def get_referral(
     request: Request,
     person: Annotated[bool, Query(description="include person details if entitled")] = True,
 ) -> ReferralDetail:
-    """What the caller's role may see of one referral, person details included if entitled.
+    """What the caller's role may see of one referral (``views.entitlement.access``).
 
-    Entitlement is "the referral is in your own view": the distributor decided that.
-    Anyone else gets 404, so the existence of a referral is not revealed either.
+    The referral must be in the caller's own view (the distributor decided that); anyone
+    else gets 404, so the existence of a referral is not revealed either. The referrer
+    of a referral its view does not hold yet is shown it as just made (``in_view``:
+    false), so a client can read what it has just written. Person details
+    follow the role *now*: a service that declined the referral, saw it escalate away or
+    closed it gets none. Commissioners get 403 for every id: aggregates only.
     """
+    if not individual_rows_allowed(org.kind):
+        raise Forbidden("commissioners receive aggregates only (GET /view, GET /report)")
     row = await views.referral(conn, org.id, referral_id)
-    if row is None:
+    if row is None and await referrer_of(conn, referral_id) == org.id:
+        # read your own writes: just created, not yet through the bus to your view
+        row = dict.fromkeys(views.COLUMN_NAMES) | {"details": None, "in_view": False}
+        row |= {"referral_id": referral_id, "referrer_org": org.id, "status": "referred"}
+        row["providers"] = []
+    granted = access(org.id, org.kind, facts_of(row, row.pop("providers")) if row else None)
+    if row is None or granted is None:
         raise NotFound(f"no referral {referral_id} in your view")
-    role = str(row.pop("role"))
     shown = None
-    if person and role in PERSON_FIELDS_BY_ROLE:
+    if person and granted.person_level:
         details = await person_details(conn, request.app.state.vault, referral_id)
-        wanted = PERSON_FIELDS_BY_ROLE[role]
         shown = PersonView.model_validate(
-            {k: v for k, v in details.items() if wanted is None or k in wanted}
+            {k: v for k, v in details.items() if k in granted.person_fields}
         )
     return ReferralDetail(
-        referral_id=referral_id, role=role, view=row, person=shown, fetched_at=datetime.now(UTC)
+        referral_id=referral_id,
+        role=granted.role,
+        view=row,
+        person=shown,
+        fetched_at=datetime.now(UTC),
     )

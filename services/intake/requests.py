@@ -6,9 +6,11 @@ from datetime import date, datetime
 from typing import Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.events import Need
+from schemas.events.base import AREA_PATTERN
+from web.fields import BirthDate, Flag, WorldTime
 
 
 def nhs_number_is_valid(number: str) -> bool:
@@ -27,7 +29,7 @@ class Person(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
-    date_of_birth: date
+    date_of_birth: BirthDate
     nhs_number: str | None = Field(default=None, description="10 digits, spaces allowed")
     phone: str | None = Field(default=None, max_length=40)
     email: str | None = Field(default=None, max_length=200)
@@ -53,28 +55,57 @@ class Person(BaseModel):
 class Consent(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    share_with_link_worker: bool = Field(
-        description="The person agreed to be referred; must be true"
+    share_with_link_worker: Flag = Field(
+        description="The person agreed to be referred; must be true",
+        json_schema_extra={"const": True},
     )
-    share_outcomes_with_referrer: bool = False
+    share_outcomes_with_referrer: Flag = False
 
 
 class ReferralRequest(BaseModel):
     """``POST /referrals``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "person": {
+                        "name": "Alex Example",
+                        "date_of_birth": "1985-04-02",
+                        "nhs_number": "943 476 5919",
+                    },
+                    "needs": ["social-connection"],
+                    "consent": {
+                        "share_with_link_worker": True,
+                        "share_outcomes_with_referrer": True,
+                    },
+                    "area": "north",
+                    "urgency": "routine",
+                    "referred_at": "2026-01-05T10:00:00Z",
+                }
+            ]
+        },
+    )
 
     person: Person
-    needs: list[Need] = Field(min_length=1)
+    needs: list[Need] = Field(min_length=1, max_length=20)
     consent: Consent
-    area: str = Field(min_length=1, max_length=100)
+    area: str = Field(
+        min_length=1,
+        max_length=63,
+        pattern=AREA_PATTERN,
+        description="One of the directory's areas (GET /directory), e.g. 'north'",
+    )
     urgency: Literal["routine", "urgent", "asap"] = "routine"
-    referred_at: AwareDatetime
+    referred_at: WorldTime
 
 
 class ReferralCreatedResponse(BaseModel):
+    """The referral's id, and nothing about the person: returning the person's pseudonym
+    would let a referrer confirm an NHS number by comparing it with those it holds."""
+
     referral_id: UUID
-    person_ref: str
 
 
 class PersonView(BaseModel):

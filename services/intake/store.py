@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from psycopg import AsyncConnection
 
@@ -19,6 +20,10 @@ CREATE TABLE IF NOT EXISTS intake.idempotency (
     person_ref  text NOT NULL,
     PRIMARY KEY (org_id, key)
 );
+-- keys are stored as SHA-256 digests (never in clear, not even in a constraint
+-- violation's log line) with a digest of the request body they were first used with
+ALTER TABLE intake.idempotency ADD COLUMN IF NOT EXISTS request_hash text;
+ALTER TABLE intake.idempotency ALTER COLUMN person_ref DROP NOT NULL;
 """
 
 
@@ -29,3 +34,13 @@ async def create(conn: AsyncConnection[Any]) -> None:
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('referralnet-ddl'))")
         await conn.execute(pii.DDL)
         await conn.execute(IDEMPOTENCY_DDL)
+
+
+async def referrer_of(conn: AsyncConnection[Any], referral_id: UUID) -> str | None:
+    """The organisation that made the referral (the actor of ``referral-created``), or
+    None if intake never stored it: lets the API tell "not yet" from "no such referral"."""
+    cur = await conn.execute(
+        "SELECT actor FROM intake.events WHERE stream_id = %s AND version = 1", (referral_id,)
+    )
+    row = await cur.fetchone()
+    return str(row[0]) if row else None

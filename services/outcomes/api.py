@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 from psycopg import AsyncConnection
+from psycopg.rows import dict_row
 
 from directory import store as directory
+from directory.model import SLUG
 from eventstore.records import StoredEvent
+from services.intake.store import referrer_of
 from services.outcomes import casework
 from services.outcomes.requests import (
     ActivityReferral,
@@ -23,7 +27,8 @@ from services.outcomes.requests import (
     Recorded,
     SessionHeld,
 )
-from web.deps import Caller, Conn
+from services.refusal import NotFound, NotYet
+from web.deps import Caller, Conn, Pool
 from web.errors import ERROR_RESPONSES
 
 router = APIRouter(tags=["outcomes"])
@@ -42,39 +47,92 @@ def _recorded(event: StoredEvent) -> Recorded:
     )
 
 
-async def _as_holder(
-    conn: AsyncConnection[Any],
-    referral_id: UUID,
-    org_id: str,
-    act: Callable[[casework.CaseState], Awaitable[StoredEvent]],
-) -> Recorded:
-    """Run a casework command for the service holding the referral (``_as_holder_many``)."""
-
-    async def one(case: casework.CaseState) -> list[StoredEvent]:
-        return [await act(case)]
-
-    return (await _as_holder_many(conn, referral_id, org_id, one))[0]
+Act = Callable[[AsyncConnection[Any], casework.CaseState], Awaitable[list[StoredEvent]]]
 
 
-async def _as_holder_many(
-    conn: AsyncConnection[Any],
-    referral_id: UUID,
-    org_id: str,
-    act: Callable[[casework.CaseState], Awaitable[list[StoredEvent]]],
-) -> list[Recorded]:
+def _one(
+    act: Callable[[AsyncConnection[Any], casework.CaseState], Awaitable[StoredEvent]],
+) -> Act:
+    async def many(conn: AsyncConnection[Any], case: casework.CaseState) -> list[StoredEvent]:
+        return [await act(conn, case)]
+
+    return many
+
+
+async def _peek(conn: AsyncConnection[Any], referral_id: UUID) -> casework.CaseState | None:
+    """The case as outcomes knows it now (no lock, no transaction)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            f"SELECT {casework.CASE_COLUMNS} FROM outcomes.cases WHERE referral_id = %s",
+            (referral_id,),
+        )
+        row = await cur.fetchone()
+    return casework.CaseState(**row) if row else None
+
+
+async def _accepted_by(conn: AsyncConnection[Any], referral_id: UUID, org_id: str) -> bool:
+    """Whether routing (the acceptance's system of record, written in the accept request's
+    own transaction) has the referral accepted by ``org_id``: only then is an answer on
+    its way to outcomes, worth waiting for."""
+    cur = await conn.execute(
+        "SELECT 1 FROM routing.cases WHERE referral_id = %s AND service_org = %s "
+        "AND status = 'accepted'",
+        (referral_id, org_id),
+    )
+    return await cur.fetchone() is not None
+
+
+def _may_still_become_yours(case: casework.CaseState, org_id: str) -> bool:
+    """Routing's answer may still be on its way to outcomes: the case is neither yours
+    and accepted (ready), nor settled (closed, escalated, accepted by another service)."""
+    ready = case.service_org == org_id and case.status in ("accepted", "closed")
+    settled = case.status in ("closed", "escalated") or (
+        case.status == "accepted" and case.service_org != org_id
+    )
+    return not (ready or settled)
+
+
+async def _as_holder(db: Pool, referral_id: UUID, org_id: str, act: Act) -> list[Recorded]:
     """Run a casework command for the service holding the referral, in one transaction
-    with the case locked; if routing's answer has not reached outcomes yet, wait for it
-    outside any transaction and try once more."""
-    # Not a psycopg pipeline: it saves round trips but, measured on the demo, costs the
-    # API and PostgreSQL ~10% more CPU than it saves.
-    async with conn.transaction():
-        case = await casework.ready_case(conn, referral_id, org_id)
-        if case is not None:
-            return [_recorded(e) for e in await act(case)]
-    await casework.await_case(conn, referral_id, org_id)
-    async with conn.transaction():
+    with the case locked.
+
+    A referral nobody ever made is 404 at once; one intake made but outcomes has not
+    heard of yet is 409 not-yet-known with Retry-After, at once; one not accepted by the
+    caller is 403/409 at once. Only when routing has recorded the caller's acceptance and
+    outcomes has not heard of it yet does the call wait for it (up to
+    ``casework.WAIT_FOR_ROUTING`` seconds), *without holding a pooled connection*: one
+    partner can never take connections from another (issue 12, finding 7).
+    """
+    async with db.connection() as conn:
+        async with conn.transaction():
+            case = await casework.ready_case(conn, referral_id, org_id)
+            if case is not None:
+                return [_recorded(e) for e in await act(conn, case)]
+        seen = await _peek(conn, referral_id)
+        accepted = await _accepted_by(conn, referral_id, org_id)
+    if seen is None and not accepted:
+        async with db.connection() as conn:
+            made = await referrer_of(conn, referral_id)
+        if made is None:  # nobody ever made it: say so at once
+            raise NotFound(f"no referral {referral_id}")
+        raise NotYet("the referral is not known to outcomes yet; retry shortly")
+    if not accepted:  # nothing is on its way: answer now (403 / 409 with the state)
+        async with db.connection() as conn, conn.transaction():
+            case = await casework.case_for(conn, referral_id, org_id)
+            return [_recorded(e) for e in await act(conn, case)]
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + casework.WAIT_FOR_ROUTING
+    pause = 0.02
+    while (seen is None or _may_still_become_yours(seen, org_id)) and loop.time() < deadline:
+        await asyncio.sleep(pause)  # polling a projection another process updates
+        pause = min(pause * 2, 0.25)
+        async with db.connection() as conn:
+            seen = await _peek(conn, referral_id) or seen
+    if seen is None:
+        raise NotYet("the referral is not known to outcomes yet; retry shortly")
+    async with db.connection() as conn, conn.transaction():
         case = await casework.case_for(conn, referral_id, org_id)
-        return [_recorded(e) for e in await act(case)]
+        return [_recorded(e) for e in await act(conn, case)]
 
 
 @router.post(
@@ -83,11 +141,10 @@ async def _as_holder_many(
     response_model=Recorded,
     responses=ERROR_RESPONSES,
 )
-async def first_contact(referral_id: UUID, body: FirstContact, org: Caller, conn: Conn) -> Recorded:
+async def first_contact(referral_id: UUID, body: FirstContact, org: Caller, db: Pool) -> Recorded:
     """First contact with the person (flags a breach of the first-contact SLA)."""
-    return await _as_holder(
-        conn, referral_id, org.id, lambda case: casework.first_contact(conn, case, org.id, body)
-    )
+    act = _one(lambda conn, case: casework.first_contact(conn, case, org.id, body))
+    return (await _as_holder(db, referral_id, org.id, act))[0]
 
 
 @router.post(
@@ -96,11 +153,10 @@ async def first_contact(referral_id: UUID, body: FirstContact, org: Caller, conn
     response_model=Recorded,
     responses=ERROR_RESPONSES,
 )
-async def session(referral_id: UUID, body: SessionHeld, org: Caller, conn: Conn) -> Recorded:
+async def session(referral_id: UUID, body: SessionHeld, org: Caller, db: Pool) -> Recorded:
     """A session the link worker held with the person."""
-    return await _as_holder(
-        conn, referral_id, org.id, lambda case: casework.session(conn, case, org.id, body)
-    )
+    act = _one(lambda conn, case: casework.session(conn, case, org.id, body))
+    return (await _as_holder(db, referral_id, org.id, act))[0]
 
 
 @router.post(
@@ -110,16 +166,13 @@ async def session(referral_id: UUID, body: SessionHeld, org: Caller, conn: Conn)
     responses=ERROR_RESPONSES,
 )
 async def refer_to_activity(
-    referral_id: UUID, body: ActivityReferral, org: Caller, conn: Conn
+    referral_id: UUID, body: ActivityReferral, org: Caller, db: Pool
 ) -> Recorded:
     """Connect the person to an onward activity from the directory."""
-    activity = await directory.activity(conn, body.activity_id)
-    return await _as_holder(
-        conn,
-        referral_id,
-        org.id,
-        lambda case: casework.refer_to_activity(conn, case, org.id, body, activity),
-    )
+    async with db.connection() as conn:
+        activity = await directory.activity(conn, body.activity_id)
+    act = _one(lambda conn, case: casework.refer_to_activity(conn, case, org.id, body, activity))
+    return (await _as_holder(db, referral_id, org.id, act))[0]
 
 
 @router.post(
@@ -129,7 +182,11 @@ async def refer_to_activity(
     responses=ERROR_RESPONSES,
 )
 async def attendance(
-    referral_id: UUID, activity_id: str, body: Attendance, org: Caller, conn: Conn
+    referral_id: UUID,
+    activity_id: Annotated[str, Path(min_length=2, max_length=63, pattern=SLUG)],
+    body: Attendance,
+    org: Caller,
+    conn: Conn,
 ) -> Recorded:
     """The activity's provider records whether the person came."""
     async with conn.transaction():
@@ -142,11 +199,10 @@ async def attendance(
     response_model=Recorded,
     responses=ERROR_RESPONSES,
 )
-async def outcome(referral_id: UUID, body: OutcomeRecord, org: Caller, conn: Conn) -> Recorded:
+async def outcome(referral_id: UUID, body: OutcomeRecord, org: Caller, db: Pool) -> Recorded:
     """An outcome measure, validated against its real range (422 names field and range)."""
-    return await _as_holder(
-        conn, referral_id, org.id, lambda case: casework.outcome(conn, case, org.id, body)
-    )
+    act = _one(lambda conn, case: casework.outcome(conn, case, org.id, body))
+    return (await _as_holder(db, referral_id, org.id, act))[0]
 
 
 @router.post(
@@ -156,12 +212,12 @@ async def outcome(referral_id: UUID, body: OutcomeRecord, org: Caller, conn: Con
     responses=ERROR_RESPONSES,
 )
 async def assessment(
-    referral_id: UUID, body: Assessment, org: Caller, conn: Conn
+    referral_id: UUID, body: Assessment, org: Caller, db: Pool
 ) -> AssessmentRecorded:
     """Several measures taken at one sitting: one ``outcome-recorded`` event each, all
     stored or (any out of range: 422 naming ``measures[i]`` and the item) none."""
-    recorded = await _as_holder_many(
-        conn, referral_id, org.id, lambda case: casework.assessment(conn, case, org.id, body)
+    recorded = await _as_holder(
+        db, referral_id, org.id, lambda conn, case: casework.assessment(conn, case, org.id, body)
     )
     return AssessmentRecorded(referral_id=referral_id, recorded=recorded)
 
@@ -172,8 +228,7 @@ async def assessment(
     response_model=Recorded,
     responses=ERROR_RESPONSES,
 )
-async def close(referral_id: UUID, body: Closing, org: Caller, conn: Conn) -> Recorded:
+async def close(referral_id: UUID, body: Closing, org: Caller, db: Pool) -> Recorded:
     """Close the referral with a reason (frees the service's place; tells the referrer)."""
-    return await _as_holder(
-        conn, referral_id, org.id, lambda case: casework.close(conn, case, org.id, body)
-    )
+    act = _one(lambda conn, case: casework.close(conn, case, org.id, body))
+    return (await _as_holder(db, referral_id, org.id, act))[0]

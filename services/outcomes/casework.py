@@ -277,6 +277,8 @@ async def attendance(
     case = await _read_case(conn, referral_id, lock=True)
     if case is None:
         raise NotYet("the referral is not known to outcomes yet")
+    if case.status == "closed":  # the same rule as every casework command
+        raise Conflict("the referral is closed", state=case.public())
     check_time(body.attended_at, case, "attended_at")
     if body.attended_at < link[1]:
         raise Invalid("must not be before the person was referred to it", field="attended_at")

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from web.fields import Count, Flag, Score, Slug, WorldTime
 
 Mode = Literal["in-person", "phone", "video"]
 
@@ -15,25 +17,25 @@ class Strict(BaseModel):
 
 
 class FirstContact(Strict):
-    contacted_at: AwareDatetime
+    contacted_at: WorldTime
     mode: Mode = "phone"
 
 
 class SessionHeld(Strict):
     kind: Literal["longer-appointment", "short-conversation", "group", "accompanied-visit", "other"]
-    minutes: int = Field(ge=1, le=600)
+    minutes: Count = Field(ge=1, le=600)
     mode: Mode
-    held_at: AwareDatetime
+    held_at: WorldTime
 
 
 class ActivityReferral(Strict):
-    activity_id: str = Field(min_length=1, max_length=64)
-    referred_at: AwareDatetime
+    activity_id: Slug
+    referred_at: WorldTime
 
 
 class Attendance(Strict):
-    attended_at: AwareDatetime
-    attended: bool = True
+    attended_at: WorldTime
+    attended: Flag = True
 
 
 MeasureName = Literal["ons4", "swemwbs", "wemwbs", "ucla3", "activity-minutes"]
@@ -42,13 +44,15 @@ Timepoint = Literal["baseline", "follow-up", "discharge"]
 
 class MeasureTaken(Strict):
     measure: MeasureName
-    items: list[int] | None = Field(default=None, description="item scores, in the measure's order")
-    score: float | None = Field(default=None, description="when the measure has no items")
+    items: list[Count] | None = Field(
+        max_length=20, default=None, description="item scores, in the measure's order"
+    )
+    score: Score | None = Field(default=None, description="when the measure has no items")
 
 
 class OutcomeRecord(MeasureTaken):
     timepoint: Timepoint
-    recorded_at: AwareDatetime
+    recorded_at: WorldTime
 
 
 class Assessment(Strict):
@@ -56,7 +60,7 @@ class Assessment(Strict):
     and recorded together, or none is."""
 
     timepoint: Timepoint
-    recorded_at: AwareDatetime
+    recorded_at: WorldTime
     measures: list[MeasureTaken] = Field(min_length=1, max_length=5)
 
 
@@ -70,7 +74,7 @@ class Closing(Strict):
         "died",
         "other",
     ]
-    closed_at: AwareDatetime
+    closed_at: WorldTime
 
 
 class Recorded(BaseModel):

@@ -8,13 +8,14 @@ from uuid import UUID
 
 import psycopg
 from fastapi import APIRouter
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from directory.model import OrgKind
 from services.refusal import Forbidden
 from services.routing import cases
 from web.deps import Caller, Conn
 from web.errors import ERROR_RESPONSES
+from web.fields import WorldTime
 
 router = APIRouter(tags=["routing"])
 T = TypeVar("T")
@@ -22,7 +23,7 @@ T = TypeVar("T")
 
 class Acceptance(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    accepted_at: AwareDatetime
+    accepted_at: WorldTime
 
 
 class Declining(BaseModel):
@@ -31,7 +32,7 @@ class Declining(BaseModel):
         pattern="^(no-capacity|not-eligible|out-of-area|person-declined|other)$",
         description="no-capacity | not-eligible | out-of-area | person-declined | other",
     )
-    declined_at: AwareDatetime
+    declined_at: WorldTime
 
 
 class RoutingAnswer(BaseModel):

@@ -178,7 +178,9 @@ def full_journey(alliance: Alliance, n: int, share_outcomes: bool) -> Journey:
     post(
         lw, f"/referrals/{rid}/close", {"reason": "completed", "closed_at": "2026-02-01T10:00:00Z"}
     )
-    return Journey(rid, created["person_ref"], who["name"], "4010232137", who["phone"])
+    assert "person_ref" not in created  # no identifier oracle (issue 12, finding 4)
+    person_ref = view_row(referrer, rid)["person_ref"]  # type: ignore[index]
+    return Journey(rid, person_ref, who["name"], "4010232137", who["phone"])
 
 
 @pytest.fixture(scope="module")
@@ -218,8 +220,9 @@ def test_isolation_through_the_api(
     assert whole is not None and whole["role"] == "link-worker"
     assert whole["view"]["sessions"] == 1 and whole["view"]["outcomes"] == 1
     assert len(whole["view"]["details"]["outcomes"]) == 1
-    with_person = lw.get(f"/referrals/{private.rid}").json()
-    assert with_person["person"]["name"] == private.name
+    # ... but, the referral closed, no longer the person (access ends with the role)
+    after_closing = lw.get(f"/referrals/{private.rid}").json()
+    assert after_closing["role"] == "link-worker" and after_closing["person"] is None
 
     # another referrer and the other link-worker service: nothing at all
     for role in ("other_referrer", "second_link_worker"):
@@ -244,10 +247,8 @@ def test_isolation_through_the_api(
     (activity,) = row["details"]["activities"]
     assert activity["activity_id"] == f"walk-{alliance.suffix}" and activity["attended"] == 1
     seen = {t["type"] for t in row["details"]["timeline"]}
-    assert seen == {"referral-created", "activity-referred", "activity-attended"}
-    provider_person = vg.get(f"/referrals/{private.rid}").json()["person"]
-    assert provider_person["name"] == private.name
-    assert provider_person["nhs_number"] is None and provider_person["phone"] is None
+    assert seen == {"referral-created", "activity-referred", "activity-attended", "referral-closed"}
+    assert vg.get(f"/referrals/{private.rid}").json()["person"] is None  # closed: role over
 
     # the referrer: milestones always; outcomes only with the person's consent
     referrer = alliance.client("referrer")
@@ -272,7 +273,7 @@ def test_isolation_through_the_api(
             assert j.rid not in text and j.rid.replace("-", "") not in text
             assert j.person_ref not in text
             assert j.name not in text
-    assert detail(icb, private.rid) is None
+    assert icb.get(f"/referrals/{private.rid}").status_code == 403
     # the commissioner's view rows are keyed by pseudonyms, never by real ids
     aggregates = own.json()["aggregates"]
     assert aggregates["referrals"] >= 2 and aggregates["attendances"] >= 2
@@ -322,6 +323,7 @@ def test_isolation_on_the_topics(
     assert sorted(set(types("provider", private.rid))) == [
         "activity-attended",
         "activity-referred",
+        "referral-closed",
         "referral-created",
     ]
 

@@ -19,6 +19,7 @@ from referralnet.ops.status import (
 from referralnet.system import RunningSystem
 from tests.conftest import Alliance
 from tests.ops.conftest import caught_up, journeys, run_cli
+from web.ops_guard import ops_token
 
 
 def _snapshot(**changes: object) -> SystemStatus:
@@ -98,7 +99,9 @@ def test_metrics_and_per_worker_health_on_the_api(
 ) -> None:
     journeys(alliance, 1)
     caught_up(system)
-    metrics = httpx.get(f"{system.base_url}/metrics", timeout=30)
+    ops = {"Authorization": f"Bearer {ops_token(system.settings.home)}"}
+    assert httpx.get(f"{system.base_url}/metrics", timeout=30).status_code == 401
+    metrics = httpx.get(f"{system.base_url}/metrics", headers=ops, timeout=30)
     assert metrics.status_code == 200
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
@@ -108,7 +111,8 @@ def test_metrics_and_per_worker_health_on_the_api(
     assert 'referralnet_up{component="broker"} 1.0' in text
     assert "referralnet_dead_letters " in text
     for worker in ("api", "intake", "routing", "outcomes", "distributor", "relay", "views"):
-        health = httpx.get(f"{system.base_url}/healthz/{worker}", timeout=30)
+        health = httpx.get(f"{system.base_url}/healthz/{worker}", headers=ops, timeout=30)
         assert health.status_code == 200, health.text
         assert health.json()["status"] == "ok"
-    assert httpx.get(f"{system.base_url}/healthz/nope", timeout=30).status_code == 404
+    nope = httpx.get(f"{system.base_url}/healthz/nope", headers=ops, timeout=30)
+    assert nope.status_code == 404

@@ -175,7 +175,7 @@ JOURNEY: list[tuple[str, Entitlements, dict[str, list[str]]]] = [
     (
         "referral-closed",
         entitlements(providers=["vg"]),
-        {"gp": ["referral-closed"], "lw": ["referral-closed"]},
+        {"gp": ["referral-closed"], "lw": ["referral-closed"], "vg": ["referral-closed"]},
     ),
 ]
 
@@ -260,10 +260,12 @@ def test_a_provider_receives_only_its_own_activity() -> None:
         "session-held",
         "first-contact-made",
         "outcome-recorded",
-        "referral-closed",
     ):
         got = by_org(deliver(casework, entitlements(share=True, providers=["vg", "vg2"])))
         assert "vg" not in got and "vg2" not in got, casework
+    # the end of the referral reaches every provider: their access to the person ends
+    closed = by_org(deliver("referral-closed", entitlements(providers=["vg", "vg2"])))
+    assert closed["vg"] == closed["vg2"] == ["referral-closed"]
 
 
 def test_an_org_with_two_roles_gets_one_copy() -> None:
@@ -353,3 +355,22 @@ def test_partners_get_the_event_unchanged() -> None:
     for d in deliver("session-held", entitlements()):
         if d.org_id not in COMMISSIONERS:
             assert d.event is ev
+
+
+def test_partners_get_a_person_ref_of_their_own_per_referral() -> None:
+    """No identifier oracle (issue 12, finding 4): a partner's person_ref is neither the
+    real pseudonym nor shared with another partner or another referral of that person."""
+    routed = deliver("referral-routed", entitlements(), CREATED)
+    created = deliver("referral-created", entitlements(service=None))
+    copies = {d.org_id: d.event for d in routed + created if d.event.type == "referral-created"}
+    refs = {org: copy.data["person_ref"] for org, copy in copies.items() if org in ("gp", "lw")}
+    assert PERSON not in refs.values()
+    assert refs["gp"] != refs["lw"]
+    other_rid = uuid4()
+    second = replace(
+        CREATED, subject=str(other_rid), data={**CREATED.data, "referral_id": str(other_rid)}
+    )
+    again = deliveries(second, entitlements(service=None), COMMISSIONERS, SECRET)
+    (gp_again,) = [d.event for d in again if d.org_id == "gp"]
+    assert gp_again.data["person_ref"] != refs["gp"]
+    decode(gp_again.type, gp_again.schema_version, gp_again.data)
