@@ -22,11 +22,13 @@ from rich.console import Console
 from directory import loader
 from directory import store as directory
 from infra.embedded import EmbeddedStartError
+from infra.local_time import NotADate, parse_instant, zone_named
 from infra.logging import configure_logging
 from infra.settings import Settings
 from referralnet import endpoints, journey, render
 from referralnet.registration import register
-from views.report import build_report
+from services.refusal import Invalid
+from views.report import build_report, report_range
 from views.schema import schema_name
 
 app = typer.Typer(
@@ -46,7 +48,10 @@ class UsageProblem(click.UsageError):
 
 
 def _settings() -> Settings:
-    return Settings.from_env()
+    try:
+        return Settings.from_env()
+    except ValueError as exc:  # e.g. REFERRALNET_TIMEZONE is not a zone: one line, exit 2
+        raise UsageProblem(str(exc)) from None
 
 
 async def _connect(url: str) -> AsyncConnection[Any]:
@@ -143,26 +148,38 @@ async def _load_directory(url: str, parsed: Any) -> dict[str, str]:
 
 
 def _parse_time(value: str | None, name: str) -> datetime | None:
+    """An ISO date or date-time; without an offset it is the alliance's local time (not
+    the machine's ``TZ``: one calendar for every command, see ``infra.local_time``)."""
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise UsageProblem(f"--{name}: not an ISO date or date-time: {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.now().astimezone().tzinfo)
-    return parsed
+        return parse_instant(value, zone_named(_settings().timezone))
+    except NotADate as exc:
+        raise UsageProblem(f"--{name}: {exc}") from None
 
 
 @app.command()
 def report(
-    date_from: Annotated[str | None, typer.Option("--from", help="ISO date, inclusive")] = None,
-    date_to: Annotated[str | None, typer.Option("--to", help="ISO date, exclusive")] = None,
+    date_from: Annotated[
+        str | None,
+        typer.Option("--from", help="ISO date, inclusive; no offset = alliance local time"),
+    ] = None,
+    date_to: Annotated[
+        str | None,
+        typer.Option("--to", help="ISO date, exclusive; no offset = alliance local time"),
+    ] = None,
     commissioner: Annotated[str | None, typer.Option(help="commissioner org id")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """The alliance report from a commissioner's view (same figures as GET /report)."""
-    start, end = _parse_time(date_from, "from"), _parse_time(date_to, "to")
+    """The alliance report from a commissioner's view (same figures as GET /report).
+
+    Dates are read on the alliance's calendar (REFERRALNET_TIMEZONE, default
+    Europe/London), never the machine's TZ, so the figures equal GET /report's.
+    """
+    try:
+        start, end = report_range(date_from, date_to, zone_named(_settings().timezone))
+    except Invalid as exc:
+        raise UsageProblem(f"--{exc.field}: {exc.reason}") from None
     with endpoints.database_url(_settings()) as url:
         result = asyncio.run(_report(url, commissioner, start, end))
     if as_json:

@@ -97,6 +97,7 @@ def running_system(
             "REFERRALNET_API_HOST": settings.api_host,
             "REFERRALNET_API_PORT": str(settings.api_port),
             "REFERRALNET_TOPIC_PREFIX": settings.topic_prefix,
+            "REFERRALNET_TIMEZONE": settings.timezone,  # one calendar for every process
         }
         t = time.monotonic()
         supervisor = stack.enter_context(supervised(settings.home, env, workers))

@@ -1,7 +1,9 @@
 """The alliance report (DOMAIN: what alliances report), computed from one view schema.
 
 Run over a commissioner's view it uses only pseudonymous rows and returns aggregates;
-``referralnet report`` and ``GET /report`` call the same function, so they agree.
+``referralnet report`` and ``GET /report`` call the same function (and parse their range
+with the same ``report_range``), so they agree whatever the server's ``TZ``. Dates are
+read on the alliance's calendar (``infra.local_time``).
 """
 
 from __future__ import annotations
@@ -10,11 +12,14 @@ import statistics
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from psycopg import AsyncConnection, sql
 from pydantic import BaseModel
 
+from infra.local_time import NotADate, alliance_zone, parse_instant
 from schemas.measures import Measure, improvement, score_outcome
+from services.refusal import Invalid
 
 ONE_TO_ONE_KINDS = ("longer-appointment", "short-conversation", "accompanied-visit", "other")
 
@@ -54,6 +59,36 @@ class Report(BaseModel):
     first_contact_sla_breaches: int
 
 
+RANGE_DESCRIPTION = (
+    "ISO 8601 date or date-time. A date (2026-07-01) means the start of that day and a "
+    "date-time without an offset (2026-07-01T09:30) means wall-clock time, both in the "
+    "alliance's time zone (setting REFERRALNET_TIMEZONE, default Europe/London; BST or GMT "
+    "as in force on that date). With an offset or Z it is that instant. `from` is "
+    "inclusive, `to` exclusive; from must be before to. Bare numbers are refused."
+)
+
+
+def report_range(
+    date_from: str | None, date_to: str | None, zone: ZoneInfo | None = None
+) -> tuple[datetime | None, datetime | None]:
+    """Parse the report's ``from``/``to`` text into aware instants (see ``RANGE_DESCRIPTION``).
+
+    Raises ``Invalid`` naming the field (``from`` or ``to``) for text that is not a date
+    and for a range that is empty or backwards.
+    """
+    zone = zone or alliance_zone()
+    bounds: dict[str, datetime | None] = {}
+    for name, text in (("from", date_from), ("to", date_to)):
+        try:
+            bounds[name] = None if text is None else parse_instant(text, zone)
+        except NotADate as exc:
+            raise Invalid(str(exc), field=name) from None
+    start, end = bounds["from"], bounds["to"]
+    if start is not None and end is not None and start >= end:
+        raise Invalid(f"must be after from ({date_from}); the range is empty", field="to")
+    return start, end
+
+
 def _in_range(column: str) -> sql.Composable:
     return sql.SQL(
         "({col} >= %(from)s OR %(from)s::timestamptz IS NULL) AND "
@@ -74,9 +109,19 @@ async def build_report(
     schema: str,
     date_from: datetime | None = None,
     date_to: datetime | None = None,
+    zone: ZoneInfo | None = None,
 ) -> Report:
-    """Compute the report from ``schema`` for referrals/sessions/... within the range."""
-    p = {"from": date_from, "to": date_to}
+    """Compute the report from ``schema`` for referrals/sessions/... within the range.
+
+    ``date_from`` (inclusive) and ``date_to`` (exclusive) are instants; a naive one is
+    read as the alliance's wall-clock time. ``zone`` defaults to the alliance setting.
+    """
+    zone = zone or alliance_zone()
+    date_from, date_to = (
+        None if d is None else d if d.tzinfo is not None else d.replace(tzinfo=zone)
+        for d in (date_from, date_to)
+    )
+    p = {"from": date_from, "to": date_to, "zone": zone.key}
     by_kind = dict(
         await _rows(
             conn,
@@ -151,7 +196,10 @@ async def build_report(
         float(d)
         for (d,) in await _rows(
             conn,
-            "SELECT extract(epoch FROM first_contact_at - referred_at) / 86400 "
+            # Wall-clock days in the alliance's zone: 09:00 to 09:00 a week later is 7.0
+            # days even when the clocks changed in between.
+            "SELECT extract(epoch FROM (first_contact_at AT TIME ZONE %(zone)s) - "
+            "(referred_at AT TIME ZONE %(zone)s)) / 86400 "
             "FROM {s}.referrals WHERE first_contact_at IS NOT NULL AND {first_contact_at}",
             schema,
             p,

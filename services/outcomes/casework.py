@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from directory.model import Activity
 from eventstore.records import StoredEvent, new_event
+from infra.local_time import add_local_days, alliance_zone
 from schemas.measures import Measure, MeasureError, score_outcome
 from schemas.registry import latest_version, model_for
 from services.outcomes.requests import (
@@ -42,6 +43,12 @@ WAIT_FOR_ROUTING = float(os.environ.get("REFERRALNET_WAIT_FOR_ROUTING_SECONDS", 
 def sla_days() -> int:
     """Days within which first contact is due after routing (configurable)."""
     return int(os.environ.get("REFERRALNET_FIRST_CONTACT_SLA_DAYS", "7"))
+
+
+def first_contact_due(case: CaseState) -> datetime:
+    """``sla_days`` calendar days after routing, at the same wall-clock time in the
+    alliance's zone (a week from 09:00 on the Friday before the clocks change is 09:00)."""
+    return add_local_days(case.routed_at or case.referred_at, sla_days(), alliance_zone())
 
 
 @dataclass(frozen=True)
@@ -172,7 +179,7 @@ async def first_contact(
     if case.first_contact_at is not None:
         raise Conflict("first contact is already recorded", state=case.public())
     models = []
-    due = (case.routed_at or case.referred_at) + timedelta(days=sla_days())
+    due = first_contact_due(case)
     if body.contacted_at > due and not case.overdue_flagged:
         models.append(overdue_model(case, due))
     models.append(
