@@ -445,7 +445,12 @@ def main() -> None:
     except click.exceptions.NoArgsIsHelpError:
         sys.exit(0)
     except click.UsageError as exc:
-        console.print(f"referralnet: error: {exc.format_message()}", style="red", highlight=False)
+        console.print(  # soft_wrap: one problem, one line, however long
+            f"referralnet: error: {exc.format_message()}",
+            style="red",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
