@@ -95,6 +95,16 @@ def test_api_and_cli_read_dates_on_the_alliance_calendar(
     june = commissioner.get("/report", params={"from": "2026-06-01", "to": "2026-07-01"})
     assert (june.json()["sessions"], june.json()["referrals"]) == (0, 1)
 
+    # The commissioner's own view carries the same figures as GET /report.
+    whole = commissioner.get("/report").json()
+    assert commissioner.get("/view").json()["aggregates"] == whole
+    (severe,) = [
+        b for b in whole["outcome_changes_by_baseline_band"]
+        if (b["measure"], b["band"]) == ("ucla3", "most-severely-lonely")
+    ]  # fmt: skip
+    assert (severe["people"], severe["percent_improved"]) == (1, 100.0)
+    assert [m["month"] for m in july.json()["monthly"]] == ["2026-07"]
+
     # The CLI gives the same figures whatever the machine's TZ.
     for tz in ("Europe/London", "America/New_York", "Pacific/Auckland", "UTC"):
         cli = _cli_report(
