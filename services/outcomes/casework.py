@@ -23,6 +23,7 @@ from eventstore.records import StoredEvent, new_event
 from infra.local_time import add_local_days, alliance_zone
 from schemas.measures import Measure, MeasureError, score_outcome
 from schemas.registry import latest_version, model_for
+from services.existence import known_to_intake, routing_holder
 from services.outcomes.requests import (
     ActivityReferral,
     Assessment,
@@ -107,18 +108,36 @@ async def await_case(conn: AsyncConnection[Any], referral_id: UUID, org: str) ->
         case = await _read_case(conn, referral_id)
         if case and case.service_org == org and case.status in ("accepted", "closed"):
             return
+        if case is None and not await known_to_intake(conn, referral_id):
+            raise NotFound(f"no referral {referral_id}")  # nothing is on its way: no wait
         settled = case is not None and (
             case.status in ("closed", "escalated")
             or (case.status == "accepted" and case.service_org != org)
         )
         if settled or loop.time() >= deadline:
-            if case is None:
-                raise NotFound(f"no referral {referral_id} is known to outcomes")
+            await _refuse_not_yet(conn, referral_id, org, case, settled)
+            assert case is not None
             if case.service_org != org:
                 raise Forbidden(f"referral {referral_id} is not routed to {org}")
             raise Conflict("the referral has not been accepted yet", state=case.public())
         await asyncio.sleep(pause)  # polling a projection another process updates
         pause = min(pause * 2, 0.25)  # a hop or two away: each poll is a query
+
+
+async def _refuse_not_yet(
+    conn: AsyncConnection[Any], referral_id: UUID, org: str, case: CaseState | None, settled: bool
+) -> None:
+    """404 for a referral nobody knows; 409 not-yet while outcomes lags behind intake or
+    routing (routing has not decided, or decided for ``org`` what outcomes has not seen)."""
+    if case is None and not await known_to_intake(conn, referral_id):
+        raise NotFound(f"no referral {referral_id}")
+    if not settled:
+        holder = await routing_holder(conn, referral_id)
+        lagging = case is None or holder is None or (case.service_org, case.status) != holder
+        if lagging and (holder is None or holder[0] == org):
+            raise NotYet(f"referral {referral_id} has not reached outcomes yet; retry shortly")
+    if case is None:
+        raise Forbidden(f"referral {referral_id} is not routed to {org}")
 
 
 async def case_for(conn: AsyncConnection[Any], referral_id: UUID, org: str) -> CaseState:
