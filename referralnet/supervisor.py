@@ -48,16 +48,22 @@ class Supervisor:
         self._watchdog: threading.Thread | None = None
         self._lock = threading.Lock()
         (home / "logs").mkdir(parents=True, exist_ok=True)
+        self.workdir = home / "run" / "workers"
+        self.workdir.mkdir(parents=True, exist_ok=True)
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         os.environ.update(self.env)  # spawn() inherits our environment
         output = (self.home / "logs" / f"{name}.log").open("ab")
         try:
+            # -P: never put the caller's directory on the import path (an empty bus.py
+            # there made every worker fail); cwd under the home: whatever a library
+            # writes relative to it (faust's <app>-data) lands under REFERRALNET_HOME.
             return spawn(
-                [sys.executable, "-m", "referralnet.workers", name],
+                [sys.executable, "-P", "-m", "referralnet.workers", name],
                 output=output,
                 death_signal=signal.SIGTERM,
                 run_as=None,
+                cwd=self.workdir,
             )
         finally:
             output.close()

@@ -93,7 +93,7 @@ def running_system(
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "DATABASE_URL": database.local_url() if database else database_url,  # socket: cheaper
-            "REFERRALNET_HOME": str(settings.home),
+            "REFERRALNET_HOME": str(settings.home.absolute()),  # workers run elsewhere
             "REFERRALNET_API_HOST": settings.api_host,
             "REFERRALNET_API_PORT": str(settings.api_port),
             "REFERRALNET_TOPIC_PREFIX": settings.topic_prefix,
