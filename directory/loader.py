@@ -77,6 +77,33 @@ def _line_of(node: yaml.Node | None, loc: Location) -> int | None:
     return line
 
 
+def _node_at(node: yaml.Node | None, loc: Location) -> yaml.Node | None:
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            node = node.value[part]
+        else:
+            return None
+    return node
+
+
+def _yaml_hint(node: yaml.Node | None, loc: Location, err: Any) -> str:
+    """For text YAML 1.1 turned into something else (NO -> false, 0123 -> 83, a date):
+    say so, and how to keep it as text."""
+    if err.get("type") != "string_type":
+        return ""
+    scalar = _node_at(node, loc)
+    if isinstance(scalar, yaml.ScalarNode) and scalar.style is None:
+        return (
+            f"; YAML reads unquoted {scalar.value} as {type(err.get('input')).__name__}, "
+            f'write "{scalar.value}"'
+        )
+    return ""
+
+
 def _unquoted_sexagesimals(node: yaml.Node | None, path: Location = ()) -> list[tuple[int, str]]:
     """(line, problem) for every plain scalar YAML 1.1 would read as a base-60 number."""
     found: list[tuple[int, str]] = []
@@ -127,7 +154,7 @@ def parse(text: str, name: str = "<directory>") -> DirectoryFile:
         parsed = DirectoryFile.model_validate(data)
     except ValidationError as exc:
         located = [
-            (loc, str(err["msg"]).removeprefix("Value error, "))
+            (loc, str(err["msg"]).removeprefix("Value error, ") + _yaml_hint(node, loc, err))
             for err in exc.errors()
             if _line_of(node, loc := tuple(err["loc"])) not in seen_lines
         ]

@@ -131,3 +131,12 @@ def test_the_cli_refuses_the_whole_file_with_one_line_per_problem(tmp_path: Path
     out = (done.stdout + done.stderr).splitlines()
     assert done.returncode == 2, out
     assert len(out) == 3 and all(str(bad) in line for line in out), out
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"), [("NO", "bool"), ("0123", "int"), ("2026-01-01", "date")]
+)
+def test_text_yaml_reads_as_something_else_says_how_to_quote_it(value: str, kind: str) -> None:
+    (problem,) = problems(activity("").replace("area: north", f"area: {value}"))
+    assert problem.startswith("f.yaml: line 19, activities.0.area: ")
+    assert f"unquoted {value} as {kind}" in problem and f'write "{value}"' in problem
