@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import threading
 from datetime import datetime
@@ -70,7 +71,10 @@ def up(
     settings = _settings()
     if port is not None:
         settings = replace(settings, api_port=port)
-    with running_system(settings) as system:
+    # The default port taken (another stack on this machine): take a free one, printed
+    # below; a port the user chose is kept, or refused (exit 1) if it is in use.
+    chosen = port is not None or "REFERRALNET_API_PORT" in os.environ
+    with running_system(settings, any_port_if_taken=not chosen) as system:
         endpoints.record(
             settings.home,
             endpoints.Recorded(
@@ -311,7 +315,7 @@ def replay(
             console.print("interrupted: the live view is untouched, the half-built copy dropped")
             sys.exit(130)
         except LogBehindView as exc:
-            console.print(f"referralnet: {exc}", style="red", highlight=False)
+            console.print(f"referralnet: {exc}", style="red", highlight=False, soft_wrap=True)
             sys.exit(1)
     if as_json:
         print(
@@ -457,7 +461,7 @@ def main() -> None:
     except click.exceptions.Abort:
         sys.exit(130)
     except (EmbeddedStartError, endpoints.NoBroker) as exc:
-        console.print(f"referralnet: {exc}", style="red", highlight=False)
+        console.print(f"referralnet: {exc}", style="red", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 
