@@ -128,7 +128,7 @@ class AllianceSimulation:
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, 1.0)
             view: dict[str, Any] = {}
-            with contextlib.suppress(ApiFailure):  # 404 until the referrer's view has it
+            with contextlib.suppress(ApiFailure):  # 409 not-yet until the view has it
                 path = f"/referrals/{referral_id}?person=false"
                 view = (await self._call("GET", path, referrer))["view"]
             status, service = view.get("status"), view.get("service_org")

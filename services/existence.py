@@ -30,3 +30,19 @@ async def routing_holder(conn: AsyncConnection[Any], referral_id: UUID) -> tuple
     )
     row = await cur.fetchone()
     return (str(row[0]), str(row[1])) if row and row[0] else None
+
+
+async def on_its_way_to(conn: AsyncConnection[Any], referral_id: UUID, org: str) -> bool:
+    """True if ``org`` will see the referral in its view but may not yet: it made the
+    referral (intake's first event is its own) or routing has routed it there.
+
+    Anyone else keeps getting 404, so a referral's existence is revealed to nobody new.
+    """
+    cur = await conn.execute(
+        "SELECT actor FROM intake.events WHERE stream_id = %s AND version = 1", (referral_id,)
+    )
+    first = await cur.fetchone()
+    if first is not None and first[0] == org:
+        return True
+    holder = await routing_holder(conn, referral_id)
+    return holder is not None and holder[0] == org

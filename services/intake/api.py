@@ -9,6 +9,7 @@ from uuid import UUID, uuid4
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from eventstore.records import new_event
+from services.existence import on_its_way_to
 from services.intake.domain import decide_referral
 from services.intake.pii import PersonVault, person_ref_for
 from services.intake.requests import (
@@ -18,7 +19,7 @@ from services.intake.requests import (
     ReferralRequest,
 )
 from services.intake.store import STORE
-from services.refusal import NotFound
+from services.refusal import NotFound, NotYet
 from views import queries as views
 from web.deps import Caller, Conn
 from web.errors import ERROR_RESPONSES
@@ -121,6 +122,8 @@ async def get_referral(
     """
     row = await views.referral(conn, org.id, referral_id)
     if row is None:
+        if await on_its_way_to(conn, referral_id, org.id):  # the view lags the stores
+            raise NotYet(f"referral {referral_id} has not reached your view yet")
         raise NotFound(f"no referral {referral_id} in your view")
     role = str(row.pop("role"))
     shown = None

@@ -12,6 +12,7 @@ import signal
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import httpx
 import pytest
@@ -26,13 +27,19 @@ CONTACT = {"contacted_at": "2026-01-06T10:00:00Z", "mode": "phone"}
 
 
 @contextmanager
-def routing_paused(system: RunningSystem) -> Iterator[None]:
-    proc = system.supervisor.children["routing"].proc
-    proc.send_signal(signal.SIGSTOP)
+def paused(system: RunningSystem, *names: str) -> Iterator[None]:
+    procs = [system.supervisor.children[name].proc for name in names]
+    for proc in procs:
+        proc.send_signal(signal.SIGSTOP)
     try:
         yield
     finally:
-        proc.send_signal(signal.SIGCONT)
+        for proc in procs:
+            proc.send_signal(signal.SIGCONT)
+
+
+def routing_paused(system: RunningSystem) -> Any:
+    return paused(system, "routing")
 
 
 def not_yet(response: httpx.Response) -> None:
@@ -65,3 +72,17 @@ def test_commands_before_routing_are_409_not_yet_and_unknown_ids_404(
     # Once routing catches up, the same command succeeds.
     wait_until(lambda: lw.post(f"/referrals/{rid}/accept", json=ACCEPT).status_code == 200)
     wait_until(lambda: lw.post(f"/referrals/{rid}/contacts", json=CONTACT).status_code == 201)
+
+
+def test_reading_a_referral_before_it_reaches_your_view_is_409_for_you_404_for_others(
+    system: RunningSystem, alliance: Alliance
+) -> None:
+    referrer = alliance.client("referrer")
+    with paused(system, "routing", "distributor"):  # nothing reaches any view
+        created = referrer.post("/referrals", json=referral_body(area=f"area-{alliance.suffix}"))
+        assert created.status_code == 201, created.text
+        rid = created.json()["referral_id"]
+        not_yet(referrer.get(f"/referrals/{rid}"))
+        for role in ("other_referrer", "link_worker", "provider"):
+            assert alliance.client(role).get(f"/referrals/{rid}").status_code == 404, role
+    wait_until(lambda: referrer.get(f"/referrals/{rid}").status_code == 200)
