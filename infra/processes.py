@@ -200,8 +200,10 @@ def spawn(
     death_signal: signal.Signals,
     run_as: RunAs | None,
     cwd: Path | None = None,
+    pass_fds: Sequence[int] = (),
 ) -> subprocess.Popen[bytes]:
-    """Start ``argv`` in its own process group, output to ``output``, dying with us."""
+    """Start ``argv`` in its own process group, output to ``output``, dying with us;
+    ``pass_fds`` stay open in the child (the API's listening socket)."""
     preexec = _tie_to_parent(death_signal, os.getpid())
 
     def start() -> subprocess.Popen[bytes]:
@@ -216,6 +218,7 @@ def spawn(
             user=run_as.uid if run_as else None,
             group=run_as.gid if run_as else None,
             extra_groups=[] if run_as else None,
+            pass_fds=tuple(pass_fds),
         )
 
     proc: subprocess.Popen[bytes] = _SPAWNER.call(start)

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from infra.local_time import DEFAULT_TIMEZONE, TIMEZONE_VARIABLE, zone_named
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -21,6 +23,9 @@ class Settings:
     topic_prefix: str = ""
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    timezone: str = DEFAULT_TIMEZONE
+    """The alliance's IANA time zone: every date derived from an instant (age at referral,
+    report boundaries, per-month figures) is read on its calendar (``infra.local_time``)."""
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -32,4 +37,5 @@ class Settings:
             topic_prefix=os.environ.get("REFERRALNET_TOPIC_PREFIX", ""),
             api_host=os.environ.get("REFERRALNET_API_HOST", "127.0.0.1"),
             api_port=int(os.environ.get("REFERRALNET_API_PORT", "8000")),
+            timezone=zone_named(os.environ.get(TIMEZONE_VARIABLE) or DEFAULT_TIMEZONE).key,
         )

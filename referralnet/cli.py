@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import threading
 from datetime import datetime
@@ -22,12 +23,14 @@ from rich.console import Console
 from directory import loader
 from directory import store as directory
 from infra.embedded import EmbeddedStartError
+from infra.local_time import NotADate, parse_instant, zone_named
 from infra.logging import configure_logging
 from infra.settings import Settings
 from referralnet import endpoints, journey, render
 from referralnet.infra_cli import infra_app
 from referralnet.registration import register
-from views.report import build_report
+from services.refusal import Invalid
+from views.report import build_report, report_range
 from views.schema import schema_name
 
 app = typer.Typer(
@@ -48,7 +51,10 @@ class UsageProblem(click.UsageError):
 
 
 def _settings() -> Settings:
-    return Settings.from_env()
+    try:
+        return Settings.from_env()
+    except ValueError as exc:  # e.g. REFERRALNET_TIMEZONE is not a zone: one line, exit 2
+        raise UsageProblem(str(exc)) from None
 
 
 async def _connect(url: str) -> AsyncConnection[Any]:
@@ -67,7 +73,10 @@ def up(
     settings = _settings()
     if port is not None:
         settings = replace(settings, api_port=port)
-    with running_system(settings) as system:
+    # The default port taken (another stack on this machine): take a free one, printed
+    # below; a port the user chose is kept, or refused (exit 1) if it is in use.
+    chosen = port is not None or "REFERRALNET_API_PORT" in os.environ
+    with running_system(settings, any_port_if_taken=not chosen) as system:
         endpoints.record(
             settings.home,
             endpoints.Recorded(
@@ -145,26 +154,38 @@ async def _load_directory(url: str, parsed: Any) -> dict[str, str]:
 
 
 def _parse_time(value: str | None, name: str) -> datetime | None:
+    """An ISO date or date-time; without an offset it is the alliance's local time (not
+    the machine's ``TZ``: one calendar for every command, see ``infra.local_time``)."""
     if value is None:
         return None
     try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise UsageProblem(f"--{name}: not an ISO date or date-time: {value!r}") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.now().astimezone().tzinfo)
-    return parsed
+        return parse_instant(value, zone_named(_settings().timezone))
+    except NotADate as exc:
+        raise UsageProblem(f"--{name}: {exc}") from None
 
 
 @app.command()
 def report(
-    date_from: Annotated[str | None, typer.Option("--from", help="ISO date, inclusive")] = None,
-    date_to: Annotated[str | None, typer.Option("--to", help="ISO date, exclusive")] = None,
+    date_from: Annotated[
+        str | None,
+        typer.Option("--from", help="ISO date, inclusive; no offset = alliance local time"),
+    ] = None,
+    date_to: Annotated[
+        str | None,
+        typer.Option("--to", help="ISO date, exclusive; no offset = alliance local time"),
+    ] = None,
     commissioner: Annotated[str | None, typer.Option(help="commissioner org id")] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """The alliance report from a commissioner's view (same figures as GET /report)."""
-    start, end = _parse_time(date_from, "from"), _parse_time(date_to, "to")
+    """The alliance report from a commissioner's view (same figures as GET /report).
+
+    Dates are read on the alliance's calendar (REFERRALNET_TIMEZONE, default
+    Europe/London), never the machine's TZ, so the figures equal GET /report's.
+    """
+    try:
+        start, end = report_range(date_from, date_to, zone_named(_settings().timezone))
+    except Invalid as exc:
+        raise UsageProblem(f"--{exc.field}: {exc.reason}") from None
     with endpoints.database_url(_settings()) as url:
         result = asyncio.run(_report(url, commissioner, start, end))
     if as_json:
@@ -296,7 +317,7 @@ def replay(
             console.print("interrupted: the live view is untouched, the half-built copy dropped")
             sys.exit(130)
         except LogBehindView as exc:
-            console.print(f"referralnet: {exc}", style="red", highlight=False)
+            console.print(f"referralnet: {exc}", style="red", highlight=False, soft_wrap=True)
             sys.exit(1)
     if as_json:
         print(
@@ -485,14 +506,19 @@ def main() -> None:
     except click.exceptions.NoArgsIsHelpError:
         sys.exit(0)
     except click.UsageError as exc:
-        console.print(f"referralnet: error: {exc.format_message()}", style="red", highlight=False)
+        console.print(  # soft_wrap: one problem, one line, however long
+            f"referralnet: error: {exc.format_message()}",
+            style="red",
+            highlight=False,
+            soft_wrap=True,
+        )
         sys.exit(2)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         sys.exit(130)
     except (EmbeddedStartError, endpoints.NoBroker) as exc:
-        console.print(f"referralnet: {exc}", style="red", highlight=False)
+        console.print(f"referralnet: {exc}", style="red", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

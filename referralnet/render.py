@@ -44,7 +44,9 @@ def report(console: Console, r: Report) -> None:
                 "hours of one-to-one time": r.one_to_one_hours,
                 "onward activities": sum(r.activities_by_kind.values()),
                 "activity attendances": r.attendances,
-                "median days referral to first contact": r.median_days_to_first_contact,
+                "median days referral to first contact": _or_dash(
+                    r.median_days_to_first_contact, "{}"
+                ),
                 "first-contact SLA breaches": r.first_contact_sla_breaches,
             },
         )
@@ -69,12 +71,36 @@ def report(console: Console, r: Report) -> None:
             c.measure,
             str(c.people),
             f"{c.percent_improved:.1f}",
-            str(c.mean_baseline if c.mean_baseline is not None else "-"),
-            str(c.mean_latest if c.mean_latest is not None else "-"),
-            f"{c.mean_change:+.2f}",
+            _or_dash(c.mean_baseline, "{}"),
+            _or_dash(c.mean_latest, "{}"),
+            _or_dash(c.mean_change, "{:+.2f}"),
             f"{c.mean_improvement:+.2f}",
         )
     console.print(table)
+    bands = Table(title="Outcome change by baseline band", title_justify="left")
+    for col in ("measure", "baseline band", "range", "people", "% improved", "mean change"):
+        bands.add_column(col, justify="left" if col in ("measure", "baseline band") else "right")
+    for b in r.outcome_changes_by_baseline_band:
+        bands.add_row(
+            b.measure,
+            b.band,
+            b.baseline_range,
+            str(b.people),
+            _or_dash(b.percent_improved, "{:.1f}"),
+            _or_dash(b.mean_change, "{:+.2f}"),
+        )
+    console.print(bands)
+    monthly = Table(title="By month", title_justify="left")
+    for col in ("month", "referrals", "sessions", "one-to-one hours"):
+        monthly.add_column(col, justify="left" if col == "month" else "right")
+    for m in r.monthly:
+        monthly.add_row(m.month, str(m.referrals), str(m.sessions), f"{m.one_to_one_hours:.1f}")
+    console.print(monthly)
+
+
+def _or_dash(value: float | None, form: str) -> str:
+    """A figure, or "-" where there is none (never a made-up +0.00)."""
+    return "-" if value is None else form.format(value)
 
 
 def journey(

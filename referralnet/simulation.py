@@ -128,7 +128,7 @@ class AllianceSimulation:
             await asyncio.sleep(pause)
             pause = min(pause * 1.5, 1.0)
             view: dict[str, Any] = {}
-            with contextlib.suppress(ApiFailure):  # 404 until the referrer's view has it
+            with contextlib.suppress(ApiFailure):  # 409 not-yet until the view has it
                 path = f"/referrals/{referral_id}?person=false"
                 view = (await self._call("GET", path, referrer))["view"]
             status, service = view.get("status"), view.get("service_org")
@@ -316,9 +316,10 @@ def _follow_up(measure: str, items: list[int], rng: random.Random) -> list[int]:
 
 
 def _nhs_number(rng: random.Random) -> str:
-    """A random number with a valid modulus-11 check digit (not a real person's)."""
+    """A random number with a valid modulus-11 check digit in an issued range (4xx), so
+    intake accepts it (it refuses placeholders and the 999 test range)."""
     while True:
-        digits = [rng.randint(0, 9) for _ in range(9)]
+        digits = [4, *(rng.randint(0, 9) for _ in range(8))]
         check = 11 - sum(d * w for d, w in zip(digits, range(10, 1, -1), strict=True)) % 11
         check = 0 if check == 11 else check
         if check != 10:

@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import structlog
 
-from infra.processes import spawn
+from infra.processes import listens_on, spawn
 
 log = structlog.get_logger(__name__)
 
@@ -48,16 +48,24 @@ class Supervisor:
         self._watchdog: threading.Thread | None = None
         self._lock = threading.Lock()
         (home / "logs").mkdir(parents=True, exist_ok=True)
+        self.workdir = home / "run" / "workers"
+        self.workdir.mkdir(parents=True, exist_ok=True)
 
     def _spawn(self, name: str) -> subprocess.Popen[bytes]:
         os.environ.update(self.env)  # spawn() inherits our environment
         output = (self.home / "logs" / f"{name}.log").open("ab")
         try:
+            # -P: never put the caller's directory on the import path (an empty bus.py
+            # there made every worker fail); cwd under the home: whatever a library
+            # writes relative to it (faust's <app>-data) lands under REFERRALNET_HOME.
+            api_fd = self.env.get("REFERRALNET_API_FD")  # the API's socket, bound by us
             return spawn(
-                [sys.executable, "-m", "referralnet.workers", name],
+                [sys.executable, "-P", "-m", "referralnet.workers", name],
                 output=output,
                 death_signal=signal.SIGTERM,
                 run_as=None,
+                cwd=self.workdir,
+                pass_fds=(int(api_fd),) if name == "api" and api_fd else (),
             )
         finally:
             output.close()
@@ -119,17 +127,20 @@ class Supervisor:
         log.info("workers_stopped")
 
     def wait_api(self, base_url: str, timeout: float = 60.0) -> None:
-        """Poll ``/healthz`` until the API answers (or a worker died trying)."""
+        """Poll ``/healthz`` until *our* API process answers (or it died trying)."""
         deadline = time.monotonic() + timeout
+        port = httpx.URL(base_url).port or 80
         while time.monotonic() < deadline:
             api = self.children.get("api")
             if api is not None and api.proc.poll() is not None:
                 raise RuntimeError(f"the API process exited; see {self.home}/logs/api.log")
             try:
-                if httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200:
-                    return
+                answered = httpx.get(f"{base_url}/healthz", timeout=1.0).status_code == 200
             except httpx.HTTPError:
-                pass
+                answered = False
+            # Ours, not another stack's API that happens to hold the port.
+            if answered and api is not None and listens_on(api.proc.pid, port):
+                return
             time.sleep(0.05)  # polling an HTTP endpoint with a deadline
         raise TimeoutError(f"the API did not answer at {base_url} within {timeout:.0f}s")
 

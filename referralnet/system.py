@@ -7,6 +7,7 @@ tests exercise exactly what users run.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, contextmanager
@@ -18,7 +19,7 @@ from psycopg import AsyncConnection
 
 from bus.topics import Topics
 from infra.embedded import EmbeddedBroker, EmbeddedPostgres, _sigterm_exits
-from infra.processes import free_port
+from infra.processes import EmbeddedStartError
 from infra.settings import Settings
 from referralnet.bootstrap import create_schemas, create_topics
 from referralnet.supervisor import WORKERS, Supervisor, supervised
@@ -54,6 +55,33 @@ class RunningSystem:
         return self.supervisor.env
 
 
+def api_socket(host: str, port: int, *, any_port_if_taken: bool) -> socket.socket:
+    """The API's listening socket, bound here and handed to the API process.
+
+    Binding it before any worker starts makes the port ours at once: two stacks started
+    at the same moment cannot both believe they have it (checking, then letting uvicorn
+    bind later, was a race), and a restarted API process reuses the same socket. Port 0
+    means any free port; ``any_port_if_taken`` takes one when ``port`` is in use.
+    """
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+    try:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            if not any_port_if_taken:
+                raise EmbeddedStartError(
+                    f"the API port {host}:{port} is in use (another referralnet up?); "
+                    "choose another with --port or REFERRALNET_API_PORT"
+                ) from None
+            sock.bind((host, 0))
+        sock.listen(2048)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def _org_ids(database_url: str) -> list[str]:
     conn: AsyncConnection[Any]
     async with await AsyncConnection.connect(database_url) as conn:
@@ -63,11 +91,28 @@ async def _org_ids(database_url: str) -> list[str]:
 
 @contextmanager
 def running_system(
-    settings: Settings, workers: Iterable[str] = WORKERS, pick_free_port: bool = False
+    settings: Settings,
+    workers: Iterable[str] = WORKERS,
+    pick_free_port: bool = False,
+    any_port_if_taken: bool = False,
 ) -> Iterator[RunningSystem]:
-    """Start what the settings leave unset, prepare schemas and topics, run the workers."""
+    """Start what the settings leave unset, prepare schemas and topics, run the workers.
+
+    The API listens on ``settings.api_port`` (any free port if ``pick_free_port``, or if
+    it is taken and ``any_port_if_taken``); ``RunningSystem.base_url`` says where.
+    """
+    workers = tuple(workers)
     timings: dict[str, float] = {}
     with _sigterm_exits(), ExitStack() as stack:
+        listener = None
+        if "api" in workers:
+            listener = api_socket(
+                settings.api_host,
+                0 if pick_free_port else settings.api_port,
+                any_port_if_taken=any_port_if_taken,
+            )
+            stack.callback(listener.close)
+            settings = replace(settings, api_port=listener.getsockname()[1])
         broker = database = None
         bootstrap = settings.kafka_bootstrap_servers
         if bootstrap is None:
@@ -83,8 +128,6 @@ def running_system(
             stack.callback(database.stop)
             database_url = database.start()
             timings["database"] = time.monotonic() - t
-        if pick_free_port:
-            settings = replace(settings, api_port=free_port())
         t = time.monotonic()
         topics = Topics(prefix=settings.topic_prefix)
         asyncio.run(create_schemas(database_url))
@@ -93,11 +136,14 @@ def running_system(
         env = {
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "DATABASE_URL": database.local_url() if database else database_url,  # socket: cheaper
-            "REFERRALNET_HOME": str(settings.home),
+            "REFERRALNET_HOME": str(settings.home.absolute()),  # workers run elsewhere
             "REFERRALNET_API_HOST": settings.api_host,
             "REFERRALNET_API_PORT": str(settings.api_port),
             "REFERRALNET_TOPIC_PREFIX": settings.topic_prefix,
+            "REFERRALNET_TIMEZONE": settings.timezone,  # one calendar for every process
         }
+        if listener is not None:
+            env["REFERRALNET_API_FD"] = str(listener.fileno())
         t = time.monotonic()
         supervisor = stack.enter_context(supervised(settings.home, env, workers))
         system = RunningSystem(

@@ -115,13 +115,13 @@ def api() -> None:
     """Serve the HTTP API (uvicorn handles SIGTERM/SIGINT)."""
     settings, _, database_url, _ = _endpoints()
     app = create_app(database_url, settings.home)
-    uvicorn.run(
-        app,
-        host=settings.api_host,
-        port=settings.api_port,
-        log_level="warning",
-        access_log=False,
+    # The supervisor binds the socket and passes it (REFERRALNET_API_FD), so the port is
+    # the stack's from before any worker starts; on its own, the API binds it itself.
+    fd = os.environ.get("REFERRALNET_API_FD")
+    where: dict[str, Any] = (
+        {"fd": int(fd)} if fd else {"host": settings.api_host, "port": settings.api_port}
     )
+    uvicorn.run(app, log_level="warning", access_log=False, **where)
 
 
 def routing() -> None:

@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -39,9 +42,28 @@ class Stack:
     broker: EmbeddedBroker
 
 
+@contextmanager
+def stack_home(name: str) -> Iterator[Path]:
+    """A home for an embedded stack outside pytest's ``/tmp/pytest-of-<user>``.
+
+    As root the embedded PostgreSQL runs as another account, so the home's parents get
+    the traverse bit; every pytest session re-closes ``pytest-of-<user>`` to 0700 when it
+    starts, which broke the servers of any other session running at that moment.
+    """
+    home = Path(tempfile.mkdtemp(prefix=f"referralnet-{name}-"))
+    try:
+        yield home
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("stack")
+def stack() -> Iterator[Stack]:
+    with stack_home("stack") as home:
+        yield from _stack(home)
+
+
+def _stack(home: Path) -> Iterator[Stack]:
     broker, database = EmbeddedBroker(home), EmbeddedPostgres(home)
     bootstrap = broker.start()
     database.start()
@@ -83,12 +105,12 @@ async def conn(database_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]
 
 
 @pytest.fixture(scope="session")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSystem]:
+def system() -> Iterator[RunningSystem]:
     """The whole network on its own embedded broker and database, like `referralnet up`."""
-    home = tmp_path_factory.mktemp("system")
-    settings = replace(Settings(), home=home, kafka_bootstrap_servers=None, database_url=None)
-    with running_system(settings, pick_free_port=True) as running:
-        yield running
+    with stack_home("system") as home:
+        settings = replace(Settings(), home=home, kafka_bootstrap_servers=None, database_url=None)
+        with running_system(settings, pick_free_port=True) as running:
+            yield running
 
 
 @dataclass

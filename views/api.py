@@ -12,7 +12,7 @@ from directory.model import OrgKind
 from services.refusal import Forbidden
 from views import queries
 from views.entitlement import access, facts_of
-from views.report import Report, build_report
+from views.report import RANGE_DESCRIPTION, Report, build_report, report_range
 from views.schema import schema_name
 from web.deps import Caller, Conn
 from web.errors import ERROR_RESPONSES
@@ -48,13 +48,22 @@ async def own_view(
 async def report(
     org: Caller,
     conn: Conn,
-    date_from: Annotated[datetime | None, Query(alias="from")] = None,
-    date_to: Annotated[datetime | None, Query(alias="to")] = None,
+    date_from: Annotated[
+        str | None, Query(alias="from", max_length=40, description=RANGE_DESCRIPTION)
+    ] = None,
+    date_to: Annotated[
+        str | None, Query(alias="to", max_length=40, description=RANGE_DESCRIPTION)
+    ] = None,
 ) -> Report:
-    """Alliance aggregates for a date range (same figures as `referralnet report --json`)."""
+    """Alliance aggregates for a date range (same figures as `referralnet report --json`).
+
+    Dates without an offset are the alliance's local time (see `from`/`to`); a range
+    that is not a date, or where `from` is not before `to`, is 422 naming the field.
+    """
     if org.kind is not OrgKind.COMMISSIONER:
         raise Forbidden("only a commissioner receives the alliance report")
-    return await build_report(conn, schema_name(org.id), date_from, date_to)
+    start, end = report_range(date_from, date_to)
+    return await build_report(conn, schema_name(org.id), start, end)
 
 
 @router.get("/directory", responses=ERROR_RESPONSES)

@@ -9,6 +9,7 @@ from uuid import UUID, uuid4
 from fastapi import APIRouter, Header, Query, Request, Response
 
 from eventstore.records import new_event
+from services.existence import on_its_way_to
 from services.intake import idempotency
 from services.intake.domain import decide_referral
 from services.intake.pii import PersonVault, person_ref_for
@@ -18,8 +19,8 @@ from services.intake.requests import (
     ReferralDetail,
     ReferralRequest,
 )
-from services.intake.store import STORE, referrer_of
-from services.refusal import Forbidden, Invalid, NotFound
+from services.intake.store import STORE
+from services.refusal import Forbidden, Invalid, NotFound, NotYet
 from views import queries as views
 from views.entitlement import access, facts_of, individual_rows_allowed
 from web.deps import Caller, Conn
@@ -149,20 +150,18 @@ async def get_referral(
     """What the caller's role may see of one referral (``views.entitlement.access``).
 
     The referral must be in the caller's own view (the distributor decided that); anyone
-    else gets 404, so the existence of a referral is not revealed either. The referrer
-    of a referral its view does not hold yet is shown it as just made (``in_view``:
-    false), so a client can read what it has just written. Person details
+    else gets 404, so the existence of a referral is not revealed either. Its referrer, or
+    the service routing sent it to, gets 409 ``not-yet-known`` + Retry-After while the
+    referral is still on its way through the bus to that view. Person details
     follow the role *now*: a service that declined the referral, saw it escalate away or
     closed it gets none. Commissioners get 403 for every id: aggregates only.
     """
     if not individual_rows_allowed(org.kind):
         raise Forbidden("commissioners receive aggregates only (GET /view, GET /report)")
     row = await views.referral(conn, org.id, referral_id)
-    if row is None and await referrer_of(conn, referral_id) == org.id:
-        # read your own writes: just created, not yet through the bus to your view
-        row = dict.fromkeys(views.COLUMN_NAMES) | {"details": None, "in_view": False}
-        row |= {"referral_id": referral_id, "referrer_org": org.id, "status": "referred"}
-        row["providers"] = []
+    if row is None and await on_its_way_to(conn, referral_id, org.id):
+        # the view lags the stores: the caller made it, or routing sent it there
+        raise NotYet(f"referral {referral_id} has not reached your view yet")
     granted = access(org.id, org.kind, facts_of(row, row.pop("providers")) if row else None)
     if row is None or granted is None:
         raise NotFound(f"no referral {referral_id} in your view")

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import date, datetime, timedelta
 from typing import Any
 from uuid import UUID
+from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
 from directory.model import REFERRER_KINDS, OrgKind
+from infra.local_time import alliance_zone, local_date
 from schemas.registry import latest_version, model_for
 from services.intake.requests import ReferralRequest
 from services.refusal import Forbidden, Invalid
@@ -38,8 +40,14 @@ def decide_referral(
     referral_id: UUID,
     person_ref: str,
     now: datetime,
+    zone: ZoneInfo | None = None,
 ) -> Any:
-    """Validate a referral and return the ``referral-created`` event model."""
+    """Validate a referral and return the ``referral-created`` event model.
+
+    Age is counted on the alliance's calendar (``zone``, default the alliance setting):
+    the day of referral is the date of ``referred_at`` there, whatever offset the caller
+    wrote it with.
+    """
     if referrer_kind not in REFERRER_KINDS and referrer_kind is not OrgKind.LINK_WORKER_SERVICE:
         raise Forbidden(f"a {referrer_kind.value} organisation cannot make referrals")
     if not request.consent.share_with_link_worker:
@@ -50,9 +58,10 @@ def decide_referral(
     if request.referred_at > now + CLOCK_SKEW:
         raise Invalid(field="referred_at", reason="must not be in the future")
     born = request.person.date_of_birth
-    if born > request.referred_at.date():
+    referral_day = local_date(request.referred_at, zone or alliance_zone())
+    if born > referral_day:
         raise Invalid(field="person.date_of_birth", reason="is after referred_at")
-    age = age_on(born, request.referred_at.date())
+    age = age_on(born, referral_day)
     if age < MIN_AGE:
         raise Invalid(
             field="person.date_of_birth",

@@ -19,6 +19,7 @@ from cryptography.fernet import Fernet
 from psycopg import AsyncConnection
 
 from infra.keys import key_file
+from services.intake.nhs_number import identifies_a_person
 
 DDL = """
 CREATE TABLE IF NOT EXISTS intake.people (
@@ -66,7 +67,8 @@ async def person_ref_for(
 ) -> str:
     """The person's pseudonym: reused for a known NHS number, new otherwise."""
     nhs = details.get("nhs_number")
-    digest = vault.nhs_digest(nhs) if nhs else None
+    # Only a number that identifies a person links referrals (never a placeholder).
+    digest = vault.nhs_digest(nhs) if isinstance(nhs, str) and identifies_a_person(nhs) else None
     if digest:
         cur = await conn.execute(
             "SELECT person_ref FROM intake.people WHERE nhs_digest = %s", (digest,)

@@ -11,16 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from schemas.events import Need
 from schemas.events.base import AREA_PATTERN
 from web.fields import BirthDate, Flag, WorldTime
+from services.intake.nhs_number import check_digit_is_valid as nhs_number_is_valid
+from services.intake.nhs_number import nhs_number_problem
 
-
-def nhs_number_is_valid(number: str) -> bool:
-    """NHS number modulus-11 check digit."""
-    if len(number) != 10 or not (number.isascii() and number.isdigit()):
-        return False
-    total = sum(int(d) * w for d, w in zip(number[:9], range(10, 1, -1), strict=True))
-    check = 11 - total % 11
-    check = 0 if check == 11 else check
-    return check != 10 and check == int(number[9])
+__all__ = ["nhs_number_is_valid"]
 
 
 class Person(BaseModel):
@@ -42,8 +36,9 @@ class Person(BaseModel):
         if value is None:
             return None
         digits = value.replace(" ", "")
-        if not nhs_number_is_valid(digits):
-            raise ValueError("not a valid NHS number (10 digits with a modulus-11 check digit)")
+        problem = nhs_number_problem(digits)  # check digit, placeholders, the test range
+        if problem:
+            raise ValueError(problem)
         return digits
 
     def __repr__(self) -> str:  # keep personal data out of logs and tracebacks

@@ -20,8 +20,10 @@ from pydantic import ValidationError
 
 from directory.model import Activity
 from eventstore.records import StoredEvent, new_event
+from infra.local_time import add_local_days, alliance_zone
 from schemas.measures import Measure, MeasureError, score_outcome
 from schemas.registry import latest_version, model_for
+from services.existence import known_to_intake, routing_holder
 from services.outcomes.requests import (
     ActivityReferral,
     Assessment,
@@ -42,6 +44,12 @@ WAIT_FOR_ROUTING = float(os.environ.get("REFERRALNET_WAIT_FOR_ROUTING_SECONDS", 
 def sla_days() -> int:
     """Days within which first contact is due after routing (configurable)."""
     return int(os.environ.get("REFERRALNET_FIRST_CONTACT_SLA_DAYS", "7"))
+
+
+def first_contact_due(case: CaseState) -> datetime:
+    """``sla_days`` calendar days after routing, at the same wall-clock time in the
+    alliance's zone (a week from 09:00 on the Friday before the clocks change is 09:00)."""
+    return add_local_days(case.routed_at or case.referred_at, sla_days(), alliance_zone())
 
 
 @dataclass(frozen=True)
@@ -100,18 +108,36 @@ async def await_case(conn: AsyncConnection[Any], referral_id: UUID, org: str) ->
         case = await _read_case(conn, referral_id)
         if case and case.service_org == org and case.status in ("accepted", "closed"):
             return
+        if case is None and not await known_to_intake(conn, referral_id):
+            raise NotFound(f"no referral {referral_id}")  # nothing is on its way: no wait
         settled = case is not None and (
             case.status in ("closed", "escalated")
             or (case.status == "accepted" and case.service_org != org)
         )
         if settled or loop.time() >= deadline:
-            if case is None:
-                raise NotFound(f"no referral {referral_id} is known to outcomes")
+            await _refuse_not_yet(conn, referral_id, org, case, settled)
+            assert case is not None
             if case.service_org != org:
                 raise Forbidden(f"referral {referral_id} is not routed to {org}")
             raise Conflict("the referral has not been accepted yet", state=case.public())
         await asyncio.sleep(pause)  # polling a projection another process updates
         pause = min(pause * 2, 0.25)  # a hop or two away: each poll is a query
+
+
+async def _refuse_not_yet(
+    conn: AsyncConnection[Any], referral_id: UUID, org: str, case: CaseState | None, settled: bool
+) -> None:
+    """404 for a referral nobody knows; 409 not-yet while outcomes lags behind intake or
+    routing (routing has not decided, or decided for ``org`` what outcomes has not seen)."""
+    if case is None and not await known_to_intake(conn, referral_id):
+        raise NotFound(f"no referral {referral_id}")
+    if not settled:
+        holder = await routing_holder(conn, referral_id)
+        lagging = case is None or holder is None or (case.service_org, case.status) != holder
+        if lagging and (holder is None or holder[0] == org):
+            raise NotYet(f"referral {referral_id} has not reached outcomes yet; retry shortly")
+    if case is None:
+        raise Forbidden(f"referral {referral_id} is not routed to {org}")
 
 
 async def case_for(conn: AsyncConnection[Any], referral_id: UUID, org: str) -> CaseState:
@@ -172,7 +198,7 @@ async def first_contact(
     if case.first_contact_at is not None:
         raise Conflict("first contact is already recorded", state=case.public())
     models = []
-    due = (case.routed_at or case.referred_at) + timedelta(days=sla_days())
+    due = first_contact_due(case)
     if body.contacted_at > due and not case.overdue_flagged:
         models.append(overdue_model(case, due))
     models.append(

@@ -18,7 +18,8 @@ from psycopg.rows import dict_row
 
 from eventstore.records import NewEvent, new_event
 from schemas.registry import latest_version, model_for
-from services.refusal import Conflict, Forbidden, Invalid, NotFound
+from services.existence import known_to_intake
+from services.refusal import Conflict, Forbidden, Invalid, NotFound, NotYet
 from services.routing.domain import Candidate, Case, choose_service
 from services.routing.store import STORE, sync_capacity
 
@@ -159,7 +160,9 @@ async def open_case(
 async def _own_routed_case(conn: AsyncConnection[Any], referral_id: UUID, org: str) -> CaseRow:
     row = await _lock_case(conn, referral_id)
     if row is None:
-        raise NotFound(f"no referral {referral_id} has been routed")
+        if await known_to_intake(conn, referral_id):  # on its way through the bus
+            raise NotYet(f"referral {referral_id} has not been routed yet; retry shortly")
+        raise NotFound(f"no referral {referral_id}")
     if row.service_org != org:
         raise Forbidden(f"referral {referral_id} is not routed to {org}")
     if row.status != "routed":

@@ -66,7 +66,7 @@ class Flow:
             with self.lock:
                 self.referrer_of[rid] = self.alliance.ids[role]
                 self.sessions[rid] = []
-            # Until routing has routed it: 404; retried (routing may be the one killed).
+            # Until routing has routed it: 409 not yet; retried (routing may be the one killed).
             _until_ok(lambda: lw.post(f"/referrals/{rid}/accept", json={"accepted_at": _at(1)}))
             for n in range(1 + index % 3):
                 minutes = 10 + index % 7 + n
