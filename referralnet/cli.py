@@ -189,7 +189,8 @@ async def _report(
 def journey_command(
     referral_id: Annotated[str, typer.Argument(help="referral id (UUID)")],
     verify: Annotated[
-        bool, typer.Option("--verify", help="check every store's hash chain")
+        bool,
+        typer.Option("--verify", help="check every store's hash chain and the signed checkpoints"),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -198,9 +199,10 @@ def journey_command(
         rid = UUID(referral_id)
     except ValueError:
         raise UsageProblem(f"not a referral id (UUID): {referral_id!r}") from None
-    with endpoints.database_url(_settings()) as url:
-        steps, breaks = asyncio.run(_journey(url, rid, verify))
-    if not steps:
+    settings = _settings()
+    with endpoints.database_url(settings) as url:
+        steps, breaks = asyncio.run(_journey(url, rid, verify, settings.home))
+    if not steps and not breaks:  # a deleted referral the checkpoints knew still reports
         raise UsageProblem(f"no referral {rid} in any store")
     if as_json:
         print(
@@ -221,11 +223,13 @@ def journey_command(
 
 
 async def _journey(
-    url: str, rid: UUID, verify: bool
+    url: str, rid: UUID, verify: bool, home: Path
 ) -> tuple[list[journey.Step], list[journey.ChainBreak]]:
+    from eventstore.anchor import AnchorPaths
+
     async with await _connect(url) as conn:
         steps = await journey.timeline(conn, rid)
-        breaks = await journey.verify(conn, rid) if verify and steps else []
+        breaks = await journey.verify(conn, rid, AnchorPaths.under(home)) if verify else []
         return steps, breaks
 
 
@@ -418,6 +422,29 @@ def status(
         ops_render.status(console, result)
     if not result.healthy:
         sys.exit(1)
+
+
+@app.command("verify")
+def verify_command(
+    all_stores: Annotated[
+        bool, typer.Option("--all", help="check every stream of every store")
+    ] = False,
+    take_checkpoint: Annotated[
+        bool,
+        typer.Option("--checkpoint", help="append a signed checkpoint of the stores' chain heads"),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Detect tampering with the stores (chain + signed checkpoints); exit 1 on any finding."""
+    from referralnet.ops.verify_cli import run_verify
+
+    if not (all_stores or take_checkpoint):
+        raise UsageProblem("give --all (verify), --checkpoint (take one), or both")
+    settings = _settings()
+    with endpoints.database_url(settings) as url:
+        code = run_verify(console, url, settings.home, all_stores, take_checkpoint, as_json)
+    if code:
+        sys.exit(code)
 
 
 def main() -> None:

@@ -1,0 +1,166 @@
+"""Taking checkpoints: what the stores hold now, checked and appended to the anchor.
+
+A checkpoint adds, per store, every event that reached a stream since the anchor last
+saw it, but only where the stream still extends what the anchor holds (same hash at the
+last checkpointed version, and a chain that holds after it). A stream that was cut
+short, rewritten or deleted is refused, never blessed: the anchor keeps its old record,
+so the tampering stays detectable however many checkpoints follow.
+
+The cost is one index-only pass over each store's heads plus a read of the new events
+(in a repeatable-read snapshot, so heads and events agree), and one signed line.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection, sql
+from psycopg.rows import dict_row
+
+from eventstore.anchor import (
+    AnchorPaths,
+    AnchorState,
+    Entry,
+    append_line,
+    locked_anchor,
+    read_new,
+    signed_line,
+    signing_key,
+)
+from eventstore.chain import check_chain
+from eventstore.records import StoredEvent
+from eventstore.store import EVENT_COLUMNS, EventStore, stored_event
+
+
+@dataclass
+class CheckpointResult:
+    """What one checkpoint added (events per store) and which streams it refused."""
+
+    taken_at: str
+    added: dict[str, int] = field(default_factory=dict)
+    refused: list[tuple[str, UUID]] = field(default_factory=list)
+    written: bool = False
+    more: bool = False
+    """True when the backlog was larger than one line holds: call again."""
+
+
+async def store_heads(
+    conn: AsyncConnection[Any], store: EventStore
+) -> dict[UUID, tuple[int, bytes]]:
+    """Version and hash of the last event of every stream (one pass over the index)."""
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT DISTINCT ON (stream_id) stream_id, version, hash FROM {}.events "
+            "ORDER BY stream_id, version DESC"
+        ).format(sql.Identifier(store.schema))
+    )
+    return {r[0]: (r[1], bytes(r[2])) for r in await cur.fetchall()}
+
+
+async def events_from(
+    conn: AsyncConnection[Any], store: EventStore, starts: dict[UUID, int]
+) -> dict[UUID, list[StoredEvent]]:
+    """The events of each stream in ``starts`` from the given version on, in order."""
+    result: dict[UUID, list[StoredEvent]] = {s: [] for s in starts}
+    if not starts:
+        return result
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            sql.SQL(
+                "SELECT " + EVENT_COLUMNS + " FROM {}.events JOIN unnest(%s::uuid[], "
+                "%s::int[]) AS f(sid, since) ON stream_id = f.sid "
+                "WHERE version >= f.since ORDER BY stream_id, version"
+            ).format(sql.Identifier(store.schema)),
+            (list(starts), list(starts.values())),
+        )
+        for row in await cur.fetchall():
+            result[row["stream_id"]].append(stored_event(row))
+    return result
+
+
+MAX_ENTRIES = 20_000
+"""Events per checkpoint line at most (about 3 MB); a larger backlog takes several."""
+
+
+def extension(
+    store: str, known: tuple[int, bytes] | None, events: Sequence[StoredEvent]
+) -> list[StoredEvent] | None:
+    """The events that extend the checkpointed head ``known`` (``events`` read from its
+    version on, or the whole stream when there is none), or None when the stream no
+    longer extends it: then it was tampered with, and the checkpoint must refuse it."""
+    if known is None:
+        return None if check_chain(store, events) else list(events)
+    if not events or events[0].version != known[0] or events[0].hash != known[1]:
+        return None
+    head, new = events[0], list(events[1:])
+    return None if check_chain(store, new, after=head) else new
+
+
+class Checkpointer:
+    """Writes checkpoints of ``stores`` to the anchor at ``paths``, keeping the folded
+    anchor in memory between calls (it reads only lines written since)."""
+
+    def __init__(self, paths: AnchorPaths, stores: Sequence[EventStore]) -> None:
+        self.paths = paths
+        self.stores = list(stores)
+        self._key = signing_key(paths)
+        self._public = self._key.public_key()
+        self.state = AnchorState(keep_events=False)
+
+    async def checkpoint(self, conn: AsyncConnection[Any]) -> CheckpointResult:
+        """Add what is new in every store to the anchor (one line, or none if nothing is)."""
+        with locked_anchor(self.paths) as handle:
+            read_new(self.state, handle, self._public)
+            taken_at = datetime.now(UTC).isoformat()
+            result = CheckpointResult(taken_at)
+            new: dict[str, list[Entry]] = {}
+            async with conn.transaction():
+                await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                for store in self.stores:
+                    room = MAX_ENTRIES - sum(len(e) for e in new.values())
+                    new[store.schema] = await self._new_entries(conn, store, result, room)
+            if not any(new.values()):
+                return result
+            totals = {}
+            for store in self.stores:
+                streams = self.state.heads.get(store.schema, {})
+                fresh = {s for s, _, _, _ in new[store.schema]} - set(streams)
+                totals[store.schema] = (
+                    len(streams) + len(fresh),
+                    self.state.events(store.schema) + len(new[store.schema]),
+                )
+            line = signed_line(self._key, self.state, taken_at, new, totals)
+            append_line(handle, self.state, line, self._public)
+            result.written = True
+            return result
+
+    async def _new_entries(
+        self, conn: AsyncConnection[Any], store: EventStore, result: CheckpointResult, room: int
+    ) -> list[Entry]:
+        known = self.state.heads.get(store.schema, {})
+        starts: dict[UUID, int] = {}
+        heads = await store_heads(conn, store)
+        backlog = 0
+        for stream_id, head in heads.items():
+            seen = known.get(stream_id)
+            if seen == head:
+                continue  # unchanged since the last checkpoint
+            if backlog >= room:
+                result.more = True
+                break
+            starts[stream_id] = seen[0] if seen else 1
+            backlog += head[0] - (seen[0] if seen else 0)
+        result.refused += [(store.schema, s) for s in known if s not in heads]  # deleted
+        entries: list[Entry] = []
+        for stream_id, events in (await events_from(conn, store, starts)).items():
+            added = extension(store.schema, known.get(stream_id), events)
+            if added is None:
+                result.refused.append((store.schema, stream_id))
+                continue
+            entries += [(e.stream_id, e.version, e.event_id, e.hash) for e in added]
+        result.added[store.schema] = len(entries)
+        return entries

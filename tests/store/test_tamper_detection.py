@@ -1,0 +1,124 @@
+"""Each thing a DBA can do to a store passes the chain or not, but never verification.
+
+On a real PostgreSQL (embedded 18 and external 15), through a real DBA path: the
+append-only trigger is bypassed with ``session_replication_role = replica`` (or
+switched off with ``ALTER TABLE ... DISABLE TRIGGER``). Every stream verifies before
+the tampering; after it, verification names the kind.
+"""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from bench.tamper import TAMPERINGS, Tampering, as_dba, run_tamper_phase
+from eventstore.anchor import AnchorPaths
+from eventstore.chain import EDITED
+from eventstore.checkpoint import Checkpointer
+from eventstore.records import NewEvent
+from eventstore.store import EventStore
+from referralnet.ops.verify import verify_stores
+from tests.store.test_event_store import event
+
+pytestmark = pytest.mark.infra
+
+
+def anchor_paths(tmp_path: Path) -> AnchorPaths:
+    return AnchorPaths(
+        tmp_path / "keys" / "checkpoint.key",
+        tmp_path / "keys" / "checkpoint.pub",
+        tmp_path / "anchors" / "checkpoints.jsonl",
+    )
+
+
+async def _streams(
+    conn: psycopg.AsyncConnection[Any], store: EventStore, count: int
+) -> list[uuid.UUID]:
+    ids = []
+    for _ in range(count):
+        stream_id = uuid.uuid4()
+        events: list[NewEvent] = [event(n, minutes=30 + n) for n in range(1, 5)]
+        await store.append(conn, stream_id, 0, events[:2])  # two appends: two batches
+        await store.append(conn, stream_id, 2, events[2:])
+        ids.append(stream_id)
+    return ids
+
+
+@pytest.mark.parametrize("tampering", TAMPERINGS, ids=[t.name for t in TAMPERINGS])
+async def test_tampering_is_detected_and_named(
+    conn: psycopg.AsyncConnection[Any], store: EventStore, tmp_path: Path, tampering: Tampering
+) -> None:
+    paths = anchor_paths(tmp_path)
+    target, bystander = await _streams(conn, store, 2)
+    await Checkpointer(paths, [store]).checkpoint(conn)
+    before = await verify_stores(conn, paths, [store])
+    assert before.clean, before.lines()
+    assert before.checkpointed_events == before.events == 8
+
+    await as_dba(conn)
+    await tampering.apply(conn, store, target)
+    await conn.execute("RESET session_replication_role")
+
+    after = await verify_stores(conn, paths, [store])
+    assert not after.clean
+    kinds = {f.kind for f in after.findings if f.stream_id == target}
+    assert tampering.expected in kinds, after.lines()
+    assert not [f for f in after.findings if f.stream_id == bystander]
+    # A checkpoint taken after the tampering blesses nothing of it: a changed head is
+    # refused, and an edit behind an unchanged head adds nothing either.
+    taken = await Checkpointer(paths, [store]).checkpoint(conn)
+    assert not taken.written
+    assert tampering.expected in {
+        f.kind for f in (await verify_stores(conn, paths, [store])).findings
+    }
+
+
+async def test_disabling_the_trigger_is_another_way_in_and_is_caught_too(
+    conn: psycopg.AsyncConnection[Any], store: EventStore, tmp_path: Path
+) -> None:
+    paths = anchor_paths(tmp_path)
+    (target,) = await _streams(conn, store, 1)
+    await Checkpointer(paths, [store]).checkpoint(conn)
+    table = sql.SQL("{}.events").format(sql.Identifier(store.schema))
+    await conn.execute(sql.SQL("ALTER TABLE {} DISABLE TRIGGER append_only").format(table))
+    await conn.execute(
+        sql.SQL("UPDATE {} SET actor = 'someone-else' WHERE stream_id = %s AND version = 3").format(
+            table
+        ),
+        (target,),
+    )
+    await conn.execute(sql.SQL("ALTER TABLE {} ENABLE TRIGGER append_only").format(table))
+    after = await verify_stores(conn, paths, [store])
+    assert [(f.version, f.kind) for f in after.findings] == [(3, EDITED)]
+
+
+async def test_events_after_the_checkpoint_are_vouched_for_by_the_chain_only(
+    conn: psycopg.AsyncConnection[Any], store: EventStore, tmp_path: Path
+) -> None:
+    paths = anchor_paths(tmp_path)
+    (stream_id,) = await _streams(conn, store, 1)
+    await Checkpointer(paths, [store]).checkpoint(conn)
+    await store.append(conn, stream_id, 4, [event(5)])
+    checked = await verify_stores(conn, paths, [store])
+    assert checked.clean and (checked.events, checked.after_checkpoint) == (5, 1)
+    taken = await Checkpointer(paths, [store]).checkpoint(conn)
+    assert taken.written and taken.added == {store.schema: 1}
+    assert (await verify_stores(conn, paths, [store])).after_checkpoint == 0
+    nothing = await Checkpointer(paths, [store]).checkpoint(conn)
+    assert not nothing.written
+
+
+def test_tamper_phase_detects_every_tampering(database_url: str, tmp_path: Path) -> None:
+    result = run_tamper_phase(database_url, tmp_path)
+    assert (result.detected, result.total) == (len(TAMPERINGS), len(TAMPERINGS)), result.details
+    assert result.line == f"tamperings detected {len(TAMPERINGS)}/{len(TAMPERINGS)}"
+    with psycopg.connect(database_url) as conn:  # the scratch store is gone
+        left = conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tamper_%'"
+        ).fetchone()
+        assert left == (0,)
