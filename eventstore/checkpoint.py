@@ -12,10 +12,10 @@ The cost is one index-only pass over each store's heads plus a read of the new e
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import IO, Any
 from uuid import UUID
 
 from psycopg import AsyncConnection, sql
@@ -44,8 +44,6 @@ class CheckpointResult:
     added: dict[str, int] = field(default_factory=dict)
     refused: list[tuple[str, UUID]] = field(default_factory=list)
     written: bool = False
-    more: bool = False
-    """True when the backlog was larger than one line holds: call again."""
 
 
 async def store_heads(
@@ -102,7 +100,7 @@ def extension(
 
 class Checkpointer:
     """Writes checkpoints of ``stores`` to the anchor at ``paths``, keeping the folded
-    anchor in memory between calls (it reads only lines written since)."""
+    anchor's heads in memory between calls (it reads only lines written since)."""
 
     def __init__(self, paths: AnchorPaths, stores: Sequence[EventStore]) -> None:
         self.paths = paths
@@ -112,55 +110,71 @@ class Checkpointer:
         self.state = AnchorState(keep_events=False)
 
     async def checkpoint(self, conn: AsyncConnection[Any]) -> CheckpointResult:
-        """Add what is new in every store to the anchor (one line, or none if nothing is)."""
+        """Add what is new in every store to the anchor: one line per ``MAX_ENTRIES``
+        events (none when nothing is new), all from one snapshot of the stores."""
         with locked_anchor(self.paths) as handle:
             read_new(self.state, handle, self._public)
-            taken_at = datetime.now(UTC).isoformat()
-            result = CheckpointResult(taken_at)
-            new: dict[str, list[Entry]] = {}
+            result = CheckpointResult(datetime.now(UTC).isoformat())
             async with conn.transaction():
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                pending: dict[str, list[Entry]] = {}
                 for store in self.stores:
-                    room = MAX_ENTRIES - sum(len(e) for e in new.values())
-                    new[store.schema] = await self._new_entries(conn, store, result, room)
-            if not any(new.values()):
-                return result
-            totals = {}
-            for store in self.stores:
-                streams = self.state.heads.get(store.schema, {})
-                fresh = {s for s, _, _, _ in new[store.schema]} - set(streams)
-                totals[store.schema] = (
-                    len(streams) + len(fresh),
-                    self.state.events(store.schema) + len(new[store.schema]),
-                )
-            line = signed_line(self._key, self.state, taken_at, new, totals)
-            append_line(handle, self.state, line, self._public)
-            result.written = True
+                    result.added[store.schema] = 0
+                    async for entries in self._new_entries(conn, store, result):
+                        if not entries:
+                            continue
+                        pending.setdefault(store.schema, []).extend(entries)
+                        result.added[store.schema] += len(entries)
+                        if sum(len(e) for e in pending.values()) >= MAX_ENTRIES:
+                            self._write(handle, result, pending)
+                            pending = {}
+                if pending:
+                    self._write(handle, result, pending)
             return result
 
+    def _write(
+        self, handle: IO[bytes], result: CheckpointResult, new: dict[str, list[Entry]]
+    ) -> None:
+        totals = {}
+        for store, entries in new.items():
+            heads = self.state.heads.get(store, {})
+            fresh = {s for s, _, _, _ in entries} - set(heads)
+            totals[store] = (len(heads) + len(fresh), self.state.events(store) + len(entries))
+        line = signed_line(self._key, self.state, result.taken_at, new, totals)
+        append_line(handle, self.state, line, self._public)
+        result.written = True
+
     async def _new_entries(
-        self, conn: AsyncConnection[Any], store: EventStore, result: CheckpointResult, room: int
-    ) -> list[Entry]:
+        self, conn: AsyncConnection[Any], store: EventStore, result: CheckpointResult
+    ) -> AsyncIterator[list[Entry]]:
+        """The new events of ``store``'s streams that still extend the anchor, read in
+        slices of about ``MAX_ENTRIES`` (memory stays bounded on a large backlog)."""
         known = self.state.heads.get(store.schema, {})
-        starts: dict[UUID, int] = {}
         heads = await store_heads(conn, store)
+        result.refused += [(store.schema, s) for s in known if s not in heads]  # deleted
+        starts: dict[UUID, int] = {}
         backlog = 0
         for stream_id, head in heads.items():
             seen = known.get(stream_id)
             if seen == head:
                 continue  # unchanged since the last checkpoint
-            if backlog >= room:
-                result.more = True
-                break
             starts[stream_id] = seen[0] if seen else 1
-            backlog += head[0] - (seen[0] if seen else 0)
-        result.refused += [(store.schema, s) for s in known if s not in heads]  # deleted
+            backlog += max(1, head[0] - (seen[0] if seen else 0))
+            if backlog >= MAX_ENTRIES:
+                yield self._extensions(store, await events_from(conn, store, starts), result)
+                starts, backlog = {}, 0
+        if starts:
+            yield self._extensions(store, await events_from(conn, store, starts), result)
+
+    def _extensions(
+        self, store: EventStore, streams: dict[UUID, list[StoredEvent]], result: CheckpointResult
+    ) -> list[Entry]:
+        known = self.state.heads.get(store.schema, {})
         entries: list[Entry] = []
-        for stream_id, events in (await events_from(conn, store, starts)).items():
+        for stream_id, events in streams.items():
             added = extension(store.schema, known.get(stream_id), events)
             if added is None:
                 result.refused.append((store.schema, stream_id))
                 continue
             entries += [(e.stream_id, e.version, e.event_id, e.hash) for e in added]
-        result.added[store.schema] = len(entries)
         return entries

@@ -221,7 +221,7 @@ async def checkpoint_periodically(
                     checkpointer = Checkpointer(AnchorPaths.under(home), stores)
                 started = time.monotonic()
                 result = await checkpointer.checkpoint(conn)
-                pause = 0.0 if result.more else max(interval, 10 * (time.monotonic() - started))
+                pause = max(interval, 10 * (time.monotonic() - started))
                 for store, stream_id in set(result.refused) - reported:
                     reported.add((store, stream_id))
                     log.warning("checkpoint_refused_tampered", store=store, stream=str(stream_id))

@@ -122,3 +122,18 @@ def test_tamper_phase_detects_every_tampering(database_url: str, tmp_path: Path)
             "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'tamper_%'"
         ).fetchone()
         assert left == (0,)
+
+
+async def test_a_large_backlog_is_checkpointed_in_several_signed_lines(
+    conn: psycopg.AsyncConnection[Any],
+    store: EventStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("eventstore.checkpoint.MAX_ENTRIES", 3)
+    paths = anchor_paths(tmp_path)
+    await _streams(conn, store, 3)
+    taken = await Checkpointer(paths, [store]).checkpoint(conn)
+    assert taken.added == {store.schema: 12}
+    checked = await verify_stores(conn, paths, [store])
+    assert checked.clean and checked.checkpoints >= 3 and checked.checkpointed_events == 12
