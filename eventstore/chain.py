@@ -147,7 +147,8 @@ def _departure(
                 stream_id,
                 version,
                 DELETED_LAST,
-                f"versions {version}..{n} were checkpointed and are gone",
+                (f"versions {version}..{n}" if n > version else f"version {n}")
+                + " checkpointed and now gone",
             )
         return Finding(store, stream_id, version, DELETED, f"version {version} is missing")
     expected_id = checkpointed[version - 1][0]

@@ -199,9 +199,15 @@ def journey_command(
         rid = UUID(referral_id)
     except ValueError:
         raise UsageProblem(f"not a referral id (UUID): {referral_id!r}") from None
+    from psycopg.errors import UndefinedTable
+
     settings = _settings()
     with endpoints.database_url(settings) as url:
-        steps, breaks = asyncio.run(_journey(url, rid, verify, settings.home))
+        try:
+            steps, breaks = asyncio.run(_journey(url, rid, verify, settings.home))
+        except UndefinedTable as exc:
+            problem = exc.diag.message_primary
+            raise UsageProblem(f"no event stores in this database ({problem})") from None
     if not steps and not breaks:  # a deleted referral the checkpoints knew still reports
         raise UsageProblem(f"no referral {rid} in any store")
     if as_json:
@@ -436,13 +442,19 @@ def verify_command(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Detect tampering with the stores (chain + signed checkpoints); exit 1 on any finding."""
+    from psycopg.errors import UndefinedTable
+
     from referralnet.ops.verify_cli import run_verify
 
     if not (all_stores or take_checkpoint):
         raise UsageProblem("give --all (verify), --checkpoint (take one), or both")
     settings = _settings()
     with endpoints.database_url(settings) as url:
-        code = run_verify(console, url, settings.home, all_stores, take_checkpoint, as_json)
+        try:
+            code = run_verify(console, url, settings.home, all_stores, take_checkpoint, as_json)
+        except UndefinedTable as exc:
+            problem = exc.diag.message_primary
+            raise UsageProblem(f"no event stores in this database ({problem})") from None
     if code:
         sys.exit(code)
 

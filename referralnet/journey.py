@@ -27,7 +27,11 @@ class Step:
 
     @property
     def summary(self) -> str:
-        return summarise(self.event.type, self.event.data)
+        # Stored data that is not what its schema says (a DBA's edit) must still print.
+        try:
+            return summarise(self.event.type, self.event.data)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return "(data does not match its schema)"
 
     def as_json(self) -> dict[str, Any]:
         return {

@@ -71,7 +71,11 @@ def _print_checkpoint(console: Console, taken: CheckpointResult, paths: AnchorPa
         )
     added = ", ".join(f"{s} {n}" for s, n in taken.added.items())
     if taken.written:
-        console.print(f"checkpoint {taken.taken_at} signed into {paths.anchor}: new events {added}")
+        console.print(
+            f"checkpoint {taken.taken_at} signed into {paths.anchor}: new events {added}",
+            highlight=False,
+            soft_wrap=True,
+        )
     else:
         console.print("checkpoint: nothing new since the last one")
 
