@@ -130,6 +130,9 @@ class AnchorState:
     last_line_hash: str = ""
     last_taken_at: str | None = None
     offset: int = 0
+    torn_tail: bool = False
+    """The file ends in a line without its newline: a writer died mid-line (the next
+    writer cuts it off; it was never a checkpoint)."""
 
     def stream(self, store: str, stream_id: UUID) -> list[tuple[UUID, bytes]]:
         return self.streams.get(store, {}).get(stream_id, [])
@@ -207,11 +210,14 @@ def fold_line(state: AnchorState, raw: bytes, key: Ed25519PublicKey) -> None:
 
 
 def read_new(state: AnchorState, handle: IO[bytes], key: Ed25519PublicKey) -> None:
-    """Fold the lines appended since ``state.offset`` (a torn last line is an error)."""
+    """Fold the complete lines appended since ``state.offset``; a last line without its
+    newline (a writer killed mid-write) is left out and flagged in ``torn_tail``."""
     handle.seek(state.offset)
+    state.torn_tail = False
     for raw in handle:
         if not raw.endswith(b"\n"):
-            raise AnchorError(f"anchor line {state.lines + 1} is incomplete")
+            state.torn_tail = True
+            return
         fold_line(state, raw, key)
         state.offset += len(raw)
 
@@ -240,7 +246,9 @@ def locked_anchor(paths: AnchorPaths) -> Iterator[IO[bytes]]:
 
 
 def append_line(handle: IO[bytes], state: AnchorState, line: bytes, key: Ed25519PublicKey) -> None:
-    """Write ``line`` durably at the end of the (locked) anchor and fold it."""
+    """Write ``line`` durably at the end of the (locked) anchor and fold it; a torn
+    tail left by a writer that died mid-line is cut off first."""
+    handle.truncate(state.offset)  # no-op unless a torn tail follows the last line
     handle.seek(0, os.SEEK_END)
     handle.write(line)
     handle.flush()

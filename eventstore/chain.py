@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 from uuid import UUID
 
 from eventstore.records import CHAIN_FORMAT, GENESIS_HASH, StoredEvent, hash_of
@@ -62,19 +63,57 @@ class Finding:
         return f"{self.store} {self.stream_id} v{self.version}: {self.kind}: {self.problem}"
 
 
+class Linked(Protocol):
+    """What the chain's structure needs of an event (``StoredEvent`` has it all; the
+    checkpoint writer reads only these columns)."""
+
+    @property
+    def stream_id(self) -> UUID: ...
+    @property
+    def version(self) -> int: ...
+    @property
+    def event_id(self) -> UUID: ...
+    @property
+    def position(self) -> int: ...
+    @property
+    def prev_hash(self) -> bytes: ...
+    @property
+    def hash(self) -> bytes: ...
+    @property
+    def chain_format(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Link:
+    """An event reduced to its place in the chain (no content)."""
+
+    stream_id: UUID
+    version: int
+    event_id: UUID
+    position: int
+    prev_hash: bytes
+    hash: bytes
+    chain_format: int
+
+
 Checkpointed = Sequence[tuple[UUID, bytes]]
 """A stream as a checkpoint saw it: (event id, hash) of versions 1..n in order."""
 
 
 def check_chain(
-    store: str, events: Sequence[StoredEvent], after: StoredEvent | None = None
+    store: str,
+    events: Sequence[Linked],
+    after: Linked | None = None,
+    *,
+    recompute: bool = True,
 ) -> list[Finding]:
     """The first break of one stream's own chain (empty when it holds).
 
     ``events`` are the stream's events ordered by version, from version 1 or from just
     ``after`` an event already trusted. Checks that versions run on without a gap, each
-    event links to the one before, each hash recomputes under the event's chain format,
-    formats never go back, and positions grow with versions.
+    event links to the one before, each hash recomputes under the event's chain format
+    (``recompute``: only ``StoredEvent`` values can), formats never go back, and
+    positions grow with versions.
     """
     prev, format_, position, first = GENESIS_HASH, 1, 0, 1
     if after is not None:
@@ -82,7 +121,7 @@ def check_chain(
         first = after.version + 1
     for expected, event in enumerate(events, start=first):
 
-        def found(kind: str, problem: str, e: StoredEvent = event) -> list[Finding]:
+        def found(kind: str, problem: str, e: Linked = event) -> list[Finding]:
             return [Finding(store, e.stream_id, e.version, kind, problem)]
 
         if event.version != expected:
@@ -91,7 +130,7 @@ def check_chain(
             return found(DOWNGRADED, f"chain format {event.chain_format} after format {format_}")
         if event.prev_hash != prev:
             return found(BROKEN_LINK, "does not link to the previous event (reordered or deleted)")
-        if hash_of(event) != event.hash:
+        if recompute and isinstance(event, StoredEvent) and hash_of(event) != event.hash:
             return found(EDITED, "content does not match its hash (edited)")
         if event.position <= position:
             return found(REORDERED, "stored before the version ahead of it (reordered)")

@@ -19,7 +19,6 @@ from typing import IO, Any
 from uuid import UUID
 
 from psycopg import AsyncConnection, sql
-from psycopg.rows import dict_row
 
 from eventstore.anchor import (
     AnchorPaths,
@@ -31,9 +30,8 @@ from eventstore.anchor import (
     signed_line,
     signing_key,
 )
-from eventstore.chain import check_chain
-from eventstore.records import StoredEvent
-from eventstore.store import EVENT_COLUMNS, EventStore, stored_event
+from eventstore.chain import Link, check_chain
+from eventstore.store import EventStore
 
 
 @dataclass
@@ -59,24 +57,25 @@ async def store_heads(
     return {r[0]: (r[1], bytes(r[2])) for r in await cur.fetchall()}
 
 
-async def events_from(
+async def links_from(
     conn: AsyncConnection[Any], store: EventStore, starts: dict[UUID, int]
-) -> dict[UUID, list[StoredEvent]]:
-    """The events of each stream in ``starts`` from the given version on, in order."""
-    result: dict[UUID, list[StoredEvent]] = {s: [] for s in starts}
+) -> dict[UUID, list[Link]]:
+    """The chain links (no content) of each stream in ``starts`` from the given version
+    on, in order. Content is not re-hashed here: the anchor records each row's stored
+    hash, so an edit in place stays visible to ``verify`` whenever it happened."""
+    result: dict[UUID, list[Link]] = {s: [] for s in starts}
     if not starts:
         return result
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            sql.SQL(
-                "SELECT " + EVENT_COLUMNS + " FROM {}.events JOIN unnest(%s::uuid[], "
-                "%s::int[]) AS f(sid, since) ON stream_id = f.sid "
-                "WHERE version >= f.since ORDER BY stream_id, version"
-            ).format(sql.Identifier(store.schema)),
-            (list(starts), list(starts.values())),
-        )
-        for row in await cur.fetchall():
-            result[row["stream_id"]].append(stored_event(row))
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT stream_id, version, event_id, position, prev_hash, hash, chain_format "
+            "FROM {}.events JOIN unnest(%s::uuid[], %s::int[]) AS f(sid, since) "
+            "ON stream_id = f.sid WHERE version >= f.since ORDER BY stream_id, version"
+        ).format(sql.Identifier(store.schema)),
+        (list(starts), list(starts.values())),
+    )
+    for r in await cur.fetchall():
+        result[r[0]].append(Link(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6]))
     return result
 
 
@@ -85,17 +84,17 @@ MAX_ENTRIES = 20_000
 
 
 def extension(
-    store: str, known: tuple[int, bytes] | None, events: Sequence[StoredEvent]
-) -> list[StoredEvent] | None:
+    store: str, known: tuple[int, bytes] | None, events: Sequence[Link]
+) -> list[Link] | None:
     """The events that extend the checkpointed head ``known`` (``events`` read from its
     version on, or the whole stream when there is none), or None when the stream no
     longer extends it: then it was tampered with, and the checkpoint must refuse it."""
     if known is None:
-        return None if check_chain(store, events) else list(events)
+        return None if check_chain(store, events, recompute=False) else list(events)
     if not events or events[0].version != known[0] or events[0].hash != known[1]:
         return None
     head, new = events[0], list(events[1:])
-    return None if check_chain(store, new, after=head) else new
+    return None if check_chain(store, new, after=head, recompute=False) else new
 
 
 class Checkpointer:
@@ -161,13 +160,13 @@ class Checkpointer:
             starts[stream_id] = seen[0] if seen else 1
             backlog += max(1, head[0] - (seen[0] if seen else 0))
             if backlog >= MAX_ENTRIES:
-                yield self._extensions(store, await events_from(conn, store, starts), result)
+                yield self._extensions(store, await links_from(conn, store, starts), result)
                 starts, backlog = {}, 0
         if starts:
-            yield self._extensions(store, await events_from(conn, store, starts), result)
+            yield self._extensions(store, await links_from(conn, store, starts), result)
 
     def _extensions(
-        self, store: EventStore, streams: dict[UUID, list[StoredEvent]], result: CheckpointResult
+        self, store: EventStore, streams: dict[UUID, list[Link]], result: CheckpointResult
     ) -> list[Entry]:
         known = self.state.heads.get(store.schema, {})
         entries: list[Entry] = []
