@@ -143,14 +143,9 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 
-def _micros(moment: datetime) -> int:
+def micros(moment: datetime) -> int:
     """Exact epoch microseconds (a float timestamp can be off by one at this scale)."""
     return (moment - _EPOCH) // _MICROSECOND
-
-
-def _field(text: str) -> str:
-    # Length-prefixed, so no value can forge a field boundary whatever it contains.
-    return f"{len(text)}:{text}"
 
 
 def link_hash(
@@ -171,23 +166,36 @@ def link_hash(
     are what make a recomputed chain detectable. Pass ``data_json`` when the caller
     already holds ``canonical_json(event.data)`` (appends store that very text).
     """
-    causation = event.causation_id
-    content = "\x1f".join(
-        (
-            _field(f"rn-chain/{CHAIN_FORMAT}"),
-            _field(str(position)),
-            _field(str(stream_id)),
-            _field(str(version)),
-            _field(str(event.event_id)),
-            _field(event.type),
-            _field(str(event.schema_version)),
-            _field(str(_micros(event.occurred_at))),
-            _field(str(_micros(recorded_at))),
-            _field(event.actor),
-            _field(str(event.correlation_id)),
-            _field("~" if causation is None else str(causation)),
-            canonical_json(event.data) if data_json is None else data_json,
-        )
+    return chain_link(
+        prev_hash,
+        position,
+        str(stream_id),
+        version,
+        event,
+        micros(recorded_at),
+        canonical_json(event.data) if data_json is None else data_json,
+    )
+
+
+def chain_link(
+    prev_hash: bytes,
+    position: int,
+    stream: str,
+    version: int,
+    event: NewEvent | StoredEvent,
+    recorded_micros: int,
+    data_json: str,
+) -> bytes:
+    """``link_hash`` with the per-append parts already spelled (appends hash many events
+    of one stream recorded at one moment). Numbers, UUIDs and times cannot contain the
+    separator; the two free-text columns are length-prefixed so that no value can move
+    a field boundary; the data comes last."""
+    kind, actor, causation = event.type, event.actor, event.causation_id
+    content = (
+        f"rn-chain/{CHAIN_FORMAT}\x1f{position}\x1f{stream}\x1f{version}\x1f{event.event_id}"
+        f"\x1f{len(kind)}:{kind}\x1f{event.schema_version}\x1f{micros(event.occurred_at)}"
+        f"\x1f{recorded_micros}\x1f{len(actor)}:{actor}\x1f{event.correlation_id}"
+        f"\x1f{'~' if causation is None else causation}\x1f{data_json}"
     )
     return hashlib.sha256(prev_hash + content.encode()).digest()
 

@@ -13,7 +13,7 @@ from uuid import UUID
 
 from psycopg.types.json import Jsonb
 
-from eventstore.records import CHAIN_FORMAT, NewEvent, canonical_json, link_hash
+from eventstore.records import CHAIN_FORMAT, NewEvent, canonical_json, chain_link, micros
 
 Row = tuple[Any, ...]
 """One events row: the columns of ``ROW_COLUMNS``, position first."""
@@ -74,17 +74,12 @@ def chained_rows(
     verifiable from what the store returns.
     """
     recorded = datetime.now(UTC) if recorded_at is None else recorded_at
+    stream, recorded_micros = str(stream_id), micros(recorded)
     rows: list[Row] = []
     for offset, (event, position) in enumerate(zip(events, positions, strict=True), start=1):
         text = canonical_json(event.data)
-        digest = link_hash(
-            prev_hash,
-            position=position,
-            stream_id=stream_id,
-            version=version + offset,
-            event=event,
-            recorded_at=recorded,
-            data_json=text,
+        digest = chain_link(
+            prev_hash, position, stream, version + offset, event, recorded_micros, text
         )
         rows.append(
             (
