@@ -14,13 +14,14 @@ the relay's periodic checkpoints and ``referralnet verify --checkpoint`` can sha
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -231,6 +232,20 @@ def read_anchor(paths: AnchorPaths, keep_events: bool = True) -> AnchorState | N
     with paths.anchor.open("rb") as handle:
         read_new(state, handle, key)
     return state
+
+
+@contextlib.asynccontextmanager
+async def locked_anchor_async(paths: AnchorPaths) -> AsyncIterator[IO[bytes]]:
+    """``locked_anchor`` for an event loop: waiting for the lock (another writer may hold
+    it through a long checkpoint) happens in a thread, so the loop's other work (the
+    outbox relays) goes on meanwhile."""
+    paths.anchor.parent.mkdir(parents=True, exist_ok=True)
+    with paths.anchor.open("a+b") as handle:
+        await asyncio.to_thread(fcntl.flock, handle, fcntl.LOCK_EX)
+        try:
+            yield handle
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ from eventstore.anchor import (
     AnchorState,
     Entry,
     append_line,
-    locked_anchor,
+    locked_anchor_async,
     read_new,
     signed_line,
     signing_key,
@@ -111,7 +111,7 @@ class Checkpointer:
     async def checkpoint(self, conn: AsyncConnection[Any]) -> CheckpointResult:
         """Add what is new in every store to the anchor: one line per ``MAX_ENTRIES``
         events (none when nothing is new), all from one snapshot of the stores."""
-        with locked_anchor(self.paths) as handle:
+        async with locked_anchor_async(self.paths) as handle:
             read_new(self.state, handle, self._public)
             result = CheckpointResult(datetime.now(UTC).isoformat())
             async with conn.transaction():

@@ -137,3 +137,15 @@ async def test_a_large_backlog_is_checkpointed_in_several_signed_lines(
     assert taken.added == {store.schema: 12}
     checked = await verify_stores(conn, paths, [store])
     assert checked.clean and checked.checkpoints >= 3 and checked.checkpointed_events == 12
+
+
+async def test_without_the_public_key_the_checkpoints_cannot_vouch(
+    conn: psycopg.AsyncConnection[Any], store: EventStore, tmp_path: Path
+) -> None:
+    paths = anchor_paths(tmp_path)
+    await _streams(conn, store, 1)
+    await Checkpointer(paths, [store]).checkpoint(conn)
+    paths.public_key.unlink()
+    checked = await verify_stores(conn, paths, [store])
+    assert not checked.clean and checked.anchor_problem
+    assert checked.lines()[0].startswith("anchor: no checkpoint public key")
