@@ -45,16 +45,21 @@ class CheckpointResult:
 
 
 async def store_heads(
-    conn: AsyncConnection[Any], store: EventStore
-) -> dict[UUID, tuple[int, bytes]]:
-    """Version and hash of the last event of every stream (one pass over the index)."""
+    conn: AsyncConnection[Any], store: EventStore, after_position: int = 0
+) -> tuple[dict[UUID, tuple[int, bytes]], int]:
+    """Version and hash of the last event of every stream with an event stored after
+    ``after_position`` (0: every stream, one pass over the index), and the highest
+    position seen."""
     cur = await conn.execute(
         sql.SQL(
-            "SELECT DISTINCT ON (stream_id) stream_id, version, hash FROM {}.events "
+            "SELECT DISTINCT ON (stream_id) stream_id, version, hash, "
+            "max(position) OVER () FROM {}.events WHERE position > %s "
             "ORDER BY stream_id, version DESC"
-        ).format(sql.Identifier(store.schema))
+        ).format(sql.Identifier(store.schema)),
+        (after_position,),
     )
-    return {r[0]: (r[1], bytes(r[2])) for r in await cur.fetchall()}
+    rows = await cur.fetchall()
+    return {r[0]: (r[1], bytes(r[2])) for r in rows}, max((r[3] for r in rows), default=0)
 
 
 async def links_from(
@@ -82,6 +87,12 @@ async def links_from(
 MAX_ENTRIES = 20_000
 """Events per checkpoint line at most (about 3 MB); a larger backlog takes several."""
 
+FULL_SCAN_EVERY = 30
+"""Checkpoints between two passes over every stream head. The others look only at
+streams with events stored after the highest position the previous one saw; an event
+whose transaction committed late with a lower position (and nothing after it in its
+stream) waits for the next full pass, so its window is at most this many intervals."""
+
 
 def extension(
     store: str, known: tuple[int, bytes] | None, events: Sequence[Link]
@@ -107,6 +118,8 @@ class Checkpointer:
         self._key = signing_key(paths)
         self._public = self._key.public_key()
         self.state = AnchorState(keep_events=False)
+        self._checkpoints = 0
+        self._seen: dict[str, int] = {}  # highest position the last pass saw, per store
 
     async def checkpoint(self, conn: AsyncConnection[Any]) -> CheckpointResult:
         """Add what is new in every store to the anchor: one line per ``MAX_ENTRIES``
@@ -114,12 +127,14 @@ class Checkpointer:
         async with locked_anchor_async(self.paths) as handle:
             read_new(self.state, handle, self._public)
             result = CheckpointResult(datetime.now(UTC).isoformat())
+            full = self._checkpoints % FULL_SCAN_EVERY == 0
+            self._checkpoints += 1
             async with conn.transaction():
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 pending: dict[str, list[Entry]] = {}
                 for store in self.stores:
                     result.added[store.schema] = 0
-                    async for entries in self._new_entries(conn, store, result):
+                    async for entries in self._new_entries(conn, store, result, full):
                         if not entries:
                             continue
                         pending.setdefault(store.schema, []).extend(entries)
@@ -144,13 +159,16 @@ class Checkpointer:
         result.written = True
 
     async def _new_entries(
-        self, conn: AsyncConnection[Any], store: EventStore, result: CheckpointResult
+        self, conn: AsyncConnection[Any], store: EventStore, result: CheckpointResult, full: bool
     ) -> AsyncIterator[list[Entry]]:
         """The new events of ``store``'s streams that still extend the anchor, read in
         slices of about ``MAX_ENTRIES`` (memory stays bounded on a large backlog)."""
         known = self.state.heads.get(store.schema, {})
-        heads = await store_heads(conn, store)
-        result.refused += [(store.schema, s) for s in known if s not in heads]  # deleted
+        after = 0 if full else self._seen.get(store.schema, 0)
+        heads, highest = await store_heads(conn, store, after)
+        self._seen[store.schema] = max(highest, after)
+        if full:  # only a full pass can tell that a stream is gone
+            result.refused += [(store.schema, s) for s in known if s not in heads]
         starts: dict[UUID, int] = {}
         backlog = 0
         for stream_id, head in heads.items():

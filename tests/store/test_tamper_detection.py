@@ -20,7 +20,8 @@ from bench.tamper import TAMPERINGS, Tampering, as_dba, run_tamper_phase
 from eventstore.anchor import AnchorPaths
 from eventstore.chain import EDITED
 from eventstore.checkpoint import Checkpointer
-from eventstore.records import NewEvent
+from eventstore.records import GENESIS_HASH, NewEvent
+from eventstore.rows import chained_rows
 from eventstore.store import EventStore
 from referralnet.ops.verify import verify_stores
 from tests.store.test_event_store import event
@@ -149,3 +150,25 @@ async def test_without_the_public_key_the_checkpoints_cannot_vouch(
     checked = await verify_stores(conn, paths, [store])
     assert not checked.clean and checked.anchor_problem
     assert checked.lines()[0].startswith("anchor: no checkpoint public key")
+
+
+async def test_a_late_committer_below_the_watermark_is_picked_up_by_the_next_full_pass(
+    conn: psycopg.AsyncConnection[Any],
+    store: EventStore,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("eventstore.checkpoint.FULL_SCAN_EVERY", 3)
+    paths = anchor_paths(tmp_path)
+    checkpointer = Checkpointer(paths, [store])
+    late_position = (await store.next_positions(conn, 1))[0]  # taken, committed later
+    (stream_id,) = await _streams(conn, store, 1)
+    assert (await checkpointer.checkpoint(conn)).added == {store.schema: 4}  # full pass
+    await store.append(conn, stream_id, 4, [event(5)])
+    assert (await checkpointer.checkpoint(conn)).added == {store.schema: 1}  # incremental
+    late = uuid.uuid4()
+    rows, _ = chained_rows(late, 0, GENESIS_HASH, [event(6)], [late_position])
+    await store.insert_rows(conn, rows)
+    assert (await checkpointer.checkpoint(conn)).added == {store.schema: 0}  # below it
+    assert (await checkpointer.checkpoint(conn)).added == {store.schema: 1}  # full pass
+    assert (await verify_stores(conn, paths, [store])).after_checkpoint == 0
