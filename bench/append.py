@@ -31,7 +31,7 @@ CREATE TABLE {t} (
     event_id uuid NOT NULL, type text NOT NULL, schema_version integer NOT NULL,
     occurred_at timestamptz NOT NULL, recorded_at timestamptz NOT NULL, actor text NOT NULL,
     correlation_id uuid NOT NULL, causation_id uuid, data jsonb NOT NULL,
-    prev_hash bytea NOT NULL, hash bytea NOT NULL, chain_format smallint NOT NULL,
+    prev_hash bytea NOT NULL, hash bytea NOT NULL, chain_format smallint NOT NULL, seal bytea,
     PRIMARY KEY (stream_id, version)
 )
 """

@@ -32,7 +32,8 @@ from eventstore import chain
 from eventstore.anchor import AnchorPaths
 from eventstore.checkpoint import Checkpointer
 from eventstore.records import CHAIN_FORMAT, GENESIS_HASH, NewEvent, StoredEvent, link_hash
-from eventstore.rows import ROW_COLUMNS
+from eventstore.rows import ROW_COLUMNS, chained_rows
+from eventstore.sealing import load_seal_key, seal_key_path
 from eventstore.store import EventStore
 from referralnet.lag import STORES
 from referralnet.ops.verify import verify_stores
@@ -88,6 +89,7 @@ async def rewrite(
                 prev_hash=prev,
                 hash=digest,
                 chain_format=CHAIN_FORMAT,
+                seal=None,  # the DBA has no seal key
             )
         )
         prev = digest
@@ -121,23 +123,7 @@ async def insert(
 
 
 def _row(e: StoredEvent) -> tuple[Any, ...]:
-    return (
-        e.position,
-        e.stream_id,
-        e.version,
-        e.event_id,
-        e.type,
-        e.schema_version,
-        e.occurred_at,
-        e.recorded_at,
-        e.actor,
-        e.correlation_id,
-        e.causation_id,
-        e.data,
-        e.prev_hash,
-        e.hash,
-        e.chain_format,
-    )
+    return tuple(getattr(e, column) for column in ROW_COLUMNS)
 
 
 async def _update(
@@ -216,6 +202,34 @@ async def delete_and_renumber(
     await rewrite(conn, store, stream_id, [events[0], *events[2:]])
 
 
+async def forge_append(conn: AsyncConnection[Any], store: EventStore, stream_id: UUID) -> None:
+    """A forged 600-minute session appended as the stream's next version with a perfect
+    chain, as ``republish`` would then spread it: only the missing seal gives it away
+    before the next checkpoint, and the next checkpoint refuses it."""
+    events = await read(conn, store, stream_id)
+    last = events[-1]
+    (position,) = await store.next_positions(conn, 1)
+    forged = dataclasses.replace(
+        last,
+        event_id=uuid.uuid4(),
+        version=last.version + 1,
+        position=position,
+        data={**last.data, "minutes": 600},
+        recorded_at=datetime.now(UTC),
+        prev_hash=last.hash,
+        seal=None,
+    )
+    digest = link_hash(
+        last.hash,
+        position=position,
+        stream_id=stream_id,
+        version=forged.version,
+        event=forged,
+        recorded_at=forged.recorded_at,
+    )
+    await insert(conn, store, [dataclasses.replace(forged, hash=digest)])
+
+
 async def reorder(conn: AsyncConnection[Any], store: EventStore, stream_id: UUID) -> None:
     """Versions 1 and 2 swapped, the chain recomputed over the new order."""
     events = await read(conn, store, stream_id)
@@ -232,6 +246,7 @@ TAMPERINGS = (
     Tampering("inserted forged event", chain.INSERTED, insert_forged),
     Tampering("deleted and renumbered", chain.DELETED, delete_and_renumber),
     Tampering("reordered versions", chain.REORDERED, reorder),
+    Tampering("forged event appended after the checkpoint", chain.FORGED, forge_append),
 )
 
 
@@ -277,7 +292,7 @@ async def _copy_streams(conn: AsyncConnection[Any], scratch: EventStore, count: 
 
 
 async def _synthetic_streams(
-    conn: AsyncConnection[Any], store: EventStore, count: int
+    conn: AsyncConnection[Any], store: EventStore, count: int, seal_key: bytes | None
 ) -> list[UUID]:
     t0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
     ids = []
@@ -295,8 +310,10 @@ async def _synthetic_streams(
             )
             for n in range(4)
         ]
+        positions = await store.next_positions(conn, len(events))
+        rows, _ = chained_rows(stream_id, 0, GENESIS_HASH, events, positions, seal_key=seal_key)
         async with conn.transaction():
-            await store.append(conn, stream_id, 0, events)
+            await store.insert_rows(conn, rows)
         ids.append(stream_id)
     return ids
 
@@ -305,10 +322,12 @@ async def tamper_phase(database_url: str, home: Path) -> TamperResult:
     """The phase itself (see the module docstring); the scratch schema is dropped after."""
     scratch = EventStore(f"tamper_{uuid.uuid4().hex[:10]}", "/bench/tamper")
     scratch_home = home / "tamper" / scratch.schema
+    # The copies keep the running stack's seals, so they are checked with its seal key.
     paths = AnchorPaths(
         scratch_home / "keys" / "checkpoint.key",
         scratch_home / "keys" / "checkpoint.pub",
         scratch_home / "anchors" / "checkpoints.jsonl",
+        seal_key_path(home),
     )
     result = TamperResult(total=len(TAMPERINGS))
     async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
@@ -320,7 +339,8 @@ async def tamper_phase(database_url: str, home: Path) -> TamperResult:
                 f'(SELECT coalesce(max(position), 0) + 1 FROM "{scratch.schema}".events))',
                 (f'"{scratch.schema}".events',),
             )
-            streams += await _synthetic_streams(conn, scratch, len(TAMPERINGS) - len(streams))
+            key = load_seal_key(seal_key_path(home), create=True)
+            streams += await _synthetic_streams(conn, scratch, len(TAMPERINGS) - len(streams), key)
             await Checkpointer(paths, [scratch]).checkpoint(conn)
             before = await verify_stores(conn, paths, [scratch])
             if not before.clean:

@@ -31,6 +31,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from eventstore.sealing import seal_key_path
+
 FORMAT = "referralnet-anchor/1"
 
 KEY_ENV = "REFERRALNET_CHECKPOINT_KEY_FILE"
@@ -54,6 +56,8 @@ class AnchorPaths:
     private_key: Path
     public_key: Path
     anchor: Path
+    seal_key: Path | None = None
+    """The services' seal key (``eventstore.sealing``); None: seals are not checked."""
 
     @classmethod
     def under(cls, home: Path) -> AnchorPaths:
@@ -62,6 +66,7 @@ class AnchorPaths:
             Path(env.get(KEY_ENV) or home / "keys" / "checkpoint.key"),
             Path(env.get(PUBLIC_KEY_ENV) or home / "keys" / "checkpoint.pub"),
             Path(env.get(ANCHOR_ENV) or home / "anchors" / "checkpoints.jsonl"),
+            seal_key_path(home),
         )
 
 
@@ -127,6 +132,9 @@ class AnchorState:
     keep_events: bool = True
     heads: dict[str, dict[UUID, tuple[int, bytes]]] = field(default_factory=dict)
     streams: dict[str, dict[UUID, list[tuple[UUID, bytes]]]] = field(default_factory=dict)
+    sealed_from: dict[str, int] = field(default_factory=dict)
+    """Per store, the position of the first sealed event a checkpoint took in: from
+    there on every event must carry a valid seal, whatever the database says."""
     lines: int = 0
     last_line_hash: str = ""
     last_taken_at: str | None = None
@@ -155,6 +163,7 @@ def signed_line(
     taken_at: str,
     new: dict[str, list[Entry]],
     totals: dict[str, tuple[int, int]],
+    sealed_from: dict[str, int] | None = None,
 ) -> bytes:
     """The next line for ``state``: new entries per store, totals (streams, events) per
     store after them, linked to the previous line and signed."""
@@ -168,6 +177,11 @@ def signed_line(
                 "streams": totals[store][0],
                 "events": totals[store][1],
                 "new": [[str(s), v, str(e), h.hex()] for s, v, e, h in entries],
+                **(
+                    {"sealed_from": sealed_from[store]}
+                    if sealed_from and store in sealed_from
+                    else {}
+                ),
             }
             for store, entries in new.items()
         },
@@ -205,6 +219,10 @@ def fold_line(state: AnchorState, raw: bytes, key: Ed25519PublicKey) -> None:
                 streams.setdefault(stream_id, []).append((UUID(e), digest))
         if (len(heads), state.events(store)) != (part["streams"], part["events"]):
             raise AnchorError(f"{where}: {store} totals do not add up")
+        if "sealed_from" in part:
+            state.sealed_from[store] = min(
+                part["sealed_from"], state.sealed_from.get(store, part["sealed_from"])
+            )
     state.lines += 1
     state.last_line_hash = hashlib.sha256(raw.rstrip(b"\n")).hexdigest()
     state.last_taken_at = body["taken_at"]

@@ -202,6 +202,7 @@ async def read_streams(
                     prev_hash=bytes(row[12]),
                     hash=bytes(row[13]),
                     chain_format=row[14],
+                    seal=None if row[15] is None else bytes(row[15]),
                 )
             )
     return result

@@ -15,6 +15,7 @@ from typing import Protocol
 from uuid import UUID
 
 from eventstore.records import CHAIN_FORMAT, GENESIS_HASH, StoredEvent, hash_of
+from eventstore.sealing import seal_holds
 
 EDITED = "edited"
 """An event's content no longer matches its own hash."""
@@ -34,6 +35,8 @@ BROKEN_LINK = "broken-link"
 """An event does not link to its predecessor (something was removed, moved or added)."""
 DOWNGRADED = "downgraded"
 """An event claims an older chain format than one before it, or an unknown one."""
+FORGED = "forged"
+"""An event without a valid seal where seals are due: not written by the services."""
 
 KINDS = (
     EDITED,
@@ -45,6 +48,7 @@ KINDS = (
     REORDERED,
     BROKEN_LINK,
     DOWNGRADED,
+    FORGED,
 )
 
 
@@ -81,6 +85,8 @@ class Linked(Protocol):
     def hash(self) -> bytes: ...
     @property
     def chain_format(self) -> int: ...
+    @property
+    def seal(self) -> bytes | None: ...
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,7 @@ class Link:
     prev_hash: bytes
     hash: bytes
     chain_format: int
+    seal: bytes | None
 
 
 Checkpointed = Sequence[tuple[UUID, bytes]]
@@ -106,6 +113,8 @@ def check_chain(
     after: Linked | None = None,
     *,
     recompute: bool = True,
+    seal_key: bytes | None = None,
+    sealed_from: int | None = None,
 ) -> list[Finding]:
     """The first break of one stream's own chain (empty when it holds).
 
@@ -113,9 +122,12 @@ def check_chain(
     ``after`` an event already trusted. Checks that versions run on without a gap, each
     event links to the one before, each hash recomputes under the event's chain format
     (``recompute``: only ``StoredEvent`` values can), formats never go back, and
-    positions grow with versions.
+    positions grow with versions. Given the ``seal_key``, every seal present must hold,
+    and a seal is due on every event after a sealed one in the stream and on every
+    event at or after position ``sealed_from`` (where the store's sealing began).
     """
     prev, format_, position, first = GENESIS_HASH, 1, 0, 1
+    sealing = after is not None and after.seal is not None
     if after is not None:
         prev, format_, position = after.hash, after.chain_format, after.position
         first = after.version + 1
@@ -134,6 +146,13 @@ def check_chain(
             return found(EDITED, "content does not match its hash (edited)")
         if event.position <= position:
             return found(REORDERED, "stored before the version ahead of it (reordered)")
+        if seal_key is not None and event.chain_format == CHAIN_FORMAT:
+            if event.seal is not None and not seal_holds(seal_key, event.hash, event.seal):
+                return found(FORGED, "its seal does not hold (not written by the services)")
+            due = sealing or (sealed_from is not None and event.position >= sealed_from)
+            if event.seal is None and due:
+                return found(FORGED, "not sealed where seals are due (not written by the services)")
+        sealing = sealing or event.seal is not None
         prev, format_, position = event.hash, event.chain_format, event.position
     return []
 

@@ -31,6 +31,7 @@ from eventstore.anchor import (
     signing_key,
 )
 from eventstore.chain import Link, check_chain
+from eventstore.sealing import load_seal_key
 from eventstore.store import EventStore
 
 
@@ -73,14 +74,15 @@ async def links_from(
         return result
     cur = await conn.execute(
         sql.SQL(
-            "SELECT stream_id, version, event_id, position, prev_hash, hash, chain_format "
+            "SELECT stream_id, version, event_id, position, prev_hash, hash, chain_format, seal "
             "FROM {}.events JOIN unnest(%s::uuid[], %s::int[]) AS f(sid, since) "
             "ON stream_id = f.sid WHERE version >= f.since ORDER BY stream_id, version"
         ).format(sql.Identifier(store.schema)),
         (list(starts), list(starts.values())),
     )
     for r in await cur.fetchall():
-        result[r[0]].append(Link(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6]))
+        sealed = None if r[7] is None else bytes(r[7])
+        result[r[0]].append(Link(r[0], r[1], r[2], r[3], bytes(r[4]), bytes(r[5]), r[6], sealed))
     return result
 
 
@@ -95,17 +97,26 @@ stream) waits for the next full pass, so its window is at most this many interva
 
 
 def extension(
-    store: str, known: tuple[int, bytes] | None, events: Sequence[Link]
+    store: str,
+    known: tuple[int, bytes] | None,
+    events: Sequence[Link],
+    seal_key: bytes | None = None,
+    sealed_from: int | None = None,
 ) -> list[Link] | None:
     """The events that extend the checkpointed head ``known`` (``events`` read from its
     version on, or the whole stream when there is none), or None when the stream no
-    longer extends it: then it was tampered with, and the checkpoint must refuse it."""
-    if known is None:
-        return None if check_chain(store, events, recompute=False) else list(events)
-    if not events or events[0].version != known[0] or events[0].hash != known[1]:
-        return None
-    head, new = events[0], list(events[1:])
-    return None if check_chain(store, new, after=head, recompute=False) else new
+    longer extends it, or an event in it lacks a seal that is due: then it was
+    tampered with, and the checkpoint must refuse it."""
+    head: Link | None = None
+    new = list(events)
+    if known is not None:
+        if not events or events[0].version != known[0] or events[0].hash != known[1]:
+            return None
+        head, new = events[0], new[1:]
+    broken = check_chain(
+        store, new, after=head, recompute=False, seal_key=seal_key, sealed_from=sealed_from
+    )
+    return None if broken else new
 
 
 class Checkpointer:
@@ -120,6 +131,8 @@ class Checkpointer:
         self.state = AnchorState(keep_events=False)
         self._checkpoints = 0
         self._seen: dict[str, int] = {}  # highest position the last pass saw, per store
+        self._seal_key: bytes | None = None
+        self._sealed_from: dict[str, int] = {}  # first sealed position taken in, per store
 
     async def checkpoint(self, conn: AsyncConnection[Any]) -> CheckpointResult:
         """Add what is new in every store to the anchor: one line per ``MAX_ENTRIES``
@@ -129,6 +142,9 @@ class Checkpointer:
             result = CheckpointResult(datetime.now(UTC).isoformat())
             full = self._checkpoints % FULL_SCAN_EVERY == 0
             self._checkpoints += 1
+            if self._seal_key is None and self.paths.seal_key is not None:
+                self._seal_key = load_seal_key(self.paths.seal_key)
+            self._sealed_from = dict(self.state.sealed_from)
             async with conn.transaction():
                 await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 pending: dict[str, list[Entry]] = {}
@@ -154,7 +170,8 @@ class Checkpointer:
             heads = self.state.heads.get(store, {})
             fresh = {s for s, _, _, _ in entries} - set(heads)
             totals[store] = (len(heads) + len(fresh), self.state.events(store) + len(entries))
-        line = signed_line(self._key, self.state, result.taken_at, new, totals)
+        sealed = {s: self._sealed_from[s] for s in new if s in self._sealed_from}
+        line = signed_line(self._key, self.state, result.taken_at, new, totals, sealed)
         append_line(handle, self.state, line, self._public)
         result.written = True
 
@@ -189,9 +206,21 @@ class Checkpointer:
         known = self.state.heads.get(store.schema, {})
         entries: list[Entry] = []
         for stream_id, events in streams.items():
-            added = extension(store.schema, known.get(stream_id), events)
+            added = extension(
+                store.schema,
+                known.get(stream_id),
+                events,
+                self._seal_key,
+                self._sealed_from.get(store.schema),
+            )
             if added is None:
                 result.refused.append((store.schema, stream_id))
                 continue
             entries += [(e.stream_id, e.version, e.event_id, e.hash) for e in added]
+            sealed = [e.position for e in added if e.seal is not None]
+            if sealed and self._seal_key is not None:
+                first = min(sealed, default=0)
+                self._sealed_from[store.schema] = min(
+                    first, self._sealed_from.get(store.schema, first)
+                )
         return entries

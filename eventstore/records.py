@@ -61,6 +61,8 @@ class StoredEvent:
     prev_hash: bytes
     hash: bytes
     chain_format: int = CHAIN_FORMAT
+    seal: bytes | None = None
+    """HMAC of ``hash`` with the services' seal key (``eventstore.sealing``)."""
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)

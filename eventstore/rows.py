@@ -14,6 +14,7 @@ from uuid import UUID
 from psycopg.types.json import Jsonb
 
 from eventstore.records import CHAIN_FORMAT, NewEvent, canonical_json, chain_link, micros
+from eventstore.sealing import appending_seal_key, seal
 
 Row = tuple[Any, ...]
 """One events row: the columns of ``ROW_COLUMNS``, position first."""
@@ -34,6 +35,7 @@ ROW_COLUMNS = (
     "prev_hash",
     "hash",
     "chain_format",
+    "seal",
 )
 ROW_TYPES = (
     "int8",
@@ -51,6 +53,7 @@ ROW_TYPES = (
     "bytea",
     "bytea",
     "int2",
+    "bytea",
 )
 
 
@@ -65,14 +68,17 @@ def chained_rows(
     events: Sequence[NewEvent],
     positions: Sequence[int],
     recorded_at: datetime | None = None,
+    seal_key: bytes | None = None,
 ) -> tuple[list[Row], bytes]:
     """Rows for ``events`` after ``version`` at ``positions``, and the new head hash.
 
     Positions are taken from the identity sequence before the rows are hashed (format 2
     covers them); ``recorded_at`` defaults to now. The data is serialised once: the
     canonical text is both hashed and stored (jsonb accepts it as is), so the chain is
-    verifiable from what the store returns.
+    verifiable from what the store returns. Each row is sealed with ``seal_key``
+    (default: this process's, see ``eventstore.sealing``; none without a home).
     """
+    key = appending_seal_key() if seal_key is None else seal_key
     recorded = datetime.now(UTC) if recorded_at is None else recorded_at
     stream, recorded_micros = str(stream_id), micros(recorded)
     rows: list[Row] = []
@@ -98,6 +104,7 @@ def chained_rows(
                 prev_hash,
                 digest,
                 CHAIN_FORMAT,
+                None if key is None else seal(key, digest),
             )
         )
         prev_hash = digest

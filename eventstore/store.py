@@ -36,10 +36,12 @@ CREATE TABLE IF NOT EXISTS {schema}.events (
     prev_hash      bytea       NOT NULL,
     hash           bytea       NOT NULL,
     chain_format   smallint    NOT NULL DEFAULT 1,
+    seal           bytea,
     PRIMARY KEY (stream_id, version)
 );
 -- Stores created before chain format 2: their events keep format 1 (eventstore.records).
 ALTER TABLE {schema}.events ADD COLUMN IF NOT EXISTS chain_format smallint NOT NULL DEFAULT 1;
+ALTER TABLE {schema}.events ADD COLUMN IF NOT EXISTS seal bytea;
 CREATE TABLE IF NOT EXISTS {schema}.outbox (
     id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event_position bigint NOT NULL REFERENCES {schema}.events (position)
@@ -57,7 +59,7 @@ CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON {schema}.events
 
 EVENT_COLUMNS = (
     "position, stream_id, version, event_id, type, schema_version, occurred_at, "
-    "recorded_at, actor, correlation_id, causation_id, data, prev_hash, hash, chain_format"
+    "recorded_at, actor, correlation_id, causation_id, data, prev_hash, hash, chain_format, seal"
 )
 
 
@@ -121,6 +123,7 @@ def stored_event(row: dict[str, Any]) -> StoredEvent:
         prev_hash=bytes(row["prev_hash"]),
         hash=bytes(row["hash"]),
         chain_format=row["chain_format"],
+        seal=None if row["seal"] is None else bytes(row["seal"]),
     )
 
 

@@ -26,6 +26,7 @@ from eventstore.anchor import AnchorError, AnchorPaths, AnchorState, read_anchor
 from eventstore.chain import DOWNGRADED, Finding, check_against, check_chain
 from eventstore.checkpoint import Checkpointer, CheckpointResult
 from eventstore.records import StoredEvent
+from eventstore.sealing import load_seal_key
 from eventstore.store import EVENT_COLUMNS, EventStore, stored_event
 from referralnet.lag import STORES
 
@@ -98,19 +99,41 @@ def load_anchor(paths: AnchorPaths, result: Verification) -> AnchorState:
     return state
 
 
+@dataclass(frozen=True)
+class Seals:
+    """What seal checks need: the services' key, and per store where sealing began."""
+
+    key: bytes | None = None
+    sealed_from: dict[str, int] = field(default_factory=dict)
+    key_path: Path | None = None
+    """Where the key was looked for (None: seals are not checked at all)."""
+
+
+def seals_for(paths: AnchorPaths | None, anchor: AnchorState) -> Seals:
+    where = paths.seal_key if paths else None
+    return Seals(load_seal_key(where) if where else None, dict(anchor.sealed_from), where)
+
+
 def check_stream(
     store: str,
     stream_id: UUID,
     events: Sequence[StoredEvent],
     anchor: AnchorState,
     result: Verification,
+    seals: Seals | None = None,
 ) -> None:
-    """Chain and checkpoint checks of one stream, added to ``result``."""
+    """Chain, seal and checkpoint checks of one stream, added to ``result``."""
+    seals = seals or Seals()
+    if seals.key is None and seals.key_path and any(e.seal is not None for e in events):
+        missing = f"no seal key at {seals.key_path}: seals cannot be checked"
+        result.anchor_problem = result.anchor_problem or missing
     checkpointed = anchor.stream(store, stream_id)
     result.streams += 1 if events else 0
     result.events += len(events)
     result.checkpointed_events += min(len(events), len(checkpointed))
-    found = check_chain(store, events) + check_against(store, stream_id, events, checkpointed)
+    found = check_chain(
+        store, events, seal_key=seals.key, sealed_from=seals.sealed_from.get(store)
+    ) + check_against(store, stream_id, events, checkpointed)
     seen = set()
     for f in found:  # the chain and the checkpoint may name the same break
         if (f.version, f.kind) not in seen:
@@ -124,9 +147,10 @@ async def verify_referral(
     """One referral's stream in every store (``journey --verify``)."""
     result = Verification()
     anchor = load_anchor(paths, result) if paths else AnchorState()
+    seals = seals_for(paths, anchor)
     for store in STORES:
         events = await store.read_stream(conn, referral_id)
-        check_stream(store.schema, referral_id, events, anchor, result)
+        check_stream(store.schema, referral_id, events, anchor, result, seals)
     return result
 
 
@@ -152,6 +176,16 @@ async def _streams(
             yield current[0].stream_id, current
 
 
+async def _first_sealed(conn: AsyncConnection[Any], store: EventStore) -> int | None:
+    cur = await conn.execute(
+        sql.SQL("SELECT min(position) FROM {}.events WHERE seal IS NOT NULL").format(
+            sql.Identifier(store.schema)
+        )
+    )
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
 async def _downgraded(conn: AsyncConnection[Any], store: EventStore) -> list[Finding]:
     """Format 1 events stored after the store's first format 2 event: written by nobody
     but someone forging an event under the rule that leaves columns uncovered."""
@@ -174,11 +208,16 @@ async def verify_stores(
     """Every stream of every store (``verify --all``)."""
     result = Verification()
     anchor = load_anchor(paths, result)
+    seals = seals_for(paths, anchor)
     for store in stores:
+        first_sealed = await _first_sealed(conn, store)
+        if first_sealed is not None:  # sealing began here, whatever the anchor knows
+            known = seals.sealed_from.get(store.schema, first_sealed)
+            seals.sealed_from[store.schema] = min(known, first_sealed)
         present: set[UUID] = set()
         async for stream_id, events in _streams(conn, store):
             present.add(stream_id)
-            check_stream(store.schema, stream_id, events, anchor, result)
+            check_stream(store.schema, stream_id, events, anchor, result, seals)
         for stream_id, checkpointed in anchor.streams.get(store.schema, {}).items():
             if stream_id not in present:
                 result.findings += check_against(store.schema, stream_id, [], checkpointed)

@@ -26,7 +26,7 @@ from eventstore.records import StoredEvent
 from referralnet.system import RunningSystem
 from services.outcomes.store import STORE as OUTCOMES
 from tests.conftest import Alliance, wait_until
-from tests.ops.conftest import accepted_referral, add_session, run_cli, view_of
+from tests.ops.conftest import accepted_referral, add_session, query, run_cli, view_of
 
 pytestmark = pytest.mark.infra
 
@@ -71,6 +71,14 @@ def test_intact_journey_verifies_against_automatic_checkpoints(
     rid = _closed_referral_with_two_sessions(alliance)
     # Nobody asked for a checkpoint: the relay worker signs one within a second or so.
     wait_until(lambda: _anchored(system, rid, 3), timeout=30)
+    # Every service sealed what it appended (the key never reaches the database).
+    for schema in ("intake", "routing", "outcomes"):
+        unsealed = query(
+            system,
+            f"SELECT count(*) FROM {schema}.events WHERE stream_id = %s AND seal IS NULL",
+            (rid,),
+        )
+        assert unsealed == [(0,)], schema
     result = run_cli(system, "journey", rid, "--verify")
     assert result.exit_code == 0, result.output
     assert "verified" in result.output

@@ -16,9 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from bench.tamper import TAMPERINGS, Tampering, as_dba, run_tamper_phase
+from bench.tamper import TAMPERINGS, Tampering, as_dba, forge_append, run_tamper_phase
 from eventstore.anchor import AnchorPaths
-from eventstore.chain import EDITED
+from eventstore.chain import EDITED, FORGED
 from eventstore.checkpoint import Checkpointer
 from eventstore.records import GENESIS_HASH, NewEvent
 from eventstore.rows import chained_rows
@@ -29,12 +29,23 @@ from tests.store.test_event_store import event
 pytestmark = pytest.mark.infra
 
 
-def anchor_paths(tmp_path: Path) -> AnchorPaths:
+def anchor_paths(tmp_path: Path, sealed: bool = False) -> AnchorPaths:
+    """The anchor under ``tmp_path``; ``sealed``: seals are checked with its seal key."""
     return AnchorPaths(
         tmp_path / "keys" / "checkpoint.key",
         tmp_path / "keys" / "checkpoint.pub",
         tmp_path / "anchors" / "checkpoints.jsonl",
+        tmp_path / "keys" / "seal.key" if sealed else None,
     )
+
+
+@pytest.fixture(autouse=True)
+def sealing_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This test's appends are sealed with the key under ``tmp_path``, as a service's
+    under its REFERRALNET_HOME would be."""
+    monkeypatch.setenv("REFERRALNET_HOME", str(tmp_path))
+    monkeypatch.delenv("REFERRALNET_SEAL_KEY_FILE", raising=False)
+    return tmp_path
 
 
 async def _streams(
@@ -54,7 +65,7 @@ async def _streams(
 async def test_tampering_is_detected_and_named(
     conn: psycopg.AsyncConnection[Any], store: EventStore, tmp_path: Path, tampering: Tampering
 ) -> None:
-    paths = anchor_paths(tmp_path)
+    paths = anchor_paths(tmp_path, sealed=True)
     target, bystander = await _streams(conn, store, 2)
     await Checkpointer(paths, [store]).checkpoint(conn)
     before = await verify_stores(conn, paths, [store])
@@ -82,7 +93,7 @@ async def test_tampering_is_detected_and_named(
 async def test_disabling_the_trigger_is_another_way_in_and_is_caught_too(
     conn: psycopg.AsyncConnection[Any], store: EventStore, tmp_path: Path
 ) -> None:
-    paths = anchor_paths(tmp_path)
+    paths = anchor_paths(tmp_path, sealed=True)
     (target,) = await _streams(conn, store, 1)
     await Checkpointer(paths, [store]).checkpoint(conn)
     table = sql.SQL("{}.events").format(sql.Identifier(store.schema))
@@ -101,7 +112,7 @@ async def test_disabling_the_trigger_is_another_way_in_and_is_caught_too(
 async def test_events_after_the_checkpoint_are_vouched_for_by_the_chain_only(
     conn: psycopg.AsyncConnection[Any], store: EventStore, tmp_path: Path
 ) -> None:
-    paths = anchor_paths(tmp_path)
+    paths = anchor_paths(tmp_path, sealed=True)
     (stream_id,) = await _streams(conn, store, 1)
     await Checkpointer(paths, [store]).checkpoint(conn)
     await store.append(conn, stream_id, 4, [event(5)])
@@ -132,7 +143,7 @@ async def test_a_large_backlog_is_checkpointed_in_several_signed_lines(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("eventstore.checkpoint.MAX_ENTRIES", 3)
-    paths = anchor_paths(tmp_path)
+    paths = anchor_paths(tmp_path, sealed=True)
     await _streams(conn, store, 3)
     taken = await Checkpointer(paths, [store]).checkpoint(conn)
     assert taken.added == {store.schema: 12}
@@ -143,7 +154,7 @@ async def test_a_large_backlog_is_checkpointed_in_several_signed_lines(
 async def test_without_the_public_key_the_checkpoints_cannot_vouch(
     conn: psycopg.AsyncConnection[Any], store: EventStore, tmp_path: Path
 ) -> None:
-    paths = anchor_paths(tmp_path)
+    paths = anchor_paths(tmp_path, sealed=True)
     await _streams(conn, store, 1)
     await Checkpointer(paths, [store]).checkpoint(conn)
     paths.public_key.unlink()
@@ -159,7 +170,7 @@ async def test_a_late_committer_below_the_watermark_is_picked_up_by_the_next_ful
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("eventstore.checkpoint.FULL_SCAN_EVERY", 3)
-    paths = anchor_paths(tmp_path)
+    paths = anchor_paths(tmp_path, sealed=True)
     checkpointer = Checkpointer(paths, [store])
     late_position = (await store.next_positions(conn, 1))[0]  # taken, committed later
     (stream_id,) = await _streams(conn, store, 1)
@@ -172,3 +183,17 @@ async def test_a_late_committer_below_the_watermark_is_picked_up_by_the_next_ful
     assert (await checkpointer.checkpoint(conn)).added == {store.schema: 0}  # below it
     assert (await checkpointer.checkpoint(conn)).added == {store.schema: 1}  # full pass
     assert (await verify_stores(conn, paths, [store])).after_checkpoint == 0
+
+
+async def test_a_forged_append_is_caught_with_no_checkpoint_at_all(
+    conn: psycopg.AsyncConnection[Any], store: EventStore, tmp_path: Path
+) -> None:
+    """The window a checkpoint leaves open is closed for forgeries: the seal is due."""
+    paths = anchor_paths(tmp_path, sealed=True)
+    target, fresh = await _streams(conn, store, 2)
+    await as_dba(conn)
+    await forge_append(conn, store, target)
+    assert fresh != target
+    checked = await verify_stores(conn, paths, [store])
+    assert checked.checkpoints == 0
+    assert [(f.stream_id, f.version, f.kind) for f in checked.findings] == [(target, 5, FORGED)]

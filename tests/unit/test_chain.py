@@ -12,6 +12,7 @@ import pytest
 from eventstore import chain
 from eventstore.records import CHAIN_FORMAT, GENESIS_HASH, NewEvent, StoredEvent, hash_of
 from eventstore.rows import ROW_COLUMNS, chained_rows
+from eventstore.sealing import seal
 
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
 
@@ -56,7 +57,7 @@ CHANGES: dict[str, Any] = {
 
 
 def test_every_stored_column_is_covered() -> None:
-    covered = set(ROW_COLUMNS) - {"prev_hash", "hash"}
+    covered = set(ROW_COLUMNS) - {"prev_hash", "hash", "seal"}  # the chain's own
     assert covered == set(CHANGES)
     event = stream(2)[1]
     assert event.chain_format == CHAIN_FORMAT and hash_of(event) == event.hash
@@ -113,3 +114,18 @@ def test_a_downgraded_format_is_named() -> None:
 def test_finding_line_is_one_line_without_content() -> None:
     f = chain.Finding("outcomes", uuid.uuid4(), 3, chain.DELETED_LAST, "versions 3..4 gone")
     assert "\n" not in f.line() and f.line().startswith(f"outcomes {f.stream_id} v3: deleted-last")
+
+
+def test_seals_must_hold_and_are_due_after_the_first() -> None:
+    key = b"k" * 32
+    events = [dataclasses.replace(e, seal=seal(key, e.hash)) for e in stream()]
+    assert chain.check_chain("s", events, seal_key=key) == []
+    unsealed = [*events[:3], dataclasses.replace(events[3], seal=None)]
+    assert chain.check_chain("s", unsealed, seal_key=key)[0].kind == chain.FORGED
+    wrong = [*events[:3], dataclasses.replace(events[3], seal=seal(b"x" * 32, events[3].hash))]
+    assert chain.check_chain("s", wrong, seal_key=key)[0].kind == chain.FORGED
+    never_sealed = [dataclasses.replace(e, seal=None) for e in events]
+    assert chain.check_chain("s", never_sealed, seal_key=key) == []  # before sealing began
+    due = chain.check_chain("s", never_sealed, seal_key=key, sealed_from=events[2].position)
+    assert (due[0].version, due[0].kind) == (3, chain.FORGED)
+    assert chain.check_chain("s", unsealed) == []  # no key: seals are not judged
