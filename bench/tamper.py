@@ -3,7 +3,8 @@
 Each ``Tampering`` is one thing a DBA can do past the append-only trigger (with
 ``session_replication_role = replica``, which also switches off the foreign keys):
 edit a payload or the metadata in place, edit and recompute the chain, delete the last
-events or a whole stream, insert a forged event, delete and renumber, reorder. The
+events or a whole stream, insert a forged event, delete and renumber, reorder, append a
+perfectly chained forged event after the last checkpoint (caught by its missing seal). The
 rewrites are done as a DBA who knows the chain's rule would: every hash after the
 change recomputed with ``eventstore.records.link_hash``, positions kept in order.
 
@@ -367,5 +368,5 @@ async def tamper_phase(database_url: str, home: Path) -> TamperResult:
 
 def run_tamper_phase(database_url: str, home: Path) -> TamperResult:
     """``tamper_phase`` from synchronous code (``make chaos``): copy, checkpoint, tamper,
-    verify; ``result.line`` is what to print ("tamperings detected 9/9")."""
+    verify; ``result.line`` is what to print ("tamperings detected 10/10")."""
     return asyncio.run(tamper_phase(database_url, home))
