@@ -62,7 +62,7 @@ class StoredEvent:
     hash: bytes
     chain_format: int = CHAIN_FORMAT
     seal: bytes | None = None
-    """HMAC of ``hash`` with the services' seal key (``eventstore.sealing``)."""
+    """MAC of ``hash`` with the services' seal key (``eventstore.sealing``)."""
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
