@@ -29,8 +29,9 @@ RAW_DDL = """
 CREATE TABLE {t} (
     position bigint NOT NULL, stream_id uuid NOT NULL, version integer NOT NULL,
     event_id uuid NOT NULL, type text NOT NULL, schema_version integer NOT NULL,
-    occurred_at timestamptz NOT NULL, actor text NOT NULL, correlation_id uuid NOT NULL,
-    causation_id uuid, data jsonb NOT NULL, prev_hash bytea NOT NULL, hash bytea NOT NULL,
+    occurred_at timestamptz NOT NULL, recorded_at timestamptz NOT NULL, actor text NOT NULL,
+    correlation_id uuid NOT NULL, causation_id uuid, data jsonb NOT NULL,
+    prev_hash bytea NOT NULL, hash bytea NOT NULL, chain_format smallint NOT NULL, seal bytea,
     PRIMARY KEY (stream_id, version)
 )
 """
@@ -114,10 +115,11 @@ def _raw_rows(chunks: list[list[StreamAppend]]) -> list[list[tuple[Any, ...]]]:
     for chunk in chunks:
         rows = []
         for a in chunk:
-            chained, _ = chained_rows(a.stream_id, 0, GENESIS_HASH, a.events)
+            positions = range(position + 1, position + 1 + len(a.events))
+            position += len(a.events)
+            chained, _ = chained_rows(a.stream_id, 0, GENESIS_HASH, a.events, positions)
             for row, event in zip(chained, a.events, strict=True):
-                position += 1
-                rows.append((position, *row[1:10], Jsonb(event.data), *row[11:]))
+                rows.append((*row[:11], Jsonb(event.data), *row[12:]))
         out.append(rows)
     return out
 

@@ -29,8 +29,8 @@ from eventstore.records import (
 from eventstore.rows import ROW_COLUMNS, ROW_TYPES, chained_rows
 from eventstore.store import EVENT_COLUMNS, ConcurrencyError, EventStore
 
-COPY_COLUMNS = ("position", *ROW_COLUMNS)
-COPY_TYPES = ("int8", *ROW_TYPES)
+COPY_COLUMNS = ROW_COLUMNS
+COPY_TYPES = ROW_TYPES
 
 
 @dataclass(frozen=True)
@@ -56,18 +56,34 @@ async def stream_heads(
     return {r[0]: (r[1], bytes(r[2])) for r in await cur.fetchall()}
 
 
-async def next_positions(conn: AsyncConnection[Any], store: EventStore, count: int) -> list[int]:
-    """``count`` fresh values of the events' identity sequence, ascending (one array)."""
+async def heads_and_positions(
+    conn: AsyncConnection[Any], store: EventStore, stream_ids: Iterable[UUID], count: int
+) -> tuple[dict[UUID, tuple[int, bytes]], list[int]]:
+    """``stream_heads`` and ``count`` fresh positions (ascending), in one round trip."""
+    table = sql.Literal(f'"{store.schema}".events')
     cur = await conn.execute(
         sql.SQL(
-            "SELECT array_agg(nextval(pg_get_serial_sequence({}, 'position'))) "
-            "FROM generate_series(1, %s)"
-        ).format(sql.Literal(f'"{store.schema}".events')),
-        (count,),
-        binary=True,
+            "SELECT * FROM (SELECT DISTINCT ON (stream_id) stream_id, version, hash, "
+            "NULL::int8[] FROM {}.events WHERE stream_id = ANY(%s) "
+            "ORDER BY stream_id, version DESC) h "
+            "UNION ALL SELECT NULL, NULL, NULL, (SELECT array_agg(nextval("
+            "pg_get_serial_sequence({}, 'position'))) FROM generate_series(1, %s))"
+        ).format(sql.Identifier(store.schema), table),
+        (list(set(stream_ids)), count),
     )
-    row = await cur.fetchone()
-    return sorted(row[0]) if row and row[0] else []
+    heads: dict[UUID, tuple[int, bytes]] = {}
+    positions: list[int] = []
+    for stream_id, version, head, fresh in await cur.fetchall():
+        if stream_id is None:
+            positions = sorted(fresh or ())
+        else:
+            heads[stream_id] = (version, bytes(head))
+    return heads, positions
+
+
+async def next_positions(conn: AsyncConnection[Any], store: EventStore, count: int) -> list[int]:
+    """``count`` fresh values of the events' identity sequence, ascending (one array)."""
+    return await store.next_positions(conn, count)
 
 
 async def copy_rows(
@@ -88,7 +104,7 @@ async def copy_rows(
     positions = await next_positions(conn, store, total)
     s = sql.Identifier(store.schema)
     columns = sql.SQL(", ").join(sql.Identifier(c) for c in COPY_COLUMNS)
-    given = iter(positions)
+    start = 0
     async with conn.cursor() as cur:
         async with cur.copy(
             sql.SQL("COPY {}.events ({}) FROM STDIN (FORMAT BINARY)").format(s, columns)
@@ -96,10 +112,14 @@ async def copy_rows(
             copy.set_types(list(COPY_TYPES))
             for append in appends:
                 version, prev = heads.get(append.stream_id, (0, GENESIS_HASH))
-                rows, prev = chained_rows(append.stream_id, version, prev, append.events)
+                end = start + len(append.events)
+                rows, prev = chained_rows(
+                    append.stream_id, version, prev, append.events, positions[start:end]
+                )
+                start = end
                 heads[append.stream_id] = (version + len(rows), prev)
                 for row in rows:
-                    await copy.write_row((next(given), *row[1:]))
+                    await copy.write_row(row)
         await cur.execute(
             sql.SQL("INSERT INTO {}.outbox (event_position) SELECT unnest(%s::int8[])").format(s),
             (positions,),
@@ -181,6 +201,8 @@ async def read_streams(
                     data=row[11],
                     prev_hash=bytes(row[12]),
                     hash=bytes(row[13]),
+                    chain_format=row[14],
+                    seal=None if row[15] is None else bytes(row[15]),
                 )
             )
     return result

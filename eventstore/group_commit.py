@@ -22,7 +22,7 @@ from uuid import UUID
 
 from psycopg import AsyncConnection, errors
 
-from eventstore.bulk import stream_heads
+from eventstore.bulk import heads_and_positions
 from eventstore.records import GENESIS_HASH, NewEvent, StoredEvent
 from eventstore.rows import Row, chained_rows
 from eventstore.store import ConcurrencyError, EventStore
@@ -123,14 +123,19 @@ class GroupCommitter:
 
     async def _check(self, conn: AsyncConnection[Any], batch: list[_Pending]) -> list[_Pending]:
         """Chain every append whose stream is where it expected; fail the others."""
-        heads = await stream_heads(conn, self.store, (p.stream_id for p in batch))
+        heads, positions = await heads_and_positions(
+            conn, self.store, (p.stream_id for p in batch), sum(len(p.events) for p in batch)
+        )
         accepted = []
+        start = 0
         for p in batch:
             version, prev = heads.get(p.stream_id, (0, GENESIS_HASH))
             if version != p.expected_version:
                 p.future.set_exception(ConcurrencyError(p.stream_id, p.expected_version, version))
                 continue
-            p.rows, prev = chained_rows(p.stream_id, version, prev, p.events)
+            end = start + len(p.events)
+            p.rows, prev = chained_rows(p.stream_id, version, prev, p.events, positions[start:end])
+            start = end
             heads[p.stream_id] = (version + len(p.rows), prev)
             accepted.append(p)
         return accepted

@@ -35,8 +35,13 @@ CREATE TABLE IF NOT EXISTS {schema}.events (
     data           jsonb       NOT NULL,
     prev_hash      bytea       NOT NULL,
     hash           bytea       NOT NULL,
+    chain_format   smallint    NOT NULL DEFAULT 1,
+    seal           bytea,
     PRIMARY KEY (stream_id, version)
 );
+-- Stores created before chain format 2: their events keep format 1 (eventstore.records).
+ALTER TABLE {schema}.events ADD COLUMN IF NOT EXISTS chain_format smallint NOT NULL DEFAULT 1;
+ALTER TABLE {schema}.events ADD COLUMN IF NOT EXISTS seal bytea;
 CREATE TABLE IF NOT EXISTS {schema}.outbox (
     id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     event_position bigint NOT NULL REFERENCES {schema}.events (position)
@@ -54,14 +59,14 @@ CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON {schema}.events
 
 EVENT_COLUMNS = (
     "position, stream_id, version, event_id, type, schema_version, occurred_at, "
-    "recorded_at, actor, correlation_id, causation_id, data, prev_hash, hash"
+    "recorded_at, actor, correlation_id, causation_id, data, prev_hash, hash, chain_format, seal"
 )
 
 
 APPEND = (
     "WITH ins AS (INSERT INTO {s}.events ("
     + ", ".join(ROW_COLUMNS)
-    + ") SELECT * FROM unnest("
+    + ") OVERRIDING SYSTEM VALUE SELECT * FROM unnest("
     + ", ".join(f"%s::{t}[]" for t in ROW_TYPES)
     + ") RETURNING "
     + EVENT_COLUMNS
@@ -69,7 +74,23 @@ APPEND = (
     "SELECT position FROM ins ORDER BY position) "
     "SELECT ins.*, pg_notify(%s, '') AS notified FROM ins ORDER BY position"
 )
-"""Events, their outbox rows (in event order) and a NOTIFY for the relay, at once."""
+"""Events, their outbox rows (in event order) and a NOTIFY for the relay, at once.
+
+Positions are given (taken from the identity sequence before hashing, because chain
+format 2 covers them), hence ``OVERRIDING SYSTEM VALUE``."""
+
+HEAD_AND_POSITIONS = (
+    "SELECT h.version, h.hash, p.positions FROM (SELECT array_agg(nextval("
+    "pg_get_serial_sequence({table}, 'position'))) AS positions "
+    "FROM generate_series(1, %s)) p LEFT JOIN LATERAL (SELECT version, hash FROM {s}.events "
+    "WHERE stream_id = %s ORDER BY version DESC LIMIT 1) h ON true"
+)
+"""A stream's head and ``n`` fresh positions in one round trip."""
+
+POSITIONS = (
+    "SELECT array_agg(nextval(pg_get_serial_sequence({table}, 'position'))) "
+    "FROM generate_series(1, %s)"
+)
 
 
 class ConcurrencyError(Exception):
@@ -101,6 +122,8 @@ def stored_event(row: dict[str, Any]) -> StoredEvent:
         data=row["data"],
         prev_hash=bytes(row["prev_hash"]),
         hash=bytes(row["hash"]),
+        chain_format=row["chain_format"],
+        seal=None if row["seal"] is None else bytes(row["seal"]),
     )
 
 
@@ -113,6 +136,9 @@ class EventStore:
         self._s = sql.Identifier(schema)
         self.notify_channel = f"{schema}_outbox"
         self._append = sql.SQL(APPEND).format(s=self._s)
+        table = sql.Literal(f'"{schema}".events')
+        self._head_and_positions = sql.SQL(HEAD_AND_POSITIONS).format(s=self._s, table=table)
+        self._positions = sql.SQL(POSITIONS).format(table=table)
 
     async def create(self, conn: AsyncConnection[Any]) -> None:
         """Create the schema, tables and append-only trigger (idempotent)."""
@@ -149,19 +175,38 @@ class EventStore:
             return []
         if expected_version == 0:  # a new stream: version 1's key catches an existing one
             version, prev = 0, GENESIS_HASH
+            positions = await self.next_positions(conn, len(events))
         else:
-            version, prev = await self.stream_head(conn, stream_id)
+            version, prev, positions = await self._head_and_fresh(conn, stream_id, len(events))
         if version != expected_version:
             raise ConcurrencyError(stream_id, expected_version, version)
-        return await self._chain_and_insert(conn, stream_id, version, prev, events)
+        return await self._chain_and_insert(conn, stream_id, version, prev, events, positions)
 
     async def extend(
         self, conn: AsyncConnection[Any], stream_id: UUID, events: Sequence[NewEvent]
     ) -> list[StoredEvent]:
         """Append after the stream's current head, for callers that already serialise the
         stream's writers (they hold a lock on its row); the primary key still guards."""
-        version, prev = await self.stream_head(conn, stream_id)
-        return await self._chain_and_insert(conn, stream_id, version, prev, events)
+        if not events:
+            return []
+        version, prev, positions = await self._head_and_fresh(conn, stream_id, len(events))
+        return await self._chain_and_insert(conn, stream_id, version, prev, events, positions)
+
+    async def next_positions(self, conn: AsyncConnection[Any], count: int) -> list[int]:
+        """``count`` fresh values of the events' identity sequence, ascending."""
+        cur = await conn.execute(self._positions, (count,))
+        row = await cur.fetchone()
+        return sorted(row[0]) if row and row[0] else []
+
+    async def _head_and_fresh(
+        self, conn: AsyncConnection[Any], stream_id: UUID, count: int
+    ) -> tuple[int, bytes, list[int]]:
+        cur = await conn.execute(self._head_and_positions, (count, stream_id))
+        row = await cur.fetchone()
+        version, head, positions = row if row else (None, None, [])
+        if version is None:
+            return 0, GENESIS_HASH, sorted(positions)
+        return version, bytes(head), sorted(positions)
 
     async def _chain_and_insert(
         self,
@@ -170,8 +215,9 @@ class EventStore:
         version: int,
         prev: bytes,
         events: Sequence[NewEvent],
+        positions: Sequence[int],
     ) -> list[StoredEvent]:
-        rows, _ = chained_rows(stream_id, version, prev, events)
+        rows, _ = chained_rows(stream_id, version, prev, events, positions)
         try:
             return await self.insert_rows(conn, rows)
         except errors.UniqueViolation as exc:
@@ -185,7 +231,7 @@ class EventStore:
         One statement, so it is atomic without a savepoint and costs one round trip; a
         taken (stream, version) raises ``UniqueViolation`` and stores nothing.
         """
-        columns = [list(c) for c in zip(*(r[1:] for r in rows), strict=True)]
+        columns = [list(c) for c in zip(*rows, strict=True)]
         async with conn.cursor(row_factory=dict_row) as cur:
             await cur.execute(self._append, [*columns, self.notify_channel])
             return [stored_event(r) for r in await cur.fetchall()]

@@ -212,7 +212,8 @@ async def _report(
 def journey_command(
     referral_id: Annotated[str, typer.Argument(help="referral id (UUID)")],
     verify: Annotated[
-        bool, typer.Option("--verify", help="check every store's hash chain")
+        bool,
+        typer.Option("--verify", help="check every store's hash chain and the signed checkpoints"),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -221,9 +222,16 @@ def journey_command(
         rid = UUID(referral_id)
     except ValueError:
         raise UsageProblem(f"not a referral id (UUID): {referral_id!r}") from None
-    with endpoints.database_url(_settings()) as url:
-        steps, breaks = asyncio.run(_journey(url, rid, verify))
-    if not steps:
+    from psycopg.errors import UndefinedTable
+
+    settings = _settings()
+    with endpoints.database_url(settings) as url:
+        try:
+            steps, breaks = asyncio.run(_journey(url, rid, verify, settings.home))
+        except UndefinedTable as exc:
+            problem = exc.diag.message_primary
+            raise UsageProblem(f"no event stores in this database ({problem})") from None
+    if not steps and not breaks:  # a deleted referral the checkpoints knew still reports
         raise UsageProblem(f"no referral {rid} in any store")
     if as_json:
         print(
@@ -244,11 +252,13 @@ def journey_command(
 
 
 async def _journey(
-    url: str, rid: UUID, verify: bool
+    url: str, rid: UUID, verify: bool, home: Path
 ) -> tuple[list[journey.Step], list[journey.ChainBreak]]:
+    from eventstore.anchor import AnchorPaths
+
     async with await _connect(url) as conn:
         steps = await journey.timeline(conn, rid)
-        breaks = await journey.verify(conn, rid) if verify and steps else []
+        breaks = await journey.verify(conn, rid, AnchorPaths.under(home)) if verify else []
         return steps, breaks
 
 
@@ -496,6 +506,35 @@ def token_revoke(org: Annotated[str, typer.Argument(help="organisation id")]) ->
         except tokens.UnknownOrganisation:
             raise UsageProblem(f"no organisation {org!r} is registered") from None
     print(f"revoked every token of {org}")
+
+
+@app.command("verify")
+def verify_command(
+    all_stores: Annotated[
+        bool, typer.Option("--all", help="check every stream of every store")
+    ] = False,
+    take_checkpoint: Annotated[
+        bool,
+        typer.Option("--checkpoint", help="append a signed checkpoint of the stores' chain heads"),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Detect tampering with the stores (chain + signed checkpoints); exit 1 on any finding."""
+    from psycopg.errors import UndefinedTable
+
+    from referralnet.ops.verify_cli import run_verify
+
+    if not (all_stores or take_checkpoint):
+        raise UsageProblem("give --all (verify), --checkpoint (take one), or both")
+    settings = _settings()
+    with endpoints.database_url(settings) as url:
+        try:
+            code = run_verify(console, url, settings.home, all_stores, take_checkpoint, as_json)
+        except UndefinedTable as exc:
+            problem = exc.diag.message_primary
+            raise UsageProblem(f"no event stores in this database ({problem})") from None
+    if code:
+        sys.exit(code)
 
 
 def main() -> None:

@@ -12,9 +12,10 @@ from uuid import UUID
 
 from psycopg import AsyncConnection
 
-from eventstore.records import GENESIS_HASH, StoredEvent, hash_of
-from eventstore.store import EventStore
+from eventstore.anchor import AnchorPaths
+from eventstore.records import StoredEvent
 from referralnet.lag import STORES
+from referralnet.ops.verify import verify_referral
 
 
 @dataclass(frozen=True)
@@ -26,7 +27,11 @@ class Step:
 
     @property
     def summary(self) -> str:
-        return summarise(self.event.type, self.event.data)
+        # Stored data that is not what its schema says (a DBA's edit) must still print.
+        try:
+            return summarise(self.event.type, self.event.data)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return "(data does not match its schema)"
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -90,40 +95,27 @@ async def timeline(conn: AsyncConnection[Any], referral_id: UUID) -> list[Step]:
 
 @dataclass(frozen=True)
 class ChainBreak:
-    """The first place a stream's hash chain does not hold."""
+    """A sign of tampering in one store's stream of the referral; ``problem`` starts
+    with the kind (see ``eventstore.chain``)."""
 
     service: str
     version: int
+    kind: str
     problem: str
 
 
-def verify_stream(store: EventStore, events: list[StoredEvent]) -> ChainBreak | None:
-    """Versions must run 1..n without gaps and every hash must recompute and link."""
-    prev = GENESIS_HASH
-    for expected_version, event in enumerate(events, start=1):
-        if event.version != expected_version:
-            return ChainBreak(
-                store.schema, expected_version, f"version {expected_version} is missing (deleted?)"
-            )
-        if event.prev_hash != prev:
-            return ChainBreak(
-                store.schema,
-                event.version,
-                "does not link to the previous event (reordered or deleted)",
-            )
-        if hash_of(event) != event.hash:
-            return ChainBreak(
-                store.schema, event.version, "content does not match its hash (edited)"
-            )
-        prev = event.hash
-    return None
+async def verify(
+    conn: AsyncConnection[Any], referral_id: UUID, paths: AnchorPaths | None = None
+) -> list[ChainBreak]:
+    """Check the referral's stream in every store against its chain and, given the
+    anchor's ``paths``, against the signed checkpoints; empty means intact.
 
-
-async def verify(conn: AsyncConnection[Any], referral_id: UUID) -> list[ChainBreak]:
-    """Check the referral's stream in every store; empty means intact."""
-    breaks = []
-    for store in STORES:
-        found = verify_stream(store, await store.read_stream(conn, referral_id))
-        if found:
-            breaks.append(found)
-    return breaks
+    A referral deleted from every store is still found when a checkpoint knew it.
+    """
+    result = await verify_referral(conn, referral_id, paths)
+    breaks = (
+        [ChainBreak("anchor", 0, "anchor", result.anchor_problem)] if result.anchor_problem else []
+    )
+    return breaks + [
+        ChainBreak(f.store, f.version, f.kind, f"{f.kind}: {f.problem}") for f in result.findings
+    ]

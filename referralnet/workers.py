@@ -55,8 +55,9 @@ async def _until_signalled(body: Callable[[asyncio.Event], Awaitable[None]]) -> 
 
 
 async def relay(stop: asyncio.Event) -> None:
-    """Relay the outboxes of all three service stores onto ``referral-events``."""
-    _, bootstrap, database_url, topics = _endpoints()
+    """Relay the outboxes of all three service stores onto ``referral-events``, and
+    checkpoint the stores' chains into the signed anchor beside it (tamper evidence)."""
+    settings, bootstrap, database_url, topics = _endpoints()
     # linger_ms=20: the three relays' sends share one record batch per partition. The
     # embedded broker's fetch cost grows with the number of batches a partition holds,
     # so batches of one event made it ~2.5x slower over a 2,000-referral year.
@@ -69,9 +70,18 @@ async def relay(stop: asyncio.Event) -> None:
             OutboxRelay(store, database_url, producer, topics.referral_events)
             for store in (INTAKE, ROUTING, OUTCOMES)
         ]
-        await asyncio.gather(*(r.run(stop) for r in relays))
+        await asyncio.gather(*(r.run(stop) for r in relays), _checkpoints(settings, stop))
     finally:
         await producer.stop()
+
+
+async def _checkpoints(settings: Settings, stop: asyncio.Event) -> None:
+    """Sign the stores' chain heads every REFERRALNET_CHECKPOINT_SECONDS (0: never)."""
+    from referralnet.ops.verify import checkpoint_periodically
+
+    interval = float(os.environ.get("REFERRALNET_CHECKPOINT_SECONDS", "1"))
+    if interval > 0 and settings.database_url:
+        await checkpoint_periodically(settings.database_url, settings.home, stop, interval)
 
 
 async def outcomes(stop: asyncio.Event) -> None:

@@ -58,7 +58,12 @@ async def _append_v1_session(database_url: str, rid: str, actor: str, minutes: i
     return session_id
 
 
-def test_v1_session_held_is_read_everywhere(system: RunningSystem, alliance: Alliance) -> None:
+def test_v1_session_held_is_read_everywhere(
+    system: RunningSystem, alliance: Alliance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Written as the outcomes service would, so sealed with this system's key (another
+    # system started in this process may have left its REFERRALNET_HOME behind).
+    monkeypatch.setenv("REFERRALNET_HOME", str(system.settings.home))
     assert latest_version("session-held") == 2
     rid, service = accepted_referral(alliance)
     org = query(system, "SELECT service_org FROM outcomes.cases WHERE referral_id = %s", (rid,))
