@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.events import Need
 from schemas.events.base import AREA_PATTERN
-from web.fields import BirthDate, Flag, WorldTime
 from services.intake.nhs_number import check_digit_is_valid as nhs_number_is_valid
 from services.intake.nhs_number import nhs_number_problem
+from web.fields import BirthDate, Flag, WorldTime
 
 __all__ = ["nhs_number_is_valid"]
 
