@@ -8,7 +8,6 @@ backlog is its outbox, and a worker that stopped shows up as lag that does not m
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -19,7 +18,7 @@ from psycopg import AsyncConnection, sql
 from bus.topics import Topics
 from referralnet.lag import STORES, consumer_lags
 from referralnet.ops import log
-from referralnet.ops.dead_letters import list_dead_letters
+from referralnet.ops.dead_letters import pending_counts
 
 SERVICE_OF_CONSUMER = {"routing": "routing", "distributor": "distributor", "outcomes": "outcomes"}
 
@@ -217,13 +216,12 @@ async def collect(
             status.stores = await _stores(conn)
             if status.broker_error is None:
                 status.consumers = await _consumers(conn, bootstrap_servers, topics)
+            # From PostgreSQL, where dead letters are kept: a broker restart loses none.
+            per_consumer = await pending_counts(conn)
+            status.dead_letters = sum(per_consumer.values())
+            for c in status.consumers:
+                c.dead_letters = per_consumer.get(c.consumer, 0)
     except psycopg.OperationalError as exc:
         status.database_error = str(exc).strip().splitlines()[0] if str(exc) else "unreachable"
-    if status.broker_error is None:
-        letters = await list_dead_letters(bootstrap_servers, topics)
-        status.dead_letters = len(letters)
-        per_consumer = Counter(d.consumer for d in letters)
-        for c in status.consumers:
-            c.dead_letters = per_consumer.get(c.consumer, 0)
     status.problems = _problems(status, limits)
     return status

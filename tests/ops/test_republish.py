@@ -7,6 +7,7 @@ the rug from under other tests.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -108,3 +109,32 @@ def test_republish_after_the_broker_lost_its_log_restores_every_view(
     assert created.status_code == 201, created.text
     rid = created.json()["referral_id"]
     wait_until(lambda: (v := view_of(referrer, rid)) and v["status"] == "routed", timeout=60)
+
+
+def test_dead_letters_survive_the_broker_losing_its_log(own_system: RunningSystem) -> None:
+    """Dead letters are kept in PostgreSQL; the topic only carried notices of them."""
+    from tests.ops.test_dead_letters_cli import _created, _produce
+
+    system = own_system
+    suffix = uuid.uuid4().hex[:8]
+    alliance = register_alliance(system, alliance_yaml(suffix), suffix)
+    topic = system.topics.org(alliance.ids["referrer"])
+    key, _, headers = _created(alliance, uuid.uuid4())
+    _produce(system.bootstrap_servers, topic, [((key, b"{not json", headers), None)] * 3)
+
+    def listed() -> list[dict[str, object]]:
+        result = run_cli(system, "dead-letters", "--json")
+        assert result.exit_code == 0, result.output
+        return [d for d in json.loads(result.stdout) if d["source_topic"] == topic]
+
+    before = wait_until(lambda: len(found := listed()) == 3 and found, timeout=60)
+    assert system.broker is not None
+    system.broker.restart()
+    assert partition_counts(system.bootstrap_servers, [system.topics.dead_letters]) == {}
+
+    assert listed() == before, "the same letters, from PostgreSQL"
+    status = run_cli(system, "status", "--json")
+    assert json.loads(status.stdout)["dead_letters"] >= 3
+    refilled = run_cli(system, "republish")
+    assert refilled.exit_code == 0, refilled.output
+    assert listed() == before
