@@ -3,6 +3,12 @@
 Rows are deleted after the broker acknowledged them (acks=all), so a crash or a broker
 outage means "publish again", never "lost". One relay per store holds an advisory lock,
 so a second relay process is a hot standby rather than a source of reordering.
+
+Each batch runs in a transaction holding ``FENCE`` shared. ``republish`` takes it
+exclusively while it refills the bus: it waits for the batches in flight, and no relay
+publishes until it is done, so nothing is published twice and no stream's newer events
+overtake the older ones being refilled. A relay that finds the fence taken publishes
+nothing and tries again at its next wake-up.
 """
 
 from __future__ import annotations
@@ -23,6 +29,9 @@ from schemas.envelope import CloudEvent, to_kafka
 from schemas.registry import dataschema_uri
 
 log = structlog.get_logger(__name__)
+
+FENCE = "referralnet:relay-fence"
+"""Advisory lock key (``hashtext``): relays hold it shared per batch, republish exclusively."""
 
 
 def to_cloudevent(store: EventStore, event: StoredEvent) -> CloudEvent:
@@ -75,32 +84,47 @@ class OutboxRelay:
         self.published = 0
 
     async def drain(self, conn: AsyncConnection[Any]) -> int:
-        """Publish everything waiting in the outbox; return how many events went out."""
+        """Publish everything waiting in the outbox; return how many events went out.
+
+        Stops early (publishing nothing more) while ``republish`` holds the fence.
+        """
         total = 0
-        s = sql.Identifier(self.store.schema)
         while True:
-            async with conn.cursor(row_factory=dict_row) as cur:
-                await cur.execute(
-                    sql.SQL(
-                        "SELECT o.id AS outbox_id, "
-                        + ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
-                        + " FROM {s}.outbox o JOIN {s}.events e ON e.position = o.event_position "
-                        "ORDER BY o.id LIMIT %s"
-                    ).format(s=s),
-                    (self._batch,),
-                )
-                rows = await cur.fetchall()
-            if not rows:
+            async with conn.transaction():
+                sent = await self._publish_batch(conn)
+            if not sent:
                 return total
-            await publish_events(
-                self._producer, self._topic, self.store, [stored_event(r) for r in rows]
+            total += sent
+            self.published += sent
+
+    async def _publish_batch(self, conn: AsyncConnection[Any]) -> int:
+        """One batch, inside the caller's transaction: fence, read, publish, forget."""
+        s = sql.Identifier(self.store.schema)
+        cur = await conn.execute("SELECT pg_try_advisory_xact_lock_shared(hashtext(%s))", (FENCE,))
+        fenced = await cur.fetchone()
+        if not fenced or not fenced[0]:
+            return 0  # republish is refilling the bus: it publishes these rows or we do later
+        async with conn.cursor(row_factory=dict_row) as rows_cur:
+            await rows_cur.execute(
+                sql.SQL(
+                    "SELECT o.id AS outbox_id, "
+                    + ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
+                    + " FROM {s}.outbox o JOIN {s}.events e ON e.position = o.event_position "
+                    "ORDER BY o.id LIMIT %s"
+                ).format(s=s),
+                (self._batch,),
             )
-            await conn.execute(
-                sql.SQL("DELETE FROM {}.outbox WHERE id = ANY(%s)").format(s),
-                ([r["outbox_id"] for r in rows],),
-            )
-            total += len(rows)
-            self.published += len(rows)
+            rows = await rows_cur.fetchall()
+        if not rows:
+            return 0
+        await publish_events(
+            self._producer, self._topic, self.store, [stored_event(r) for r in rows]
+        )
+        await conn.execute(
+            sql.SQL("DELETE FROM {}.outbox WHERE id = ANY(%s)").format(s),
+            ([r["outbox_id"] for r in rows],),
+        )
+        return len(rows)
 
     async def run(self, stop: asyncio.Event, idle_seconds: float = 0.5) -> None:
         """Relay until ``stop``: wake on NOTIFY from appends, or every ``idle_seconds``."""

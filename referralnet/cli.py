@@ -361,25 +361,33 @@ def republish(
         str | None, typer.Option(help="only events recorded from this ISO date-time on")
     ] = None,
 ) -> None:
-    """Refill referral-events from the stores after the broker lost its log."""
+    """Refill referral-events from the stores (after the broker lost its log, or any time).
+
+    Pauses the outbox relays while it works; refuses, changing nothing, when the broker
+    does not answer.
+    """
     from referralnet.ops import render as ops_render
     from referralnet.ops.progress import event_progress
+    from referralnet.ops.republish import RepublishFailed, RepublishRefused
     from referralnet.ops.republish import republish as refill
 
     start = _parse_time(since, "since")
     settings = _settings()
     bootstrap = endpoints.bootstrap_servers(settings)
-    with endpoints.database_url(settings) as url, event_progress(console) as progress:
-        task = progress.add_task("republish", total=None)
-        result = asyncio.run(
-            refill(
-                url,
-                bootstrap,
-                _topics(settings),
-                start,
-                lambda done, total: progress.update(task, completed=done, total=total),
-            )
-        )
+    with endpoints.database_url(settings) as url:
+        try:
+            with event_progress(console) as progress:
+                tasks: list[Any] = []  # the bar appears once there is something to count
+
+                def show(done: int, total: int) -> None:
+                    if not tasks:
+                        tasks.append(progress.add_task("republish", total=None))
+                    progress.update(tasks[0], completed=done, total=total)
+
+                result = asyncio.run(refill(url, bootstrap, _topics(settings), start, show))
+        except (RepublishRefused, RepublishFailed) as exc:
+            console.print(f"referralnet: {exc}", style="red", highlight=False, soft_wrap=True)
+            sys.exit(1)
     ops_render.republished(console, result)
 
 
