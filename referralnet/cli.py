@@ -503,17 +503,25 @@ def status(
     stuck_seconds: Annotated[
         float, typer.Option(min=0, help="seconds without progress that count as stuck")
     ] = 60.0,
+    max_restarts: Annotated[
+        int, typer.Option(min=0, help="restarts of one worker per minute that count as a loop")
+    ] = 3,
+    recheck_seconds: Annotated[
+        float, typer.Option(min=0, help="read positions again after this long (0: once)")
+    ] = 2.0,
 ) -> None:
-    """Per service and view: lag, outbox backlog, last event, dead letters; exit 1 if unhealthy."""
+    """Lag, outbox backlog, dead letters, lost topics, stuck consumers, crash loops; exit 1
+    (each problem with its reason) if unhealthy."""
     from referralnet.ops import render as ops_render
     from referralnet.ops.status import Thresholds, collect
 
     settings = _settings()
     bootstrap = endpoints.bootstrap_servers(settings)
+    limits = Thresholds(
+        max_lag, stuck_seconds, max_restarts=max_restarts, recheck_seconds=recheck_seconds
+    )
     with endpoints.database_url(settings) as url:
-        result = asyncio.run(
-            collect(url, bootstrap, _topics(settings), Thresholds(max_lag, stuck_seconds))
-        )
+        result = asyncio.run(collect(url, bootstrap, _topics(settings), limits, settings.home))
     if as_json:
         print(json.dumps(result.as_json(), indent=2))
     else:

@@ -134,8 +134,13 @@ def status(console: Console, s: SystemStatus) -> None:
             str(c.dead_letters),
         )
     console.print(consumers)
-    console.print(f"dead letters on the bus: {s.dead_letters}")
+    console.print(f"pending dead letters (kept in PostgreSQL): {s.dead_letters}")
+    if s.restarts:
+        console.print(
+            "worker restarts in the last minute: "
+            + ", ".join(f"{w} {n}" for w, n in sorted(s.restarts.items()))
+        )
     if s.healthy:
         console.print("[green]healthy[/]")
     for p in s.problems:
-        console.print(f"[red]unhealthy[/]: {p.message}")
+        console.print(f"[red]unhealthy[/]: {p.message}", highlight=False, soft_wrap=True)
