@@ -29,11 +29,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError as AIOKafkaError
@@ -49,6 +51,7 @@ from referralnet.ops import log
 from schemas.envelope import to_kafka
 
 BROKER_ERRORS = (AIOKafkaError, KafkaError, OSError, TimeoutError)
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 
 class RepublishRefused(RuntimeError):
@@ -150,15 +153,17 @@ async def _published_but_missing(
     """Events the relay had published (their outbox rows are gone) that are not on the
     topic now: the broker lost them. (Relays are fenced: no outbox row goes meanwhile.)"""
     missing = 0
+    ids = [UUID(i) for i in present if _UUID.fullmatch(i)]  # other clients' ids may be junk
     for store in STORES:
         cur = await conn.execute(
             sql.SQL(
                 "SELECT count(*) FROM {s}.events e WHERE NOT EXISTS "
                 "(SELECT 1 FROM {s}.outbox o WHERE o.event_position = e.position) "
                 "AND (%s::timestamptz IS NULL OR e.recorded_at >= %s) "
-                "AND NOT (e.event_id::text = ANY(%s))"
+                # NOT IN over a subquery: a hashed anti-join, not a scan of the array per row
+                "AND e.event_id NOT IN (SELECT unnest(%s::uuid[]))"
             ).format(s=sql.Identifier(store.schema)),
-            (since, since, list(present)),
+            (since, since, ids),
         )
         row = await cur.fetchone()
         missing += int(row[0]) if row else 0
@@ -395,8 +400,9 @@ async def _publish_missing(
     # Still fenced: these events are on the bus now; the relays must not send them again.
     for store in STORES:
         await conn.execute(
-            sql.SQL("DELETE FROM {}.outbox WHERE event_position = ANY(%s)").format(
-                sql.Identifier(store.schema)
-            ),
+            sql.SQL(
+                "DELETE FROM {}.outbox o USING unnest(%s::int8[]) AS p(pos) "
+                "WHERE o.event_position = p.pos"
+            ).format(sql.Identifier(store.schema)),
             (read[store.schema],),
         )

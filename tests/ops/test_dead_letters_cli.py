@@ -217,7 +217,7 @@ def test_bulk_retry_re_drives_each_letter_once_even_when_asked_twice(
     system: RunningSystem, alliance: Alliance
 ) -> None:
     """Many letters, one command; again, and concurrently: nothing is sent twice."""
-    count = 60
+    count = 100
     rids = [uuid.uuid4() for _ in range(count)]
     events = system.topics.referral_events
     _produce(system.bootstrap_servers, events, [(_attended(alliance, r), None) for r in rids])
