@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
+from bus.topics import PARTITIONS
 from eventstore.records import StoredEvent
 from eventstore.store import EVENT_COLUMNS, EventStore, stored_event
 from schemas.envelope import CloudEvent, to_kafka
@@ -74,8 +75,10 @@ class OutboxRelay:
         topic: str,
         batch: int = 1000,
         linger_seconds: float = 0.02,
+        partitions: int | None = PARTITIONS,
     ) -> None:
         self.store = store
+        self._partitions = partitions
         self._conninfo = conninfo
         self._producer = producer
         self._topic = topic
@@ -117,6 +120,8 @@ class OutboxRelay:
             rows = await rows_cur.fetchall()
         if not rows:
             return 0
+        if not await self._topic_ready():
+            return 0
         await publish_events(
             self._producer, self._topic, self.store, [stored_event(r) for r in rows]
         )
@@ -125,6 +130,33 @@ class OutboxRelay:
             ([r["outbox_id"] for r in rows],),
         )
         return len(rows)
+
+    async def _topic_ready(self) -> bool:
+        """Whether the topic has the partitions it was created with.
+
+        A broker that lost its log auto-creates the topic on the first request for it,
+        with its own partition count (Tansu: 4): publishing then would put events ahead
+        of the history ``republish`` has to refill first (and key them to the wrong
+        partitions). So the relay waits, publishing nothing, until republish has
+        recreated the topic; cached metadata is refreshed before concluding.
+        """
+        if self._partitions is None:
+            return True
+        found = await self._producer.partitions_for(self._topic)
+        if len(found) != self._partitions:
+            await self._producer.client.force_metadata_update()
+            found = await self._producer.partitions_for(self._topic)
+        if len(found) == self._partitions:
+            return True
+        log.warning(
+            "relay_waits_for_topic",
+            store=self.store.schema,
+            topic=self._topic,
+            partitions=len(found),
+            expected=self._partitions,
+            hint="the broker lost its log: run `referralnet republish`",
+        )
+        return False
 
     async def run(self, stop: asyncio.Event, idle_seconds: float = 0.5) -> None:
         """Relay until ``stop``: wake on NOTIFY from appends, or every ``idle_seconds``."""

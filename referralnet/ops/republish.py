@@ -253,6 +253,7 @@ async def republish(
     since: datetime | None = None,
     progress: Progress | None = None,
     fence_timeout: float = 30.0,
+    attempts: int = 5,
 ) -> RepublishResult:
     """Refill the bus from the stores (see the module docstring).
 
@@ -300,19 +301,51 @@ async def republish(
                     conn, topics, events_lost, partners_lost
                 )
                 result.partner_topics_refilled = partners_lost
-            try:
-                await _publish_missing(
-                    conn, database_url, bootstrap_servers, topics, since, present, result,
-                    progress,
-                )  # fmt: skip
-            except BROKER_ERRORS as exc:
+            await _publish_fenced(
+                conn, database_url, bootstrap_servers, topics, since, present, result, progress,
+                attempts,
+            )  # fmt: skip
+    result.seconds = time.monotonic() - started
+    return result
+
+
+async def _publish_fenced(
+    conn: AsyncConnection[Any],
+    database_url: str,
+    bootstrap_servers: str,
+    topics: Topics,
+    since: datetime | None,
+    present: set[str],
+    result: RepublishResult,
+    progress: Progress | None,
+    attempts: int,
+) -> None:
+    """``_publish_missing``, again on a broker error, all under the caller's fence.
+
+    A broker that just restarted fails some sends for a moment (Tansu: ``UnknownError``).
+    Giving up would lift the fence with part of the history sent, and the relays would
+    then publish new events ahead of the older ones still missing; so each attempt reads
+    what is on the topic now and sends the rest, before the relays may go on.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            await _publish_missing(
+                conn, database_url, bootstrap_servers, topics, since, present, result, progress
+            )
+            return
+        except BROKER_ERRORS as exc:
+            if attempt == attempts:
                 raise RepublishFailed(
-                    f"publishing failed part-way ({_one_line(exc)}); consumers are already "
+                    f"publishing failed {attempts} times ({_one_line(exc)}); consumers are "
                     "reading the log again from where it holds events: run republish again "
                     "to send the rest"
                 ) from None
-    result.seconds = time.monotonic() - started
-    return result
+            await asyncio.sleep(min(2.0**attempt, 10.0))  # retry backoff on a broker error
+            try:
+                present = await _present_ids(bootstrap_servers, topics.referral_events)
+            except BROKER_ERRORS:
+                continue
+            result.already_present = result.in_stores = 0  # read again; sent ones add up
 
 
 @contextlib.asynccontextmanager
@@ -359,6 +392,7 @@ async def _publish_missing(
     )
     await producer.start()
     read: dict[str, list[int]] = {store.schema: [] for store in STORES}
+    pending: list[Any] = []
     try:
         async with _snapshot(database_url) as conns:
             for store, c in zip(STORES, conns, strict=True):
@@ -371,7 +405,6 @@ async def _publish_missing(
                 )
                 row = await cur.fetchone()
                 result.in_stores += int(row[0]) if row else 0
-            pending = []
             done = 0
             async for store, event in merged_history(conns, since):
                 done += 1
@@ -395,6 +428,10 @@ async def _publish_missing(
             result.published += len(pending)
             if progress is not None:
                 progress(done, max(done, result.in_stores))
+    except BaseException:
+        # Collect the sends still in flight, so none is left with an unread error.
+        await asyncio.gather(*pending, return_exceptions=True)
+        raise
     finally:
         await producer.stop()
     # Still fenced: these events are on the bus now; the relays must not send them again.
