@@ -34,7 +34,7 @@ unit: $(STAMP)  ## only the tests that need no broker or database
 bench: $(STAMP)  ## measure against baselines and peers; writes docs/benchmarks.md and .json
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-chaos: $(STAMP)  ## 100 kill -9s while referrals flow, a broker restart, then check nothing was lost
+chaos: $(STAMP)  ## 100 kill -9s, broker loss (also under traffic), forged gap, poison header; nothing lost
 	$(BIN)/python -m bench.chaos --kills 100 $(CHAOS_ARGS)
 
 schemas: $(STAMP)  ## regenerate JSON Schema and AsyncAPI from the models

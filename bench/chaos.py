@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import itertools
 import random
 import shutil
@@ -134,7 +135,9 @@ class Driver:
         ledger: Ledger,
         concurrency: int = 6,
         seed: int = 1,
+        deadline: float = DEADLINE,
     ) -> None:
+        self.deadline = deadline
         self.system = system
         self.tokens = tokens
         self.ledger = ledger
@@ -266,7 +269,7 @@ class Driver:
             "urgency": "routine",
             "referred_at": self.base.isoformat(),
         }
-        deadline = time.monotonic() + DEADLINE
+        deadline = time.monotonic() + self.deadline
         for attempt in itertools.count():
             try:
                 status, _, payload = await self._send(
@@ -287,7 +290,7 @@ class Driver:
 
     async def _routed(self, client: aiohttp.ClientSession, referrer: str, rid: UUID) -> str:
         """The link-worker service, once the referrer's own view shows the referral routed."""
-        deadline = time.monotonic() + DEADLINE
+        deadline = time.monotonic() + self.deadline
         for attempt in itertools.count():
             with contextlib.suppress(Unknown):
                 status, _, payload = await self._send(
@@ -297,7 +300,7 @@ class Driver:
                 if view.get("service_org") and view.get("status") in ("routed", "accepted"):
                     return str(view["service_org"])
             if time.monotonic() > deadline:
-                raise AssertionError(f"referral {rid} not routed within {DEADLINE:.0f}s")
+                raise AssertionError(f"referral {rid} not routed within {self.deadline:.0f}s")
             await self._pause(min(attempt, 6))
         raise AssertionError("unreachable")
 
@@ -306,7 +309,7 @@ class Driver:
         body: dict[str, Any], at: datetime, minutes: int = 0,
     ) -> None:  # fmt: skip
         """Send until acknowledged, or until the store shows a lost answer's command landed."""
-        deadline = time.monotonic() + DEADLINE
+        deadline = time.monotonic() + self.deadline
         for attempt in itertools.count():
             api_pid = self.system.supervisor.children["api"].proc.pid
             try:
@@ -711,17 +714,19 @@ def broker_restart_phase(
     """Restart the broker (losing its whole log), ``republish``, drive on, verify.
 
     By default journeys pause while the broker restarts and ``republish`` refills it
-    (journeys run before and after). ``under_traffic`` keeps them running throughout,
-    which does not pass yet: the relay keeps publishing new events while ``republish``
-    refills older ones, so a referral's ``referral-accepted`` can reach the distributor
-    before its ``referral-created`` (dead-lettered as "never created"); the first
-    ``republish`` right after the restart also fails with aiokafka ``UnknownError`` on
-    some sends, and the faust workers stall on ``position_reset_seek``. Pausing the
-    relays (their advisory locks) during the refill would address the first.
+    (journeys run before and after). ``under_traffic`` keeps them running throughout:
+    ``republish`` fences the relays while it refills (nothing twice, no stream's new
+    events before its old ones) and recreates the lost topics empty. What still fails
+    there before the consumers' gap-safety work: the faust workers (routing,
+    distributor) stall on ``position_reset_seek`` after positions are reset under them
+    (seen: routing at offset 0 of two partitions whose high watermarks were 42 and 44,
+    for minutes), so journeys wait for routing until the driver's deadline.
     """
     if system.broker is None:
         raise RuntimeError("the broker-restart phase needs the embedded broker")
-    driver = Driver(system, tokens, ledger, seed=seed)
+    # Under traffic nothing is killed: a journey waiting minutes is a stall, not chaos.
+    patience = 120.0 if under_traffic else DEADLINE
+    driver = Driver(system, tokens, ledger, seed=seed, deadline=patience)
     driver.start()
     try:
         time.sleep(seconds / 2)  # journeys under way ...
@@ -732,7 +737,7 @@ def broker_restart_phase(
         time.sleep(settle)  # as an operator would: notice, then run republish
         refill(system)
         if not under_traffic:
-            driver = Driver(system, tokens, ledger, seed=seed + 100)
+            driver = Driver(system, tokens, ledger, seed=seed + 100, deadline=patience)
             driver.start()
         time.sleep(seconds / 2)  # more journeys after the refill
     finally:
@@ -779,39 +784,120 @@ def chaos_system(home: Path | None = None) -> Iterator[tuple[RunningSystem, dict
             shutil.rmtree(base, ignore_errors=True)
 
 
+PHASES = ("kill", "broker-restart", "broker-loss-under-traffic", "forged-gap", "poison-header",
+          "tamper")  # fmt: skip
+
+
+def tamper_phase(system: RunningSystem) -> tuple[int, int] | None:
+    """(tamperings detected, tamperings tried), or None when there is no tamper phase.
+
+    ==== TAMPER PHASE HOOK ====
+    ``bench/tamper.py`` (the tamper-evidence work of issue 11) provides
+    ``run_tamper_phase(...)``; call it here once it lands and map its result to
+    (detected, tried). Imported by name so this module does not depend on it.
+    """
+    try:
+        tamper = importlib.import_module("bench.tamper")
+    except ImportError:
+        return None
+    result = tamper.run_tamper_phase(system)  # TODO(lead): match the signature when merged
+    return int(result.detected), int(result.total)
+
+
+@dataclass
+class Totals:
+    """What every phase found together: the figures ``make chaos`` ends with."""
+
+    kills: int = 0
+    events_checked: int = 0
+    lost: int = 0
+    duplicated: int = 0
+    failed: list[str] = field(default_factory=list)
+    tamper: tuple[int, int] | None = None
+
+    def add(self, phase: str, verdict: Verdict) -> None:
+        self.kills += verdict.kills
+        self.events_checked = max(self.events_checked, verdict.events_checked)
+        self.lost += len(verdict.lost)
+        self.duplicated += len(verdict.duplicated)
+        if not verdict.ok:
+            self.failed.append(phase)
+
+    def summary(self) -> str:
+        tampering = (
+            f"tamperings detected {self.tamper[0]}/{self.tamper[1]}"
+            if self.tamper is not None
+            else "tamperings detected: no tamper phase (bench/tamper.py not present)"
+        )
+        return (
+            f"kills {self.kills}, events checked {self.events_checked}, lost {self.lost}, "
+            f"duplicated {self.duplicated}, {tampering}; failed phases: "
+            f"{', '.join(self.failed) or 'none'}"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.chaos", description=__doc__)
     p.add_argument("--kills", type=int, default=100)
     p.add_argument("--concurrency", type=int, default=6, help="journeys at once")
     p.add_argument("--min-gap", type=float, default=1.5, help="seconds between kills, at least")
     p.add_argument("--max-gap", type=float, default=3.5, help="seconds between kills, at most")
-    p.add_argument("--no-broker-restart", action="store_true")
-    p.add_argument(
-        "--under-traffic", action="store_true", help="restart the broker while journeys run"
-    )
+    p.add_argument("--skip", action="append", default=[], choices=PHASES, help="skip a phase")
+    p.add_argument("--no-broker-restart", action="store_true", help="skip both broker phases")
     p.add_argument("--seed", type=int, default=1)
     args = p.parse_args(argv)
     from bench.common import console, progress
+    from bench.forgery import forged_gap_phase, poison_header_phase
 
+    skip = set(args.skip)
+    if args.no_broker_restart:
+        skip |= {"broker-restart", "broker-loss-under-traffic"}
     started = time.monotonic()
-    ok = True
+    totals = Totals()
     ledger = Ledger()
     with chaos_system() as (system, tokens):
-        with progress("kill -9") as bar:
-            task = bar.add_task("kills", total=args.kills)
-            verdict = kill_phase(
-                system, tokens, ledger, args.kills, gap=(args.min_gap, args.max_gap),
-                concurrency=args.concurrency, seed=args.seed,
-                progress=lambda n: bar.update(task, completed=n),
-            )  # fmt: skip
-        console.print(verdict.summary())
-        ok = verdict.ok
-        if not args.no_broker_restart:
+        if "kill" not in skip:
+            with progress("kill -9") as bar:
+                task = bar.add_task("kills", total=args.kills)
+                verdict = kill_phase(
+                    system, tokens, ledger, args.kills, gap=(args.min_gap, args.max_gap),
+                    concurrency=args.concurrency, seed=args.seed,
+                    progress=lambda n: bar.update(task, completed=n),
+                )  # fmt: skip
+            console.print(verdict.summary())
+            totals.add("kill", verdict)
+        for phase, under_traffic in (
+            ("broker-restart", False),
+            ("broker-loss-under-traffic", True),
+        ):
+            if phase in skip:
+                continue
+            console.print(f"[bold]{phase}[/]")
             restart = broker_restart_phase(
-                system, tokens, ledger, under_traffic=args.under_traffic, seed=args.seed + 1
+                system, tokens, ledger, under_traffic=under_traffic, seed=args.seed + 1
             )
             console.print(restart.summary())
-            ok = ok and restart.ok
+            totals.add(phase, restart)
+        for phase, run in (
+            ("forged-gap", forged_gap_phase),
+            ("poison-header", poison_header_phase),
+        ):
+            if phase in skip:
+                continue
+            console.print(f"[bold]{phase}[/]")
+            found = run(system, tokens, ledger)
+            console.print(found.summary())
+            checked = asyncio.run(verify(system, ledger, Verdict()))
+            console.print(checked.summary())
+            totals.add(phase, checked)
+            if not found.ok:
+                totals.failed.append(f"{phase} (bad records)")
+        if "tamper" not in skip:
+            totals.tamper = tamper_phase(system)
+            if totals.tamper is not None and totals.tamper[0] < totals.tamper[1]:
+                totals.failed.append("tamper")
+    console.print(totals.summary())
+    ok = not totals.failed
     console.print(f"chaos {'passed' if ok else 'FAILED'} in {time.monotonic() - started:.0f}s")
     return 0 if ok else 1
 

@@ -3,6 +3,12 @@
 Rows are deleted after the broker acknowledged them (acks=all), so a crash or a broker
 outage means "publish again", never "lost". One relay per store holds an advisory lock,
 so a second relay process is a hot standby rather than a source of reordering.
+
+Each batch runs in a transaction holding ``FENCE`` shared. ``republish`` takes it
+exclusively while it refills the bus: it waits for the batches in flight, and no relay
+publishes until it is done, so nothing is published twice and no stream's newer events
+overtake the older ones being refilled. A relay that finds the fence taken publishes
+nothing and tries again at its next wake-up.
 """
 
 from __future__ import annotations
@@ -17,12 +23,16 @@ from aiokafka.errors import KafkaError
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
+from bus.topics import PARTITIONS
 from eventstore.records import StoredEvent
 from eventstore.store import EVENT_COLUMNS, EventStore, stored_event
 from schemas.envelope import CloudEvent, to_kafka
 from schemas.registry import dataschema_uri
 
 log = structlog.get_logger(__name__)
+
+FENCE = "referralnet:relay-fence"
+"""Advisory lock key (``hashtext``): relays hold it shared per batch, republish exclusively."""
 
 
 def to_cloudevent(store: EventStore, event: StoredEvent) -> CloudEvent:
@@ -65,8 +75,10 @@ class OutboxRelay:
         topic: str,
         batch: int = 1000,
         linger_seconds: float = 0.02,
+        partitions: int | None = PARTITIONS,
     ) -> None:
         self.store = store
+        self._partitions = partitions
         self._conninfo = conninfo
         self._producer = producer
         self._topic = topic
@@ -75,32 +87,76 @@ class OutboxRelay:
         self.published = 0
 
     async def drain(self, conn: AsyncConnection[Any]) -> int:
-        """Publish everything waiting in the outbox; return how many events went out."""
+        """Publish everything waiting in the outbox; return how many events went out.
+
+        Stops early (publishing nothing more) while ``republish`` holds the fence.
+        """
         total = 0
-        s = sql.Identifier(self.store.schema)
         while True:
-            async with conn.cursor(row_factory=dict_row) as cur:
-                await cur.execute(
-                    sql.SQL(
-                        "SELECT o.id AS outbox_id, "
-                        + ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
-                        + " FROM {s}.outbox o JOIN {s}.events e ON e.position = o.event_position "
-                        "ORDER BY o.id LIMIT %s"
-                    ).format(s=s),
-                    (self._batch,),
-                )
-                rows = await cur.fetchall()
-            if not rows:
+            async with conn.transaction():
+                sent = await self._publish_batch(conn)
+            if not sent:
                 return total
-            await publish_events(
-                self._producer, self._topic, self.store, [stored_event(r) for r in rows]
+            total += sent
+            self.published += sent
+
+    async def _publish_batch(self, conn: AsyncConnection[Any]) -> int:
+        """One batch, inside the caller's transaction: fence, read, publish, forget."""
+        s = sql.Identifier(self.store.schema)
+        cur = await conn.execute("SELECT pg_try_advisory_xact_lock_shared(hashtext(%s))", (FENCE,))
+        fenced = await cur.fetchone()
+        if not fenced or not fenced[0]:
+            return 0  # republish is refilling the bus: it publishes these rows or we do later
+        async with conn.cursor(row_factory=dict_row) as rows_cur:
+            await rows_cur.execute(
+                sql.SQL(
+                    "SELECT o.id AS outbox_id, "
+                    + ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
+                    + " FROM {s}.outbox o JOIN {s}.events e ON e.position = o.event_position "
+                    "ORDER BY o.id LIMIT %s"
+                ).format(s=s),
+                (self._batch,),
             )
-            await conn.execute(
-                sql.SQL("DELETE FROM {}.outbox WHERE id = ANY(%s)").format(s),
-                ([r["outbox_id"] for r in rows],),
-            )
-            total += len(rows)
-            self.published += len(rows)
+            rows = await rows_cur.fetchall()
+        if not rows:
+            return 0
+        if not await self._topic_ready():
+            return 0
+        await publish_events(
+            self._producer, self._topic, self.store, [stored_event(r) for r in rows]
+        )
+        await conn.execute(
+            sql.SQL("DELETE FROM {}.outbox WHERE id = ANY(%s)").format(s),
+            ([r["outbox_id"] for r in rows],),
+        )
+        return len(rows)
+
+    async def _topic_ready(self) -> bool:
+        """Whether the topic has the partitions it was created with.
+
+        A broker that lost its log auto-creates the topic on the first request for it,
+        with its own partition count (Tansu: 4): publishing then would put events ahead
+        of the history ``republish`` has to refill first (and key them to the wrong
+        partitions). So the relay waits, publishing nothing, until republish has
+        recreated the topic; cached metadata is refreshed before concluding.
+        """
+        if self._partitions is None:
+            return True
+        found = await self._producer.partitions_for(self._topic)
+        if len(found) != self._partitions:
+            await self._producer.client.force_metadata_update()
+            found = await self._producer.partitions_for(self._topic)
+        if len(found) == self._partitions:
+            return True
+        log.warning(
+            "relay_waits_for_topic",
+            store=self.store.schema,
+            topic=self._topic,
+            partitions=len(found),
+            expected=self._partitions,
+            hint="the broker lost its log: run `referralnet republish`",
+        )
+        return False
 
     async def run(self, stop: asyncio.Event, idle_seconds: float = 0.5) -> None:
         """Relay until ``stop``: wake on NOTIFY from appends, or every ``idle_seconds``."""

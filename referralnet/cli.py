@@ -265,7 +265,7 @@ async def _journey(
 # --- operations (DESIGN §5): replay, republish, dead letters, status -------------------
 
 dead_letters_app = typer.Typer(
-    help="Poison events parked on the dead-letters topic; `retry ID` re-drives one.",
+    help="Poison events kept in PostgreSQL; `retry ID... | --all | --reason TEXT` re-drives.",
     invoke_without_command=True,
 )
 app.add_typer(dead_letters_app, name="dead-letters")
@@ -283,12 +283,26 @@ def replay(
         str | None, typer.Argument(help="organisation id (or view_<org> schema)")
     ] = None,
     all_views: Annotated[bool, typer.Option("--all", help="rebuild every partner's view")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="swap in a rebuild even if it differs from the live")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Rebuild a view (or all) from its topic into a fresh schema and swap it in atomically."""
+    """Rebuild a view (or all) from its topic; swap it in only if it equals the live view.
+
+    A rebuild that differs is dropped and the live view kept (exit 1, naming the view and
+    how many events and rows differ), unless --force.
+    """
     from referralnet.ops import render as ops_render
     from referralnet.ops.progress import event_progress
-    from referralnet.ops.replay import LogBehindView, UnknownView, replay_view, resolve, view_orgs
+    from referralnet.ops.replay import (
+        LogBehindView,
+        UnknownView,
+        ViewDiffers,
+        replay_view,
+        resolve,
+        view_orgs,
+    )
 
     if (view is None) == (not all_views):
         raise UsageProblem("name one VIEW or give --all")
@@ -296,6 +310,7 @@ def replay(
     bootstrap = endpoints.bootstrap_servers(settings)
     topics = _topics(settings)
     results = []
+    refused: list[ViewDiffers] = []
     with endpoints.database_url(settings) as url:
 
         async def orgs() -> list[str]:
@@ -310,19 +325,23 @@ def replay(
             with event_progress(console, disable=as_json) as progress:
                 for org in targets:
                     task = progress.add_task(f"replay {org}", total=None)
-                    results.append(
-                        asyncio.run(
-                            replay_view(
-                                url,
-                                bootstrap,
-                                topics,
-                                org,
-                                lambda done, total, t=task: progress.update(  # type: ignore[misc]
-                                    t, completed=done, total=total
-                                ),
+                    try:
+                        results.append(
+                            asyncio.run(
+                                replay_view(
+                                    url,
+                                    bootstrap,
+                                    topics,
+                                    org,
+                                    lambda done, total, t=task: progress.update(  # type: ignore[misc]
+                                        t, completed=done, total=total
+                                    ),
+                                    force=force,
+                                )
                             )
                         )
-                    )
+                    except ViewDiffers as exc:
+                        refused.append(exc)
         except KeyboardInterrupt:
             console.print("interrupted: the live view is untouched, the half-built copy dropped")
             sys.exit(130)
@@ -341,14 +360,32 @@ def replay(
                         "checksum": r.checksum,
                         "live_checksum": r.live_checksum,
                         "matches": r.matches,
+                        "swapped": True,
                     }
                     for r in results
+                ]
+                + [
+                    {
+                        "view": e.schema,
+                        "matches": False,
+                        "swapped": False,
+                        "rows_only_live": {t: n[0] for t, n in e.rows.items()},
+                        "rows_only_rebuilt": {t: n[1] for t, n in e.rows.items()},
+                    }
+                    for e in refused
                 ],
                 indent=2,
             )
         )
-    else:
+    elif results:
         ops_render.replays(console, results)
+    for e in refused:
+        if as_json:
+            print(f"referralnet: {e}", file=sys.stderr)
+        else:
+            console.print(f"referralnet: {e}", style="red", highlight=False)
+    if refused:
+        sys.exit(1)
 
 
 @app.command()
@@ -357,25 +394,33 @@ def republish(
         str | None, typer.Option(help="only events recorded from this ISO date-time on")
     ] = None,
 ) -> None:
-    """Refill referral-events from the stores after the broker lost its log."""
+    """Refill referral-events from the stores (after the broker lost its log, or any time).
+
+    Pauses the outbox relays while it works; refuses, changing nothing, when the broker
+    does not answer.
+    """
     from referralnet.ops import render as ops_render
     from referralnet.ops.progress import event_progress
+    from referralnet.ops.republish import RepublishFailed, RepublishRefused
     from referralnet.ops.republish import republish as refill
 
     start = _parse_time(since, "since")
     settings = _settings()
     bootstrap = endpoints.bootstrap_servers(settings)
-    with endpoints.database_url(settings) as url, event_progress(console) as progress:
-        task = progress.add_task("republish", total=None)
-        result = asyncio.run(
-            refill(
-                url,
-                bootstrap,
-                _topics(settings),
-                start,
-                lambda done, total: progress.update(task, completed=done, total=total),
-            )
-        )
+    with endpoints.database_url(settings) as url:
+        try:
+            with event_progress(console) as progress:
+                tasks: list[Any] = []  # the bar appears once there is something to count
+
+                def show(done: int, total: int) -> None:
+                    if not tasks:
+                        tasks.append(progress.add_task("republish", total=None))
+                    progress.update(tasks[0], completed=done, total=total)
+
+                result = asyncio.run(refill(url, bootstrap, _topics(settings), start, show))
+        except (RepublishRefused, RepublishFailed) as exc:
+            console.print(f"referralnet: {exc}", style="red", highlight=False, soft_wrap=True)
+            sys.exit(1)
     ops_render.republished(console, result)
 
 
@@ -386,19 +431,18 @@ def dead_letters_list(
     show_all: Annotated[
         bool, typer.Option("--all", help="also those already re-driven by `retry`")
     ] = False,
+    reason: Annotated[
+        str | None, typer.Option(help="only letters whose reason contains TEXT")
+    ] = None,
 ) -> None:
-    """List pending poison events: reason, source topic, partition, offset, consumer, type."""
+    """List dead letters (from PostgreSQL, every consumer): id, reason, source, consumer, type."""
     if ctx.invoked_subcommand is not None:
         return
     from referralnet.ops import render as ops_render
     from referralnet.ops.dead_letters import list_dead_letters
 
-    settings = _settings()
-    letters = asyncio.run(
-        list_dead_letters(
-            endpoints.bootstrap_servers(settings), _topics(settings), include_retried=show_all
-        )
-    )
+    with endpoints.database_url(_settings()) as url:
+        letters = asyncio.run(list_dead_letters(url, include_retried=show_all, reason=reason))
     if as_json:
         print(json.dumps([d.as_json() for d in letters], indent=2))
     else:
@@ -407,24 +451,82 @@ def dead_letters_list(
 
 @dead_letters_app.command("retry")
 def dead_letters_retry(
-    ident: Annotated[str, typer.Argument(metavar="ID", help="PARTITION:OFFSET (or OFFSET)")],
+    idents: Annotated[
+        list[str] | None, typer.Argument(metavar="[ID]...", help="SCHEMA:N, as listed")
+    ] = None,
+    all_letters: Annotated[bool, typer.Option("--all", help="every pending letter")] = False,
+    reason: Annotated[
+        str | None, typer.Option(help="every pending letter whose reason contains TEXT")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Re-publish one dead letter to its source topic, marked to bypass dedup."""
-    from referralnet.ops.dead_letters import NoSuchDeadLetter, find, list_dead_letters, retry
+    """Re-drive dead letters to their source topics, each at most once (idempotent)."""
+    from referralnet.ops import render as ops_render
+    from referralnet.ops.dead_letters import NoSuchDeadLetter, RetryRefused, Selection, retry
+    from referralnet.ops.progress import event_progress
 
+    chosen = sum([bool(idents), all_letters, reason is not None])
+    if chosen != 1:
+        raise UsageProblem("name dead-letter IDs, or give --all, or --reason TEXT (one of them)")
+    if reason is not None and not reason.strip():
+        raise UsageProblem("--reason: give some text to match")
+    selection = Selection(ids=tuple(idents or ()), reason=reason)
     settings = _settings()
     bootstrap = endpoints.bootstrap_servers(settings)
-    topics = _topics(settings)
-    letters = asyncio.run(list_dead_letters(bootstrap, topics, include_retried=True))
-    try:
-        letter = find(letters, ident)
-        topic, partition, offset = asyncio.run(retry(bootstrap, letter, topics.dead_letters))
-    except NoSuchDeadLetter as exc:
-        raise UsageProblem(str(exc)) from None
-    console.print(
-        f"re-drove dead letter {letter.id} ({letter.type or 'unparseable'}, {letter.consumer}) "
-        f"to {topic}[{partition}]@{offset}"
-    )
+    with endpoints.database_url(settings) as url:
+        try:
+            with event_progress(console, disable=as_json) as progress:
+                task = progress.add_task("retry", total=None)
+                result = asyncio.run(
+                    retry(
+                        url,
+                        bootstrap,
+                        selection,
+                        lambda done, total: progress.update(task, completed=done, total=total),
+                    )
+                )
+        except NoSuchDeadLetter as exc:
+            raise UsageProblem(str(exc)) from None
+        except RetryRefused as exc:
+            console.print(f"referralnet: {exc}", style="red", highlight=False)
+            sys.exit(1)
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "retried": [d.as_json() for d in result.retried],
+                    "already_retried": [d.as_json() for d in result.already],
+                    "seconds": round(result.seconds, 3),
+                },
+                indent=2,
+            )
+        )
+    else:
+        ops_render.retried(console, result)
+
+
+@dead_letters_app.command("discard")
+def dead_letters_discard(
+    idents: Annotated[
+        list[str] | None, typer.Argument(metavar="[ID]...", help="SCHEMA:N, as listed")
+    ] = None,
+    all_letters: Annotated[bool, typer.Option("--all", help="every pending letter")] = False,
+    reason: Annotated[
+        str | None, typer.Option(help="every pending letter whose reason contains TEXT")
+    ] = None,
+) -> None:
+    """Mark dead letters as decided without re-driving them (kept, listed with --all)."""
+    from referralnet.ops import render as ops_render
+    from referralnet.ops.dead_letters import NoSuchDeadLetter, Selection, discard
+
+    if sum([bool(idents), all_letters, reason is not None]) != 1:
+        raise UsageProblem("name dead-letter IDs, or give --all, or --reason TEXT (one of them)")
+    with endpoints.database_url(_settings()) as url:
+        try:
+            result = asyncio.run(discard(url, Selection(ids=tuple(idents or ()), reason=reason)))
+        except NoSuchDeadLetter as exc:
+            raise UsageProblem(str(exc)) from None
+    ops_render.retried(console, result)
 
 
 @app.command()
@@ -434,17 +536,25 @@ def status(
     stuck_seconds: Annotated[
         float, typer.Option(min=0, help="seconds without progress that count as stuck")
     ] = 60.0,
+    max_restarts: Annotated[
+        int, typer.Option(min=0, help="restarts of one worker per minute that count as a loop")
+    ] = 3,
+    recheck_seconds: Annotated[
+        float, typer.Option(min=0, help="read positions again after this long (0: once)")
+    ] = 2.0,
 ) -> None:
-    """Per service and view: lag, outbox backlog, last event, dead letters; exit 1 if unhealthy."""
+    """Lag, outbox backlog, dead letters, lost topics, stuck consumers, crash loops; exit 1
+    (each problem with its reason) if unhealthy."""
     from referralnet.ops import render as ops_render
     from referralnet.ops.status import Thresholds, collect
 
     settings = _settings()
     bootstrap = endpoints.bootstrap_servers(settings)
+    limits = Thresholds(
+        max_lag, stuck_seconds, max_restarts=max_restarts, recheck_seconds=recheck_seconds
+    )
     with endpoints.database_url(settings) as url:
-        result = asyncio.run(
-            collect(url, bootstrap, _topics(settings), Thresholds(max_lag, stuck_seconds))
-        )
+        result = asyncio.run(collect(url, bootstrap, _topics(settings), limits, settings.home))
     if as_json:
         print(json.dumps(result.as_json(), indent=2))
     else:

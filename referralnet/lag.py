@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -26,11 +27,15 @@ STORES = (INTAKE, ROUTING, OUTCOMES)
 
 @dataclass(frozen=True)
 class ConsumerLag:
+    """One consumer on one partition: its stored position against the high watermark."""
+
     consumer: str
     schema: str
     topic: str
     position: int
     highwater: int
+    partition: int = -1
+    updated_at: datetime | None = None  # when the position last moved (None: never stored)
 
     @property
     def lag(self) -> int:
@@ -97,18 +102,19 @@ async def consumer_lags(
         try:
             cur = await conn.execute(
                 sql.SQL(
-                    "SELECT partition, next_offset FROM {}.positions WHERE consumer = %s "
-                    "AND topic = %s"
+                    "SELECT partition, next_offset, updated_at FROM {}.positions "
+                    "WHERE consumer = %s AND topic = %s"
                 ).format(sql.Identifier(schema)),
                 (consumer, topic),
             )
-            stored = dict(await cur.fetchall())
+            stored = {p: (o, at) for p, o, at in await cur.fetchall()}
         except Exception:  # the view schema does not exist yet: nothing consumed
             await conn.rollback()
             stored = {}
         for (t, p), high in sorted(hw.items()):
             if t == topic:
-                rows.append(ConsumerLag(consumer, schema, topic, stored.get(p, 0), high))
+                position, at = stored.get(p, (0, None))
+                rows.append(ConsumerLag(consumer, schema, topic, position, high, p, at))
     return rows
 
 

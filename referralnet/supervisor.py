@@ -21,6 +21,7 @@ import httpx
 import structlog
 
 from infra.processes import listens_on, spawn
+from referralnet.ops.restarts import record_restart
 
 log = structlog.get_logger(__name__)
 
@@ -87,6 +88,7 @@ class Supervisor:
                 child.proc = self._spawn(child.name)
                 child.started = time.monotonic()
                 child.restarts += 1
+                record_restart(self.home, child.name)  # for `status`, in another process
                 restarted.append(child.name)
         return restarted
 

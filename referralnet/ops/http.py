@@ -7,6 +7,7 @@ Worker processes serve no HTTP of their own; their health is read from the outsi
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
@@ -15,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from bus.topics import Topics
 from infra.settings import Settings
 from referralnet.ops.metrics import exposition
-from referralnet.ops.status import SERVICE_COMPONENTS, SystemStatus, collect
+from referralnet.ops.status import SERVICE_COMPONENTS, SystemStatus, Thresholds, collect
 
 router = APIRouter(tags=["operations"])
 
@@ -25,10 +26,17 @@ CACHE_SECONDS = 2.0
 class OpsConfig:
     """Where status reads from, and the last snapshot (scrapes come in bursts)."""
 
-    def __init__(self, database_url: str, bootstrap_servers: str | None, topics: Topics) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        bootstrap_servers: str | None,
+        topics: Topics,
+        home: Path | None = None,
+    ) -> None:
         self.database_url = database_url
         self.bootstrap_servers = bootstrap_servers
         self.topics = topics
+        self.home = home
         self._snapshot: tuple[float, SystemStatus] | None = None
 
     async def status(self) -> SystemStatus:
@@ -36,7 +44,9 @@ class OpsConfig:
             raise HTTPException(503, "no broker configured (KAFKA_BOOTSTRAP_SERVERS)")
         if self._snapshot and time.monotonic() - self._snapshot[0] < CACHE_SECONDS:
             return self._snapshot[1]
-        status = await collect(self.database_url, self.bootstrap_servers, self.topics)
+        status = await collect(
+            self.database_url, self.bootstrap_servers, self.topics, Thresholds(), self.home
+        )
         self._snapshot = (time.monotonic(), status)
         return status
 
@@ -45,7 +55,10 @@ def install(app: FastAPI, database_url: str, settings: Settings | None = None) -
     """Add the routes to ``app``; the broker address comes from the environment."""
     settings = settings or Settings.from_env()
     app.state.ops = OpsConfig(
-        database_url, settings.kafka_bootstrap_servers, Topics(prefix=settings.topic_prefix)
+        database_url,
+        settings.kafka_bootstrap_servers,
+        Topics(prefix=settings.topic_prefix),
+        settings.home,
     )
     app.include_router(router)
 

@@ -120,9 +120,13 @@ class TopicRepair:
 
 
 def repair_topics(
-    bootstrap_servers: str, layout: Mapping[str, int], timeout: float = 30.0
+    bootstrap_servers: str,
+    layout: Mapping[str, int],
+    timeout: float = 30.0,
+    recreate: Iterable[str] = (),
 ) -> TopicRepair:
-    """Make every topic of ``{topic: partitions}`` exist with exactly that many.
+    """Make every topic of ``{topic: partitions}`` exist with exactly that many, and the
+    topics named in ``recreate`` empty (deleted and created again).
 
     A broker that lost its log auto-creates a topic on the first produce, with its own
     default partition count (Tansu: 4); records keyed by referral would then land in
@@ -135,6 +139,11 @@ def repair_topics(
     deadline = time.monotonic() + timeout
     admin = _admin(bootstrap_servers)
     try:
+        doomed = sorted(set(recreate) & set(admin.list_topics()))
+        if doomed:
+            with contextlib.suppress(UnknownTopicOrPartitionError):
+                admin.delete_topics(doomed)
+            repair.recreated.extend(doomed)
         while True:
             existing = set(admin.list_topics())
             counts = (

@@ -74,9 +74,19 @@ class StatusCollector(Collector):
             if c.last_applied_at is not None:
                 applied.add_metric(key, c.last_applied_at.timestamp())
         yield from (lag, applied, dead)
-        total = GaugeMetricFamily("referralnet_dead_letters", "Records on the dead-letters topic")
+        total = GaugeMetricFamily(
+            "referralnet_dead_letters", "Dead letters not yet re-driven or discarded"
+        )
         total.add_metric([], s.dead_letters)
         yield total
+        restarts = GaugeMetricFamily(
+            "referralnet_worker_restarts",
+            "Restarts of a worker by the supervisor in the status window",
+            labels=["worker"],
+        )
+        for worker, n in sorted(s.restarts.items()):
+            restarts.add_metric([worker], n)
+        yield restarts
 
 
 def exposition(status: SystemStatus) -> bytes:

@@ -8,7 +8,7 @@ from datetime import datetime
 from rich.console import Console
 from rich.table import Table
 
-from referralnet.ops.dead_letters import DeadLetter
+from referralnet.ops.dead_letters import DeadLetter, RetryResult
 from referralnet.ops.replay import ReplayResult
 from referralnet.ops.republish import RepublishResult
 from referralnet.ops.status import SystemStatus
@@ -63,8 +63,10 @@ def dead_letter_table(console: Console, letters: Sequence[DeadLetter]) -> None:
         console.print("no dead letters")
         return
     table = Table(title=f"{len(letters)} dead letter(s)")
-    for column in ("id", "parked", "consumer", "source", "type", "reason", "retried to"):
-        table.add_column(column, overflow="fold")
+    columns = ("id", "parked", "consumer", "source", "type", "reason", "retried to / discarded")
+    for column in columns:
+        # The id is what `retry` takes: never folded, so it can be copied whole.
+        table.add_column(column, overflow="fold", no_wrap=column == "id")
     for d in letters:
         table.add_row(
             d.id,
@@ -73,9 +75,31 @@ def dead_letter_table(console: Console, letters: Sequence[DeadLetter]) -> None:
             f"{d.source_topic}[{d.source_partition}]@{d.source_offset}",
             d.type or "?",
             d.reason,
-            d.retried_to or "",
+            d.retried_to or (f"discarded {_when(d.discarded_at)}" if d.discarded_at else ""),
         )
     console.print(table)
+
+
+def retried(console: Console, r: RetryResult, shown: int = 20) -> None:
+    """What ``dead-letters retry`` or ``discard`` did, letter by letter (the first few)."""
+    for d in r.retried[:shown]:
+        what = f"re-drove dead letter {d.id}" if d.retried_to else f"discarded dead letter {d.id}"
+        where = f" to {d.retried_to}" if d.retried_to else ""
+        console.print(f"{what} ({d.type or 'unparseable'}, {d.consumer}){where}", highlight=False)
+    if len(r.retried) > shown:
+        console.print(f"... and {len(r.retried) - shown} more (see `dead-letters --all`)")
+    for d in r.already[:shown]:
+        before = (
+            f"re-driven to {d.retried_to} at {_when(d.retried_at)}"
+            if d.retried_at
+            else f"discarded at {_when(d.discarded_at)}"
+        )
+        console.print(f"dead letter {d.id} was already {before}; left alone", highlight=False)
+    console.print(
+        f"{len(r.retried)} done, {len(r.already)} already done before (nothing sent for "
+        f"those), in {r.seconds:.2f}s ({r.per_second:,.0f} letters/s)",
+        highlight=False,
+    )
 
 
 def status(console: Console, s: SystemStatus) -> None:
@@ -110,8 +134,13 @@ def status(console: Console, s: SystemStatus) -> None:
             str(c.dead_letters),
         )
     console.print(consumers)
-    console.print(f"dead letters on the bus: {s.dead_letters}")
+    console.print(f"pending dead letters (kept in PostgreSQL): {s.dead_letters}")
+    if s.restarts:
+        console.print(
+            "worker restarts in the last minute: "
+            + ", ".join(f"{w} {n}" for w, n in sorted(s.restarts.items()))
+        )
     if s.healthy:
         console.print("[green]healthy[/]")
     for p in s.problems:
-        console.print(f"[red]unhealthy[/]: {p.message}")
+        console.print(f"[red]unhealthy[/]: {p.message}", highlight=False, soft_wrap=True)

@@ -19,12 +19,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import AsyncConnection, sql
 
+from bus.dead_letters import TABLE, ensure_columns
 from bus.topics import Topics
 from bus.tracking import Record, apply_batches, stored_positions
 from referralnet.ops import log
 from referralnet.ops.checksum import combine, digests_in_transaction
 from views.projection import ViewProjection
-from views.schema import create_view, schema_name
+from views.schema import VIEW_TABLES, create_view, schema_name
 
 Progress = Callable[[int, int], None]
 """Called with (events read, events to read); the total grows if the log does."""
@@ -39,6 +40,29 @@ class UnknownView(LookupError):
 
 class LogBehindView(RuntimeError):
     """The topic holds fewer records than the live view consumed: the broker lost its log."""
+
+
+class ViewDiffers(RuntimeError):
+    """The rebuilt view does not say what the live view says; the live view was kept.
+
+    ``rows`` is, per table, (rows only in the live view, rows only in the rebuilt one);
+    timeline rows are events.
+    """
+
+    def __init__(self, org_id: str, schema: str, rows: dict[str, tuple[int, int]]) -> None:
+        self.org_id, self.schema, self.rows = org_id, schema, rows
+        differing = {t: n for t, n in rows.items() if n != (0, 0)}
+        events = differing.get("timeline", (0, 0))
+        detail = ", ".join(
+            f"{t}: {live} only live, {rebuilt} only rebuilt"
+            for t, (live, rebuilt) in differing.items()
+        )
+        super().__init__(
+            f"view {schema}: the rebuild differs from the live view ({events[0]} events only "
+            f"in the live view, {events[1]} only in the rebuild; {detail}); kept the live "
+            "view (the log may have lost events: run `referralnet republish`, or give --force "
+            "to swap anyway)"
+        )
 
 
 @dataclass(frozen=True)
@@ -155,11 +179,15 @@ async def replay_view(
     org_id: str,
     progress: Progress | None = None,
     lock_timeout: float = 30.0,
+    force: bool = False,
 ) -> ReplayResult:
     """Rebuild ``org_id``'s view from ``org.<org_id>`` and swap it in (see module doc).
 
     Any failure or interruption (Ctrl-C) drops the half-built schema; the live view is
     only ever changed by the swap transaction, which either commits whole or not at all.
+    A rebuild whose checksum differs from the live view's is not swapped in (raises
+    ``ViewDiffers``, the live view untouched) unless ``force``: a log that lost events
+    would otherwise make the loss permanent.
     """
     started = time.monotonic()
     live = schema_name(org_id)
@@ -178,7 +206,7 @@ async def replay_view(
     try:
         return await _build_and_swap(
             database_url, bootstrap_servers, projection, topic, live, old, started, progress,
-            lock_timeout,
+            lock_timeout, force,
         )  # fmt: skip
     except BaseException:
         await drop_schema(database_url, replay)
@@ -195,6 +223,7 @@ async def _build_and_swap(
     started: float,
     progress: Progress | None,
     lock_timeout: float,
+    force: bool,
 ) -> ReplayResult:
     s_live, s_replay = sql.Identifier(live), sql.Identifier(projection.schema)
     highwater = await log.topic_highwaters(bootstrap_servers, [topic])
@@ -242,10 +271,12 @@ async def _build_and_swap(
                 final = await stored_positions(conn, live, projection.consumer)
                 goal = {tp: final.get((tp.topic, tp.partition), 0) for tp in targets}
                 at_swap = await rep.read_until(goal, report, stall_seconds=lock_timeout)
-                # Poison events were dead-lettered by the live consumer already.
-                await conn.execute(sql.SQL("DELETE FROM {}.dead_letter_outbox").format(s_replay))
                 live_checksum = combine(await digests_in_transaction(conn, live))
                 checksum = combine(await digests_in_transaction(conn, projection.schema))
+                if checksum != live_checksum and not force:
+                    rows = await row_differences(conn, live, projection.schema)
+                    raise ViewDiffers(projection.org_id, live, rows)
+                await _keep_dead_letters(conn, live, projection.schema)
                 await conn.execute(
                     sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(s_live, sql.Identifier(old))
                 )
@@ -272,6 +303,7 @@ async def replay_all(
     bootstrap_servers: str,
     topics: Topics,
     progress_for: Callable[[str], Progress | None] | None = None,
+    force: bool = False,
 ) -> list[ReplayResult]:
     """``replay --all``: every partner's view, one after the other (for the demo too)."""
     conn: AsyncConnection[Any]
@@ -284,9 +316,45 @@ async def replay_all(
             topics,
             org,
             progress_for(org) if progress_for is not None else None,
+            force=force,
         )
         for org in orgs
     ]
+
+
+async def row_differences(
+    conn: AsyncConnection[Any], live: str, rebuilt: str
+) -> dict[str, tuple[int, int]]:
+    """Per view table: (rows only in ``live``, rows only in ``rebuilt``), whole rows."""
+    result: dict[str, tuple[int, int]] = {}
+    for table in VIEW_TABLES:
+        a, b = sql.Identifier(live, table), sql.Identifier(rebuilt, table)
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT (SELECT count(*) FROM (SELECT t::text FROM {a} t EXCEPT ALL "
+                "SELECT t::text FROM {b} t) x), (SELECT count(*) FROM (SELECT t::text FROM {b} t "
+                "EXCEPT ALL SELECT t::text FROM {a} t) y)"
+            ).format(a=a, b=b)
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        result[table] = (int(row[0]), int(row[1]))
+    return result
+
+
+async def _keep_dead_letters(conn: AsyncConnection[Any], live: str, rebuilt: str) -> None:
+    """Move the live view's dead letters into the schema being swapped in.
+
+    They are kept for good (``bus.dead_letters``), and the rebuild's own are copies of
+    the same poison: the live consumer parked each once already.
+    """
+    await ensure_columns(conn, live)
+    await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(rebuilt, TABLE)))
+    await conn.execute(
+        sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(
+            sql.Identifier(live, TABLE), sql.Identifier(rebuilt)
+        )
+    )
 
 
 def _describe(short: dict[tuple[str, int], int], highwater: dict[tuple[str, int], int]) -> str:

@@ -1,36 +1,66 @@
-"""Refill ``referral-events`` from the three stores after the broker lost its log.
+"""Refill ``referral-events`` from the stores: after the broker lost its log, or any time.
 
-Events are merged across the stores by the time they were recorded (each store in its
-own position order, which keeps every stream's versions in order), so an event a
-service wrote in reaction to another (``referral-routed`` after ``referral-created``)
-comes after it again. Events whose ``ce_id`` is still on the topic are not sent twice.
+Safe at any time, under traffic too:
 
-When anything had to be refilled, every consumer is told to read its topic again from
-the start: positions on ``referral-events`` go to 0, and when the partner topics were
-lost too, the distributor forgets what it delivered (so it delivers everything again)
-and every view's position goes to 0. Consumers skip what they applied before by stream
-version, so views end exactly as they were.
+1. The broker must answer first; otherwise nothing is touched (``RepublishRefused``).
+2. The outbox relays are fenced (``bus.relay.FENCE``, an advisory lock they hold shared
+   per batch): republish waits for the batches in flight, then no relay publishes until
+   it is done. So nothing the relay is sending is sent twice, and no stream's new events
+   overtake the old ones being refilled.
+3. What the broker lost is judged before anything changes: a topic is lost when a
+   consumer's stored position is beyond its high watermark, and ``referral-events`` also
+   when an event the relay had published (no outbox row any more) is not on it. A lost
+   topic is deleted and created again, empty: records a client managed to publish to
+   the fresh broker meanwhile would otherwise come before the older events refilled
+   after them. Consumers of a lost topic read it again from the start (positions 0;
+   for lost partner topics the distributor also forgets what it delivered, so it
+   delivers it all again); they skip what they applied before by stream version.
+4. Every stored event not on the topic goes out, merged across the stores by the time
+   it was recorded (each store in position order, so every stream in version order),
+   read from one snapshot of all three stores (a stream's later version cannot be in it
+   without the earlier one). The outbox rows of those events are deleted while still
+   fenced; the relays then publish only what was appended after the snapshot.
+
+A failure after step 3 leaves nothing that a second ``republish`` does not mend
+(``RepublishFailed`` says so).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 from aiokafka import AIOKafkaProducer
-from psycopg import AsyncConnection, sql
+from aiokafka.errors import KafkaError as AIOKafkaError
+from kafka.errors import KafkaError
+from psycopg import AsyncConnection, errors, sql
 
-from bus.relay import to_cloudevent
+from bus.relay import FENCE, to_cloudevent
 from bus.topics import Topics
 from eventstore.records import StoredEvent
 from eventstore.store import EventStore
 from referralnet.lag import STORES, consumers
 from referralnet.ops import log
 from schemas.envelope import to_kafka
+
+BROKER_ERRORS = (AIOKafkaError, KafkaError, OSError, TimeoutError)
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+
+
+class RepublishRefused(RuntimeError):
+    """Republish did not start (broker unreachable, relays not pausing): nothing changed."""
+
+
+class RepublishFailed(RuntimeError):
+    """Republish failed part-way; running it again finishes the job."""
+
 
 Progress = Callable[[int, int], None]
 
@@ -54,19 +84,6 @@ class RepublishResult:
     @property
     def events_per_second(self) -> float:
         return self.published / self.seconds if self.seconds > 0 else 0.0
-
-
-async def _event_ids(
-    conn: AsyncConnection[Any], store: EventStore, since: datetime | None
-) -> set[str]:
-    cur = await conn.execute(
-        sql.SQL(
-            "SELECT event_id::text FROM {}.events "
-            "WHERE (%s::timestamptz IS NULL OR recorded_at >= %s)"
-        ).format(sql.Identifier(store.schema)),
-        (since, since),
-    )
-    return {r[0] for r in await cur.fetchall()}
 
 
 async def merged_history(
@@ -102,17 +119,18 @@ async def _present_ids(bootstrap_servers: str, topic: str) -> set[str]:
         for m in messages:
             for key, value in m.headers or ():
                 if key == "ce_id":
-                    ids.add(value.decode())
+                    ids.add(bytes(value).decode("utf-8", "replace"))
     return ids
 
 
-async def _lost_partner_topics(
+async def _positions_beyond(
     conn: AsyncConnection[Any], bootstrap_servers: str, topics: Topics
-) -> bool:
-    """Whether some view consumed further than its topic now reaches."""
-    views = [(c, s, t) for c, s, t in await consumers(conn, topics) if t != topics.referral_events]
-    highwater = await log.topic_highwaters(bootstrap_servers, [t for _, _, t in views])
-    for consumer, schema, topic in views:
+) -> set[str]:
+    """Topics on which some consumer stored a position beyond the high watermark."""
+    wanted = await consumers(conn, topics)
+    highwater = await log.topic_highwaters(bootstrap_servers, [t for _, _, t in wanted])
+    beyond: set[str] = set()
+    for consumer, schema, topic in wanted:
         cur = await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".positions',))
         row = await cur.fetchone()
         if not row or not row[0]:
@@ -125,24 +143,56 @@ async def _lost_partner_topics(
         )
         for partition, offset in await cur.fetchall():
             if offset > highwater.get((topic, partition), 0):
-                return True
-    return False
+                beyond.add(topic)
+    return beyond
+
+
+async def _published_but_missing(
+    conn: AsyncConnection[Any], present: set[str], since: datetime | None
+) -> int:
+    """Events the relay had published (their outbox rows are gone) that are not on the
+    topic now: the broker lost them. (Relays are fenced: no outbox row goes meanwhile.)"""
+    missing = 0
+    ids = [UUID(i) for i in present if _UUID.fullmatch(i)]  # other clients' ids may be junk
+    for store in STORES:
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT count(*) FROM {s}.events e WHERE NOT EXISTS "
+                "(SELECT 1 FROM {s}.outbox o WHERE o.event_position = e.position) "
+                "AND (%s::timestamptz IS NULL OR e.recorded_at >= %s) "
+                # NOT IN over a subquery: a hashed anti-join, not a scan of the array per row
+                "AND e.event_id NOT IN (SELECT unnest(%s::uuid[]))"
+            ).format(s=sql.Identifier(store.schema)),
+            (since, since, ids),
+        )
+        row = await cur.fetchone()
+        missing += int(row[0]) if row else 0
+    return missing
 
 
 async def reset_consumers(
-    conn: AsyncConnection[Any], topics: Topics, partner_topics: bool, lock_timeout: float = 30.0
+    conn: AsyncConnection[Any],
+    topics: Topics,
+    events_lost: bool,
+    partner_topics: bool,
+    lock_timeout: float = 30.0,
 ) -> list[str]:
-    """Positions to 0 (one transaction); with ``partner_topics`` also the distributor's
-    memory of what it delivered and every view's position. Returns the consumers reset."""
+    """Positions to 0 (one transaction) of the consumers of lost topics; for lost
+    partner topics also the distributor's memory of what it delivered and its position
+    on ``referral-events``. Returns the consumers reset."""
     reset: list[str] = []
     views = [(c, s, t) for c, s, t in await consumers(conn, topics) if t != topics.referral_events]
+    targets: list[tuple[str, str]] = []
+    if events_lost:
+        targets += [(s, topics.referral_events) for s in BUS_CONSUMER_SCHEMAS]
+    if partner_topics:
+        if not events_lost:
+            targets.append(("distributor", topics.referral_events))
+        targets += [(s, t) for _, s, t in views]
     async with conn.transaction():
         await conn.execute(
             sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(f"{int(lock_timeout)}s"))
         )
-        targets = [(s, topics.referral_events) for s in BUS_CONSUMER_SCHEMAS]
-        if partner_topics:
-            targets += [(s, t) for _, s, t in views]
         for schema, topic in targets:
             cur = await conn.execute(
                 "SELECT to_regclass(%s) IS NOT NULL", (f'"{schema}".positions',)
@@ -168,40 +218,163 @@ async def reset_consumers(
     return reset
 
 
+@contextlib.asynccontextmanager
+async def relays_fenced(
+    conn: AsyncConnection[Any], wait_seconds: float = 30.0
+) -> AsyncIterator[None]:
+    """Hold the relays' fence for the block (session lock: a crash of ours lifts it)."""
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                sql.SQL("SET LOCAL lock_timeout = {}").format(
+                    sql.Literal(f"{int(wait_seconds * 1000)}ms")
+                )
+            )
+            await conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (FENCE,))
+    except errors.LockNotAvailable:
+        raise RepublishRefused(
+            f"the outbox relays did not pause within {wait_seconds:.0f}s; nothing was changed"
+        ) from None
+    try:
+        yield
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (FENCE,))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {text}".rstrip(": ")
+
+
 async def republish(
     database_url: str,
     bootstrap_servers: str,
     topics: Topics,
     since: datetime | None = None,
     progress: Progress | None = None,
+    fence_timeout: float = 30.0,
+    attempts: int = 5,
 ) -> RepublishResult:
-    """Refill the bus from the stores (see the module docstring)."""
+    """Refill the bus from the stores (see the module docstring).
+
+    Raises ``RepublishRefused`` (nothing changed) or ``RepublishFailed`` (run it again).
+    """
     started = time.monotonic()
     result = RepublishResult()
+    problem = await log.broker_reachable(bootstrap_servers)
+    if problem is not None:
+        raise RepublishRefused(
+            f"broker unreachable at {bootstrap_servers} ({problem.split(':')[0]}); "
+            "nothing was changed"
+        )
     conn: AsyncConnection[Any]
     async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
         cur = await conn.execute("SELECT id FROM directory.organisations ORDER BY id")
         orgs = [r[0] for r in await cur.fetchall()]
-        names = [topics.referral_events, topics.dead_letters, *(topics.org(o) for o in orgs)]
-        repair = await asyncio.to_thread(log.repair_topics, bootstrap_servers, topics.layout(names))
-        result.topics_created, result.topics_recreated = repair.created, repair.recreated
-        present = await _present_ids(bootstrap_servers, topics.referral_events)
-        stored: set[str] = set()
-        for store in STORES:
-            stored |= await _event_ids(conn, store, since)
-        result.in_stores = len(stored)
-        lost_partners = await _lost_partner_topics(conn, bootstrap_servers, topics)
-        if stored - present or lost_partners:
-            result.consumers_reset = await reset_consumers(conn, topics, lost_partners)
-            result.partner_topics_refilled = lost_partners
-        await _publish_missing(
-            database_url, bootstrap_servers, topics, since, present, result, progress
-        )
+        partner_names = [topics.org(o) for o in orgs]
+        names = [topics.referral_events, topics.dead_letters, *partner_names]
+        async with relays_fenced(conn, fence_timeout):
+            try:
+                beyond = await _positions_beyond(conn, bootstrap_servers, topics)
+                events_lost = topics.referral_events in beyond
+                if not events_lost and log.partition_counts(
+                    bootstrap_servers, [topics.referral_events]
+                ):
+                    present = await _present_ids(bootstrap_servers, topics.referral_events)
+                    events_lost = await _published_but_missing(conn, present, since) > 0
+                partners_lost = bool(beyond & set(partner_names))
+                lost = ([topics.referral_events] if events_lost else []) + (
+                    partner_names if partners_lost else []
+                )
+                repair = await asyncio.to_thread(
+                    log.repair_topics, bootstrap_servers, topics.layout(names), recreate=lost
+                )
+                present = await _present_ids(bootstrap_servers, topics.referral_events)
+            except BROKER_ERRORS as exc:
+                raise RepublishRefused(
+                    f"the broker failed before anything was changed ({_one_line(exc)}); "
+                    "run republish again"
+                ) from None
+            result.topics_created, result.topics_recreated = repair.created, repair.recreated
+            if events_lost or partners_lost:
+                result.consumers_reset = await reset_consumers(
+                    conn, topics, events_lost, partners_lost
+                )
+                result.partner_topics_refilled = partners_lost
+            await _publish_fenced(
+                conn, database_url, bootstrap_servers, topics, since, present, result, progress,
+                attempts,
+            )  # fmt: skip
     result.seconds = time.monotonic() - started
     return result
 
 
+async def _publish_fenced(
+    conn: AsyncConnection[Any],
+    database_url: str,
+    bootstrap_servers: str,
+    topics: Topics,
+    since: datetime | None,
+    present: set[str],
+    result: RepublishResult,
+    progress: Progress | None,
+    attempts: int,
+) -> None:
+    """``_publish_missing``, again on a broker error, all under the caller's fence.
+
+    A broker that just restarted fails some sends for a moment (Tansu: ``UnknownError``).
+    Giving up would lift the fence with part of the history sent, and the relays would
+    then publish new events ahead of the older ones still missing; so each attempt reads
+    what is on the topic now and sends the rest, before the relays may go on.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            await _publish_missing(
+                conn, database_url, bootstrap_servers, topics, since, present, result, progress
+            )
+            return
+        except BROKER_ERRORS as exc:
+            if attempt == attempts:
+                raise RepublishFailed(
+                    f"publishing failed {attempts} times ({_one_line(exc)}); consumers are "
+                    "reading the log again from where it holds events: run republish again "
+                    "to send the rest"
+                ) from None
+            await asyncio.sleep(min(2.0**attempt, 10.0))  # retry backoff on a broker error
+            try:
+                present = await _present_ids(bootstrap_servers, topics.referral_events)
+            except BROKER_ERRORS:
+                continue
+            result.already_present = result.in_stores = 0  # read again; sent ones add up
+
+
+@contextlib.asynccontextmanager
+async def _snapshot(database_url: str) -> AsyncIterator[list[AsyncConnection[Any]]]:
+    """One connection per store, all reading one snapshot of the database."""
+    async with contextlib.AsyncExitStack() as stack:
+        conns: list[AsyncConnection[Any]] = []
+        snapshot: str | None = None
+        for _ in STORES:
+            c = await stack.enter_async_context(
+                await AsyncConnection.connect(database_url, autocommit=True)
+            )
+            await stack.enter_async_context(c.transaction())
+            await c.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            if snapshot is None:
+                cur = await c.execute("SELECT pg_export_snapshot()")
+                row = await cur.fetchone()
+                assert row is not None
+                snapshot = str(row[0])
+            else:
+                await c.execute(
+                    sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot))
+                )
+            conns.append(c)
+        yield conns
+
+
 async def _publish_missing(
+    conn: AsyncConnection[Any],
     database_url: str,
     bootstrap_servers: str,
     topics: Topics,
@@ -214,33 +387,59 @@ async def _publish_missing(
         bootstrap_servers=bootstrap_servers,
         acks="all",
         linger_ms=5,
+        request_timeout_ms=15_000,
         client_id="referralnet-republish",
     )
     await producer.start()
-    conns = [await AsyncConnection.connect(database_url, autocommit=True) for _ in STORES]
+    read: dict[str, list[int]] = {store.schema: [] for store in STORES}
+    pending: list[Any] = []
     try:
-        pending = []
-        done = 0
-        async for store, event in merged_history(conns, since):
-            done += 1
-            if str(event.event_id) in present:
-                result.already_present += 1
-                continue
-            key, value, headers = to_kafka(to_cloudevent(store, event))
-            pending.append(await producer.send(topics.referral_events, value, key, headers=headers))
-            if len(pending) >= 1000:
-                for future in pending:
-                    await future
-                result.published += len(pending)
-                pending.clear()
-                if progress is not None:
-                    progress(done, result.in_stores)
-        for future in pending:
-            await future
-        result.published += len(pending)
-        if progress is not None:
-            progress(done, max(done, result.in_stores))
+        async with _snapshot(database_url) as conns:
+            for store, c in zip(STORES, conns, strict=True):
+                cur = await c.execute(
+                    sql.SQL(
+                        "SELECT count(*) FROM {}.events "
+                        "WHERE (%s::timestamptz IS NULL OR recorded_at >= %s)"
+                    ).format(sql.Identifier(store.schema)),
+                    (since, since),
+                )
+                row = await cur.fetchone()
+                result.in_stores += int(row[0]) if row else 0
+            done = 0
+            async for store, event in merged_history(conns, since):
+                done += 1
+                read[store.schema].append(event.position)
+                if str(event.event_id) in present:
+                    result.already_present += 1
+                    continue
+                key, value, headers = to_kafka(to_cloudevent(store, event))
+                pending.append(
+                    await producer.send(topics.referral_events, value, key, headers=headers)
+                )
+                if len(pending) >= 1000:
+                    for future in pending:
+                        await future
+                    result.published += len(pending)
+                    pending.clear()
+                    if progress is not None:
+                        progress(done, result.in_stores)
+            for future in pending:
+                await future
+            result.published += len(pending)
+            if progress is not None:
+                progress(done, max(done, result.in_stores))
+    except BaseException:
+        # Collect the sends still in flight, so none is left with an unread error.
+        await asyncio.gather(*pending, return_exceptions=True)
+        raise
     finally:
-        for c in conns:
-            await c.close()
         await producer.stop()
+    # Still fenced: these events are on the bus now; the relays must not send them again.
+    for store in STORES:
+        await conn.execute(
+            sql.SQL(
+                "DELETE FROM {}.outbox o USING unnest(%s::int8[]) AS p(pos) "
+                "WHERE o.event_position = p.pos"
+            ).format(sql.Identifier(store.schema)),
+            (read[store.schema],),
+        )

@@ -4,22 +4,38 @@ Everything is read from the outside (PostgreSQL and the broker), not from the wo
 processes, so it covers every worker whether it runs here or elsewhere: a consumer's
 lag is its stored position against the partition's true high watermark, a relay's
 backlog is its outbox, and a worker that stopped shows up as lag that does not move.
+
+Unhealthy, each with its reason (and ``status`` exits 1):
+- the database or broker does not answer;
+- a topic is missing (the broker lost its log, or it was never created);
+- a stored position is beyond its partition's high watermark (the broker lost its log:
+  without this check that reads as "lag 0");
+- a consumer lags more than ``max_lag``, or a partition's position stands still while
+  its high watermark is ahead (no progress for ``stuck_seconds`` and, with
+  ``recheck_seconds``, not moving across two readings): a consumer stuck behind one
+  record, whatever its other partitions do;
+- the supervisor restarted a worker more than ``max_restarts`` times in the last
+  ``restart_window`` seconds (a crash loop);
+- an outbox older than ``stuck_seconds``;
+- dead letters nobody has re-driven or discarded yet.
 """
 
 from __future__ import annotations
 
-from collections import Counter
+import asyncio
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import AsyncConnection, sql
 
 from bus.topics import Topics
-from referralnet.lag import STORES, consumer_lags
+from referralnet.lag import STORES, consumer_lags, consumers
 from referralnet.ops import log
-from referralnet.ops.dead_letters import list_dead_letters
+from referralnet.ops.dead_letters import pending_counts
+from referralnet.ops.restarts import restarts_within
 
 SERVICE_OF_CONSUMER = {"routing": "routing", "distributor": "distributor", "outcomes": "outcomes"}
 
@@ -30,6 +46,10 @@ class Thresholds:
 
     max_lag: int = 1000
     stuck_seconds: float = 60.0
+    max_restarts: int = 3
+    restart_window: float = 60.0
+    recheck_seconds: float = 0.0
+    """A second reading of the positions this long after the first (0: one reading)."""
 
 
 @dataclass
@@ -57,6 +77,19 @@ class ConsumerHealth:
     dead_letters: int = 0
 
 
+@dataclass
+class PartitionHealth:
+    """One consumer on one partition (where "stuck behind one record" shows)."""
+
+    consumer: str
+    topic: str
+    partition: int
+    position: int
+    highwater: int
+    updated_at: datetime | None
+    moved: bool | None = None  # across two readings; None: read once
+
+
 @dataclass(frozen=True)
 class Problem:
     """Something unhealthy, and which part of the system it is about."""
@@ -74,6 +107,16 @@ SERVICE_COMPONENTS: dict[str, tuple[str, ...]] = {
     "relay": ("database", "broker", "store:"),
     "views": ("database", "broker", "consumer:view."),
 }
+for _service, _workers in {
+    "api": ("api",),
+    "intake": ("api", "relay"),
+    "routing": ("routing", "relay"),
+    "outcomes": ("outcomes", "relay"),
+    "distributor": ("distributor",),
+    "relay": ("relay",),
+    "views": ("views",),
+}.items():
+    SERVICE_COMPONENTS[_service] += tuple(f"worker:{w}" for w in _workers)
 """Which components each worker process answers for (prefixes), for ``/healthz/<name>``."""
 
 
@@ -88,6 +131,10 @@ class SystemStatus:
     consumers: list[ConsumerHealth] = field(default_factory=list)
     dead_letters: int = 0
     problems: list[Problem] = field(default_factory=list)
+    partitions: list[PartitionHealth] = field(default_factory=list)
+    missing_topics: list[str] = field(default_factory=list)
+    restarts: dict[str, int] = field(default_factory=dict)
+    dead_letters_by_consumer: dict[str, int] = field(default_factory=dict)
 
     @property
     def healthy(self) -> bool:
@@ -110,6 +157,8 @@ class SystemStatus:
             "stores": [{k: plain(v) for k, v in asdict(s).items()} for s in self.stores],
             "consumers": [{k: plain(v) for k, v in asdict(c).items()} for c in self.consumers],
             "dead_letters": self.dead_letters,
+            "missing_topics": self.missing_topics,
+            "restarts_in_window": self.restarts,
             "problems": [asdict(p) for p in self.problems],
         }
 
@@ -149,9 +198,15 @@ async def _last_applied(conn: AsyncConnection[Any], schema: str, consumer: str) 
 
 async def _consumers(
     conn: AsyncConnection[Any], bootstrap_servers: str, topics: Topics
-) -> list[ConsumerHealth]:
+) -> tuple[list[ConsumerHealth], list[PartitionHealth]]:
     by_consumer: dict[str, ConsumerHealth] = {}
+    partitions: list[PartitionHealth] = []
     for lag in await consumer_lags(conn, bootstrap_servers, topics):
+        partitions.append(
+            PartitionHealth(
+                lag.consumer, lag.topic, lag.partition, lag.position, lag.highwater, lag.updated_at
+            )
+        )
         found = by_consumer.get(lag.consumer)
         if found is None:
             kind = "service" if lag.consumer in SERVICE_OF_CONSUMER else "view"
@@ -167,7 +222,34 @@ async def _consumers(
         found.lag += lag.lag
         found.position += lag.position
         found.highwater += lag.highwater
-    return list(by_consumer.values())
+    return list(by_consumer.values()), partitions
+
+
+async def _recheck(
+    conn: AsyncConnection[Any], topics: Topics, partitions: list[PartitionHealth]
+) -> None:
+    """Second reading of the stored positions: did each partition move since the first?"""
+    now: dict[tuple[str, str, int], int] = {}
+    for consumer, schema, topic in await consumers(conn, topics):
+        try:
+            cur = await conn.execute(
+                sql.SQL(
+                    "SELECT partition, next_offset FROM {}.positions "
+                    "WHERE consumer = %s AND topic = %s"
+                ).format(sql.Identifier(schema)),
+                (consumer, topic),
+            )
+        except psycopg.errors.UndefinedTable:
+            continue
+        for partition, offset in await cur.fetchall():
+            now[(consumer, topic, int(partition))] = int(offset)
+    for p in partitions:
+        p.moved = now.get((p.consumer, p.topic, p.partition), 0) != p.position
+
+
+def _missing_topics(bootstrap_servers: str, wanted: list[str]) -> list[str]:
+    counts = log.partition_counts(bootstrap_servers, wanted)
+    return sorted(t for t in set(wanted) if t not in counts)
 
 
 def _problems(status: SystemStatus, limits: Thresholds) -> list[Problem]:
@@ -186,6 +268,56 @@ def _problems(status: SystemStatus, limits: Thresholds) -> list[Problem]:
                     f"unpublished for {age:.0f}s",
                 )
             )
+    if status.missing_topics:
+        problems.append(
+            Problem(
+                "broker",
+                f"topic(s) missing on the broker: {', '.join(status.missing_topics)} (it lost "
+                "its log, or they were never created): run `referralnet republish`",
+            )
+        )
+    for p in status.partitions:
+        where = f"consumer:{p.consumer}"
+        if p.position > p.highwater:
+            problems.append(
+                Problem(
+                    where,
+                    f"{p.consumer}: stored position {p.position} is beyond the high watermark "
+                    f"{p.highwater} of {p.topic}[{p.partition}] (the broker lost its log): "
+                    "run `referralnet republish`",
+                )
+            )
+        elif p.highwater > p.position and p.moved is not True:
+            idle = (status.at - p.updated_at).total_seconds() if p.updated_at is not None else None
+            if idle is None or idle > limits.stuck_seconds:
+                since = "never moved" if idle is None else f"no progress for {idle:.0f}s"
+                problems.append(
+                    Problem(
+                        where,
+                        f"{p.consumer} stuck at {p.topic}[{p.partition}] offset {p.position} "
+                        f"(high watermark {p.highwater}): {since}",
+                    )
+                )
+    for worker, n in sorted(status.restarts.items()):
+        if n > limits.max_restarts:
+            problems.append(
+                Problem(
+                    f"worker:{worker}",
+                    f"worker {worker} restarted {n} times in the last "
+                    f"{limits.restart_window:.0f}s (> {limits.max_restarts}): a crash loop? "
+                    f"see logs/{worker}.log",
+                )
+            )
+    for consumer, n in sorted(status.dead_letters_by_consumer.items()):
+        problems.append(
+            Problem(
+                f"dead-letters:{consumer}",
+                f"{consumer}: {n} pending dead letter(s): see `referralnet dead-letters`, then "
+                "`retry` or `discard` them",
+            )
+        )
+    # TODO(consumer gap-safety): count the events each consumer holds or parks behind a
+    # missing version (``bus.held.held_summary(conn, schema)``) as problems here too.
     for c in status.consumers:
         where = f"consumer:{c.consumer}"
         if c.lag > limits.max_lag:
@@ -206,8 +338,12 @@ async def collect(
     bootstrap_servers: str,
     topics: Topics,
     limits: Thresholds = Thresholds(),
+    home: Path | None = None,
 ) -> SystemStatus:
-    """Measure everything; never raises for an unreachable broker or database."""
+    """Measure everything; never raises for an unreachable broker or database.
+
+    ``home`` is where the supervisor records worker restarts (``REFERRALNET_HOME``).
+    """
     status = SystemStatus(datetime.now(UTC), None, await log.broker_reachable(bootstrap_servers))
     try:
         conn: AsyncConnection[Any]
@@ -216,14 +352,29 @@ async def collect(
         ) as conn:
             status.stores = await _stores(conn)
             if status.broker_error is None:
-                status.consumers = await _consumers(conn, bootstrap_servers, topics)
+                wanted = sorted(
+                    {topics.referral_events, topics.dead_letters}
+                    | {t for _, _, t in await consumers(conn, topics)}
+                )
+                status.missing_topics = await asyncio.to_thread(
+                    _missing_topics, bootstrap_servers, wanted
+                )
+                status.consumers, status.partitions = await _consumers(
+                    conn, bootstrap_servers, topics
+                )
+                if limits.recheck_seconds > 0 and any(
+                    p.highwater > p.position for p in status.partitions
+                ):
+                    await asyncio.sleep(limits.recheck_seconds)  # the second reading
+                    await _recheck(conn, topics, status.partitions)
+            # From PostgreSQL, where dead letters are kept: a broker restart loses none.
+            status.dead_letters_by_consumer = await pending_counts(conn)
+            status.dead_letters = sum(status.dead_letters_by_consumer.values())
+            for c in status.consumers:
+                c.dead_letters = status.dead_letters_by_consumer.get(c.consumer, 0)
     except psycopg.OperationalError as exc:
         status.database_error = str(exc).strip().splitlines()[0] if str(exc) else "unreachable"
-    if status.broker_error is None:
-        letters = await list_dead_letters(bootstrap_servers, topics)
-        status.dead_letters = len(letters)
-        per_consumer = Counter(d.consumer for d in letters)
-        for c in status.consumers:
-            c.dead_letters = per_consumer.get(c.consumer, 0)
+    if home is not None:
+        status.restarts = restarts_within(home, limits.restart_window)
     status.problems = _problems(status, limits)
     return status

@@ -1,24 +1,36 @@
-"""Fault harness, CI size: 20 kill -9s while referrals flow, then a broker that loses its log.
+"""Fault harness, CI size: 20 kill -9s while referrals flow, a broker that loses its log
+(quietly, then under traffic with ``republish`` while referrals flow), a forged version
+gap and a poison header from an independent client.
 
 The harness itself is ``bench.chaos`` (``make chaos`` runs it with 100 kills); see its
 docstring for how accepted work is counted when the API dies mid-request. Runs on a
 system of its own: killing workers and restarting the broker under the session-wide
-system would disturb the other end-to-end tests.
+system would disturb the other end-to-end tests. The phases share one ledger, and each
+verification covers everything the stores hold since the system started.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
 
-from bench.chaos import Ledger, broker_restart_phase, chaos_system, kill_phase
+from bench.chaos import Ledger, Verdict, broker_restart_phase, chaos_system, kill_phase, verify
+from bench.forgery import forged_gap_phase, poison_header_phase
 from referralnet.supervisor import WORKERS
 from referralnet.system import RunningSystem
 
 pytestmark = pytest.mark.infra
 
 KILLS = 20
+
+# Strict: these fail on this branch alone and must pass once the consumers' gap-safety
+# work (issue 11, must-haves 1-3) is merged; an XPASS then fails the run, as a reminder
+# to remove the marker. (They run last: before that work, the poison crash-loops a worker.)
+NEEDS_GAP_SAFE_CONSUMERS = pytest.mark.xfail(
+    strict=True, reason="needs gap-safe, crash-proof consumers (issue 11 must-haves 1-3)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +62,42 @@ def test_broker_losing_its_log_then_republish_brings_every_view_back(
     assert verdict.ok, verdict.summary()
 
 
-# Republish while traffic keeps flowing is a known gap (it can reorder a referral's
-# events); it is exercised by `make chaos CHAOS_ARGS=--under-traffic`, not in CI, so that
-# CI skips no real-infrastructure test.
+@pytest.mark.xfail(
+    strict=False,
+    reason="passes on a fresh system (170 commands, lost 0, duplicated 0); after the kill "
+    "and quiet-restart phases the faust workers can stall once positions are reset under "
+    "them (seen: lag 750 for 120 s) until the consumers' fresh-broker work lands",
+)
+def test_broker_loss_and_republish_while_referrals_flow_lose_and_double_nothing(
+    chaos: tuple[RunningSystem, dict[str, str], Ledger],
+) -> None:
+    system, tokens, ledger = chaos
+    verdict = broker_restart_phase(system, tokens, ledger, under_traffic=True, seconds=10.0)
+    print("\n" + verdict.summary())
+    assert verdict.broker_restarts == 1
+    assert verdict.commands > 0
+    assert verdict.ok, verdict.summary()
+
+
+@NEEDS_GAP_SAFE_CONSUMERS
+def test_a_forged_far_ahead_version_drops_no_real_event(
+    chaos: tuple[RunningSystem, dict[str, str], Ledger],
+) -> None:
+    system, tokens, ledger = chaos
+    found = forged_gap_phase(system, tokens, ledger)
+    checked = asyncio.run(verify(system, ledger, Verdict()))
+    print("\n" + found.summary() + "\n" + checked.summary())
+    assert checked.ok, checked.summary()  # the real sessions and the close reached every view
+    assert found.ok, found.summary()  # the forged one is in dead letters or held
+
+
+@NEEDS_GAP_SAFE_CONSUMERS
+def test_a_null_header_is_dead_lettered_and_crashes_nothing(
+    chaos: tuple[RunningSystem, dict[str, str], Ledger],
+) -> None:
+    system, tokens, ledger = chaos
+    found = poison_header_phase(system, tokens, ledger)
+    checked = asyncio.run(verify(system, ledger, Verdict()))
+    print("\n" + found.summary() + "\n" + checked.summary())
+    assert found.ok, found.summary()
+    assert checked.ok, checked.summary()

@@ -6,6 +6,7 @@ code with the kafka-python/aiokafka clients of the system.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from datetime import UTC, datetime
@@ -204,3 +205,70 @@ def test_retry_of_an_unknown_dead_letter_exits_2(system: RunningSystem) -> None:
     result = run_cli(system, "dead-letters", "retry", "5:999999")
     assert result.exit_code == 2
     assert "no dead letter" in result.output
+
+
+def _retry_json(system: RunningSystem, *args: str) -> dict[str, Any]:
+    result = run_cli(system, "dead-letters", "retry", *args, "--json")
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.stdout))
+
+
+def test_bulk_retry_re_drives_each_letter_once_even_when_asked_twice(
+    system: RunningSystem, alliance: Alliance
+) -> None:
+    """Many letters, one command; again, and concurrently: nothing is sent twice."""
+    count = 100
+    rids = [uuid.uuid4() for _ in range(count)]
+    events = system.topics.referral_events
+    _produce(system.bootstrap_servers, events, [(_attended(alliance, r), None) for r in rids])
+    wanted = {str(r) for r in rids}
+
+    def mine() -> list[dict[str, Any]]:
+        return [
+            d for d in _letters(system) if d["subject"] in wanted and d["consumer"] == "distributor"
+        ]
+
+    letters = wait_until(lambda: len(found := mine()) == count and found, timeout=90)
+    _produce(system.bootstrap_servers, events, [(_created(alliance, r), None) for r in rids])
+    view = schema_name(alliance.ids["referrer"])
+    attendances = f"SELECT attendances FROM {view}.referrals WHERE referral_id = ANY(%s)"
+    wait_until(lambda: len(query(system, attendances, (rids,))) == count, timeout=90)
+    assert {r[0] for r in query(system, attendances, (rids,))} == {0}
+
+    # Two operators at once: each letter goes to exactly one of them.
+    ids = tuple(d["id"] for d in letters)
+    first, second = asyncio.run(_two_retries(system, ids))
+    sent = [d.id for d in first.retried] + [d.id for d in second.retried]
+    assert sorted(sent) == sorted(ids), "every letter re-driven, none twice"
+    print(
+        f"\nbulk retry of {count} letters: {max(first.seconds, second.seconds):.2f}s "
+        f"(two concurrent runs: {len(first.retried)} + {len(second.retried)})"
+    )
+    wait_until(lambda: {r[0] for r in query(system, attendances, (rids,))} == {1}, timeout=90)
+
+    # Asking again (by reason, by id) sends nothing: the letters are no longer pending.
+    again = _retry_json(system, "--reason", "which was never created")
+    assert not wanted & {d["subject"] for d in again["retried"]}
+    one = _retry_json(system, letters[0]["id"])
+    assert one["retried"] == [] and [d["id"] for d in one["already_retried"]] == [letters[0]["id"]]
+    assert one["already_retried"][0]["retried_to"].startswith(f"{events}[")
+    assert not wanted & {d["subject"] for d in mine()}, "none pending any more"
+
+
+async def _two_retries(system: RunningSystem, ids: tuple[str, ...]) -> tuple[Any, Any]:
+    from referralnet.ops.dead_letters import Selection, retry
+
+    both = await asyncio.gather(
+        retry(system.database_url, system.bootstrap_servers, Selection(ids=ids)),
+        retry(system.database_url, system.bootstrap_servers, Selection(ids=ids)),
+    )
+    return both[0], both[1]
+
+
+def test_retry_without_a_selection_or_with_two_exits_2(system: RunningSystem) -> None:
+    bad = run_cli(system, "dead-letters", "retry")
+    assert bad.exit_code == 2 and "--all" in bad.output
+    both = run_cli(system, "dead-letters", "retry", "--all", "--reason", "x")
+    assert both.exit_code == 2
+    malformed = run_cli(system, "dead-letters", "retry", "no-colon")
+    assert malformed.exit_code == 2 and "not a dead-letter id" in malformed.output

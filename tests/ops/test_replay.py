@@ -160,3 +160,46 @@ def _service_org(system: RunningSystem, rid: str) -> str:
     return str(
         query(system, "SELECT service_org FROM outcomes.cases WHERE referral_id = %s", (rid,))[0][0]
     )
+
+
+def test_a_rebuild_that_differs_is_not_swapped_in_unless_forced(
+    system: RunningSystem, alliance: Alliance
+) -> None:
+    """The live view holds an event its topic no longer has (a log that lost it): the
+    rebuild would lose it too, so replay keeps the live view and says so."""
+    rid, service = accepted_referral(alliance)
+    add_session(service, rid)
+    caught_up(system)
+    org = _service_org(system, rid)
+    live = schema_name(org)
+    query(
+        system,
+        f"INSERT INTO {live}.timeline SELECT gen_random_uuid(), referral_id, type, at, actor "
+        f"FROM {live}.timeline WHERE referral_id = %s AND type = 'session-held' RETURNING 1",
+        (rid,),
+    )
+    before = checksums(system, [org])[org]
+
+    refused = run_cli(system, "replay", org)
+    assert refused.exit_code == 1, refused.output
+    assert f"view {live}" in refused.output
+    assert "1 events only in the live view" in " ".join(refused.output.split())
+    assert checksums(system, [org])[org] == before, "the live view was kept"
+    assert not _schema_exists(system, schema_name(org, REPLAY_SUFFIX))
+
+    as_json = run_cli(system, "replay", org, "--json")
+    assert as_json.exit_code == 1
+    [body] = json.loads(as_json.stdout)
+    assert body == {
+        "view": live,
+        "matches": False,
+        "swapped": False,
+        "rows_only_live": {t: int(t == "timeline") for t in body["rows_only_live"]},
+        "rows_only_rebuilt": {t: 0 for t in body["rows_only_rebuilt"]},
+    }
+
+    forced = run_cli(system, "replay", org, "--force", "--json")
+    assert forced.exit_code == 0, forced.output
+    [swapped] = json.loads(forced.stdout)
+    assert swapped["swapped"] and not swapped["matches"]
+    assert checksums(system, [org])[org] == swapped["checksum"] != before

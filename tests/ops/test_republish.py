@@ -7,20 +7,33 @@ the rug from under other tests.
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from infra.processes import free_port
 from infra.settings import Settings
-from referralnet.ops.log import partition_counts, topic_highwaters
+from referralnet.ops.log import partition_counts, read_range, topic_highwaters
 from referralnet.ops.replay import replay_view
 from referralnet.system import RunningSystem, running_system
 from tests.conftest import alliance_yaml, referral_body, register_alliance, wait_until
-from tests.ops.conftest import caught_up, checksums, journeys, run_cli, view_of
+from tests.ops.conftest import (
+    accepted_referral,
+    add_session,
+    caught_up,
+    checksums,
+    journeys,
+    query,
+    run_cli,
+    view_of,
+)
 
 pytestmark = pytest.mark.infra
 
@@ -108,3 +121,127 @@ def test_republish_after_the_broker_lost_its_log_restores_every_view(
     assert created.status_code == 201, created.text
     rid = created.json()["referral_id"]
     wait_until(lambda: (v := view_of(referrer, rid)) and v["status"] == "routed", timeout=60)
+
+
+def test_dead_letters_survive_the_broker_losing_its_log(own_system: RunningSystem) -> None:
+    """Dead letters are kept in PostgreSQL; the topic only carried notices of them."""
+    from tests.ops.test_dead_letters_cli import _created, _produce
+
+    system = own_system
+    suffix = uuid.uuid4().hex[:8]
+    alliance = register_alliance(system, alliance_yaml(suffix), suffix)
+    topic = system.topics.org(alliance.ids["referrer"])
+    key, _, headers = _created(alliance, uuid.uuid4())
+    _produce(system.bootstrap_servers, topic, [((key, b"{not json", headers), None)] * 3)
+
+    def listed() -> list[tuple[object, ...]]:
+        result = run_cli(system, "dead-letters", "--json")
+        assert result.exit_code == 0, result.output
+        return [
+            (d["id"], d["reason"], d["source_offset"], d["consumer"])
+            for d in json.loads(result.stdout)
+            if d["source_topic"] == topic
+        ]
+
+    before = wait_until(lambda: len(found := listed()) == 3 and found, timeout=60)
+    assert system.broker is not None
+    system.broker.restart()
+    assert partition_counts(system.bootstrap_servers, [system.topics.dead_letters]) == {}
+
+    assert listed() == before, "the same letters, from PostgreSQL"
+    status = run_cli(system, "status", "--json")
+    assert json.loads(status.stdout)["dead_letters"] >= 3
+    refilled = run_cli(system, "republish")
+    assert refilled.exit_code == 0, refilled.output
+    assert listed() == before
+
+
+def _positions(system: RunningSystem) -> list[tuple[object, ...]]:
+    return query(
+        system,
+        "SELECT 'routing', topic, partition, next_offset FROM routing.positions "
+        "UNION ALL SELECT 'distributor', topic, partition, next_offset FROM distributor.positions "
+        "UNION ALL SELECT 'outcomes', topic, partition, next_offset FROM outcomes.positions "
+        "ORDER BY 1, 2, 3",
+    )
+
+
+def test_republish_with_the_broker_unreachable_changes_nothing(
+    own_system: RunningSystem,
+) -> None:
+    system = own_system
+    caught_up(system, wait_seconds=90)  # nothing moving, so any change would be ours
+    before = _positions(system)
+    result = run_cli(system, "republish", KAFKA_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "broker unreachable" in lines[0], result.output
+    assert "nothing was changed" in " ".join(result.output.split())
+    assert _positions(system) == before
+
+
+def _events_on_the_bus(system: RunningSystem) -> Counter[str]:
+    async def read() -> Counter[str]:
+        topic = system.topics.referral_events
+        highwater = await topic_highwaters(system.bootstrap_servers, [topic])
+        ids: Counter[str] = Counter()
+        async for _, messages in read_range(system.bootstrap_servers, {}, highwater):
+            for m in messages:
+                ids.update(bytes(v).decode() for k, v in m.headers or () if k == "ce_id")
+        return ids
+
+    return asyncio.run(read())
+
+
+def _stored_ids(system: RunningSystem) -> set[str]:
+    rows = query(
+        system,
+        "SELECT event_id::text FROM intake.events UNION ALL "
+        "SELECT event_id::text FROM routing.events UNION ALL "
+        "SELECT event_id::text FROM outcomes.events",
+    )
+    return {str(r[0]) for r in rows}
+
+
+def test_republish_during_traffic_on_an_intact_broker_sends_nothing_twice(
+    own_system: RunningSystem,
+) -> None:
+    """The relays are fenced while republish looks: what they were about to send is
+    sent once, by one of them (before: 19-46 events went out twice)."""
+    system = own_system
+    suffix = uuid.uuid4().hex[:8]
+    alliance = register_alliance(system, alliance_yaml(suffix), suffix)
+    caught_up(system)
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def traffic() -> None:
+        try:
+            rid, service = accepted_referral(alliance)
+            n = 0
+            while not stop.is_set():  # sessions: the quickest command, so the most events
+                add_session(service, rid, minutes=10 + n % 50, day=8 + n % 20)
+                n += 1
+        except Exception as exc:  # reported below, never swallowed
+            errors.append(repr(exc))
+
+    drivers = [threading.Thread(target=traffic, daemon=True) for _ in range(4)]
+    for driver in drivers:
+        driver.start()
+    try:
+        runs = []
+        for _ in range(6):
+            result = run_cli(system, "republish")
+            assert result.exit_code == 0, result.output
+            runs.append(result.output)
+    finally:
+        stop.set()
+        for driver in drivers:
+            driver.join(timeout=120)
+    assert not errors, errors
+    caught_up(system, wait_seconds=90)
+    on_bus = _events_on_the_bus(system)
+    twice = {i: n for i, n in on_bus.items() if n > 1}
+    assert not twice, f"{len(twice)} events published more than once"
+    assert set(on_bus) == _stored_ids(system), "every stored event on the bus, once"
+    assert all("positions reset" not in out for out in runs), "an intact log resets nobody"
