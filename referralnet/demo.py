@@ -17,11 +17,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from directory import loader
 from directory import store as directory
+from eventstore.anchor import AnchorPaths
 from infra.settings import Settings
 from referralnet import journey, render
 from referralnet.lag import wait_caught_up
 from referralnet.ops import render as ops_render
-from referralnet.ops.replay import replay_view
+from referralnet.ops.replay import ViewDiffers, replay_view
 from referralnet.registration import register
 from referralnet.simulation import AllianceSimulation, SimulationStats
 from referralnet.system import RunningSystem, running_system
@@ -82,7 +83,8 @@ async def _results(system: RunningSystem, first: str) -> tuple[Any, list[dict[st
             {"org": o.id, "kind": o.kind.value, **await queries.totals(conn, o.id)} for o in orgs
         ]
         steps = await journey.timeline(conn, UUID(first))
-        breaks = await journey.verify(conn, UUID(first))
+        # against the signed checkpoints and seals too, as `journey --verify` does
+        breaks = await journey.verify(conn, UUID(first), AnchorPaths.under(system.settings.home))
     return report, rows, (steps, breaks), commissioner
 
 
@@ -120,11 +122,15 @@ def run_demo(settings: Settings, *, referrals: int, concurrency: int, console: C
         render.journey(console, UUID(stats.first_referral or ""), steps, breaks)
         # The report's own source, rebuilt from the log beside the live view and compared
         # (`referralnet replay --all` does every partner's; it adds ~5 s per 1,000 referrals).
-        replayed = asyncio.run(
-            replay_view(
-                system.local_database_url, system.bootstrap_servers, system.topics, commissioner
+        try:
+            replayed = asyncio.run(
+                replay_view(
+                    system.local_database_url, system.bootstrap_servers, system.topics, commissioner
+                )
             )
-        )
+        except ViewDiffers as differs:  # the live view was kept; say so and fail
+            console.print(f"[red]replay {commissioner}: {differs}[/red]")
+            return 1
         console.print(
             f"replay {commissioner}: {replayed.events} events rebuilt in {replayed.seconds:.1f}s"
         )
