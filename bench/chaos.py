@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import itertools
 import random
 import shutil
@@ -51,6 +50,7 @@ import structlog
 from psycopg import AsyncConnection, sql
 
 from bench.distribution import MemoryDistributor
+from bench.tamper import run_tamper_phase
 from bench.workload import ALLIANCE_YAML, COMMISSIONER, NEEDS, ORGS, REFERRERS
 from bus.relay import to_cloudevent
 from bus.tracking import Record, apply_batch
@@ -788,20 +788,15 @@ PHASES = ("kill", "broker-restart", "broker-loss-under-traffic", "forged-gap", "
           "tamper")  # fmt: skip
 
 
-def tamper_phase(system: RunningSystem) -> tuple[int, int] | None:
-    """(tamperings detected, tamperings tried), or None when there is no tamper phase.
+def tamper_phase(system: RunningSystem) -> tuple[int, int]:
+    """(tamperings detected, tamperings tried) by ``bench.tamper.run_tamper_phase``.
 
-    ==== TAMPER PHASE HOOK ====
-    ``bench/tamper.py`` (the tamper-evidence work of issue 11) provides
-    ``run_tamper_phase(...)``; call it here once it lands and map its result to
-    (detected, tried). Imported by name so this module does not depend on it.
+    It copies streams of the running stores into a scratch schema and tampers with the
+    copy as a database administrator would; the live stores are never touched. The
+    system's home is passed because the seal and checkpoint keys live there.
     """
-    try:
-        tamper = importlib.import_module("bench.tamper")
-    except ImportError:
-        return None
-    result = tamper.run_tamper_phase(system)  # TODO(lead): match the signature when merged
-    return int(result.detected), int(result.total)
+    result = run_tamper_phase(system.database_url, system.settings.home)
+    return result.detected, result.total
 
 
 @dataclass
