@@ -28,8 +28,9 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from bus import dead_letters
+from bus.offsets import OffsetProbe
 from bus.runner import publish_outgoing
-from bus.tracking import Outgoing, Projection, Record, apply_batches, keep_start
+from bus.tracking import Outgoing, Projection, Record, apply_batches, keep_start, record_of
 from eventstore.pool import connection_pool
 
 log = structlog.get_logger(__name__)
@@ -82,13 +83,6 @@ def make_app(app_id: str, bootstrap_servers: str, partitions: int) -> faust.App:
     )
 
 
-def _headers(raw: Any) -> list[tuple[str, bytes]]:
-    if raw is None:
-        return []
-    items = raw.items() if isinstance(raw, dict) else raw
-    return [(k, v if isinstance(v, bytes) else str(v).encode()) for k, v in items]
-
-
 def tracked_agent(
     app: faust.App,
     bootstrap_servers: str,
@@ -101,6 +95,7 @@ def tracked_agent(
     """Register an agent that applies ``projection`` to ``topic_name``."""
     topic = app.topic(topic_name, key_type=bytes, value_type=bytes, value_serializer="raw")
     state: dict[str, Any] = {}
+    probe = OffsetProbe(bootstrap_servers)
 
     async def resources() -> tuple[AsyncConnectionPool[AsyncConnection[Any]], AIOKafkaProducer]:
         # Created on first use, inside faust's event loop (the producer again after a
@@ -134,9 +129,7 @@ def tracked_agent(
             by_topic: dict[str, dict[int, list[Record]]] = defaultdict(lambda: defaultdict(list))
             for event in events:
                 m = event.message
-                by_topic[m.topic][m.partition].append(
-                    Record(m.topic, m.partition, m.offset, m.key, m.value, _headers(m.headers))
-                )
+                by_topic[m.topic][m.partition].append(record_of(m))
             pool, producer = await resources()
 
             async def publish(outgoing: Sequence[Outgoing]) -> None:
@@ -145,7 +138,9 @@ def tracked_agent(
             for tname, partitions in by_topic.items():
                 try:
                     async with pool.connection() as conn:
-                        results = await apply_batches(conn, projection, tname, partitions, publish)
+                        results = await apply_batches(
+                            conn, projection, tname, partitions, publish, probe=probe
+                        )
                         if any(r.dead for r in results.values()):
                             await dead_letters.flush(
                                 conn, projection.schema, producer, dead_letter_topic

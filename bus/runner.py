@@ -22,12 +22,13 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from bus import dead_letters
+from bus.offsets import OffsetProbe
 from bus.tracking import (
     Outgoing,
     Projection,
-    Record,
     apply_batches,
     create_tracking,
+    record_of,
     stored_positions,
 )
 from schemas.envelope import to_kafka
@@ -44,6 +45,7 @@ class RunnerStats:
     applied: int = 0
     duplicates: int = 0
     dead: int = 0
+    held: int = 0
     seeks: int = 0
     batches: int = 0
     highwater: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -88,6 +90,7 @@ class TrackedRunner:
         self._client_id = client_id
         self._linger = linger_seconds
         self._projections: dict[str, Projection] = {}
+        self._probe = OffsetProbe(bootstrap_servers)
         self.stats = RunnerStats()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -131,6 +134,7 @@ class TrackedRunner:
         finally:
             await consumer.stop()
             await producer.stop()
+            await self._probe.close()
 
     async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
         """What the broker has; a small first batch lingers briefly to let more arrive.
@@ -206,20 +210,15 @@ class TrackedRunner:
         projection = self._projections.get(topic)
         if projection is None:
             return
-        batches = {
-            p: [
-                Record(m.topic, m.partition, m.offset, m.key, m.value, list(m.headers or ()))
-                for m in messages
-            ]
-            for p, messages in partitions.items()
-            if messages
-        }
+        batches = {p: [record_of(m) for m in messages] for p, messages in partitions.items()}
 
         async def publish(outgoing: Sequence[Outgoing]) -> None:
             await publish_outgoing(producer, outgoing)
 
         async with self._pool.connection() as conn:
-            results = await apply_batches(conn, projection, topic, batches, publish)
+            results = await apply_batches(
+                conn, projection, topic, batches, publish, probe=self._probe
+            )
             if any(r.dead for r in results.values()):
                 await dead_letters.flush(conn, projection.schema, producer, self._dead_letter_topic)
         self.stats.batches += 1
@@ -227,6 +226,7 @@ class TrackedRunner:
             self.stats.applied += result.applied
             self.stats.duplicates += result.duplicates
             self.stats.dead += result.dead
+            self.stats.held += result.held
             tp = TopicPartition(topic, p)
             if result.seek_to is not None:
                 self.stats.seeks += 1

@@ -7,7 +7,7 @@ can say exactly how many times an event took effect.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,7 +23,6 @@ from bus.tracking import (
     Record,
     Rejected,
     apply_batch,
-    create_tracking,
     keep_start,
     stored_positions,
 )
@@ -98,19 +97,6 @@ class CountingProjection:
             raise RuntimeError("the projection's database went away")
         self.applied.append(event.id)
         return [Outgoing("org.somebody", event)]
-
-
-@pytest.fixture
-async def projection(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[CountingProjection]:
-    p = CountingProjection(schema=f"t_{uuid4().hex[:8]}")
-    await create_tracking(conn, p.schema)
-    await conn.execute(
-        sql.SQL("CREATE TABLE {}.seen (event_id uuid NOT NULL, minutes integer NOT NULL)").format(
-            sql.Identifier(p.schema)
-        )
-    )
-    yield p
-    await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(p.schema)))
 
 
 async def seen(conn: psycopg.AsyncConnection[Any], p: CountingProjection) -> list[UUID]:
