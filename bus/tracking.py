@@ -137,7 +137,10 @@ class Projection(Protocol):
     new events: state is read once and written once per batch, not per event.
 
     ``ordering`` (optional, default ``STREAM_VERSION``): ``ORG_SEQUENCE`` for consumers
-    of a partner topic, which carries a filtered subset of each stream.
+    of a partner topic, which carries a filtered subset of each stream. And
+    ``number_outgoing(conn, outgoing) -> outgoing`` (optional): a last look at a
+    transaction's outgoing events before they are published (the distributor numbers
+    the copies per partner topic there).
     """
 
     consumer: str
@@ -508,7 +511,8 @@ async def _apply_in_order(
     await held_store.hold(conn, schema, [_held_row(c) for c in to_hold])
     await held_store.release(conn, schema, [(c.stream, c.version) for c in released])
     await _record_applied(conn, schema, applied)
-    return outgoing
+    number = getattr(projection, "number_outgoing", None)
+    return outgoing if number is None or not outgoing else await number(conn, outgoing)
 
 
 async def _execute(

@@ -71,6 +71,13 @@ class DistributorProjection:
         changed, self._batch, self._changed = self._changed, None, {}
         await store.save_many(conn, changed)
 
+    async def number_outgoing(
+        self, conn: AsyncConnection[Any], outgoing: Sequence[Outgoing]
+    ) -> list[Outgoing]:
+        """Each copy's ``ce_orgsequence`` (partner topics carry a filtered subset of each
+        stream; the number lets the partner's consumer detect gaps there)."""
+        return await store.number_copies(conn, outgoing)
+
     async def apply(
         self, conn: AsyncConnection[Any], event: CloudEvent, model: Any
     ) -> Sequence[Outgoing]:

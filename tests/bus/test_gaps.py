@@ -8,6 +8,7 @@ stream's order, and the rest dead-lettered or held with a reason.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 from uuid import uuid4
 
@@ -16,7 +17,7 @@ import pytest
 from psycopg import sql
 
 from bus.held import held_summary
-from bus.tracking import Record, apply_batch
+from bus.tracking import ORG_SEQUENCE, Record, apply_batch
 from tests.bus.test_tracking import (
     PARTITION,
     TOPIC,
@@ -206,3 +207,24 @@ async def test_a_position_on_a_missing_offset_moves_on_to_the_next_record(
     later = record(session_event(uuid4(), 1), 9)
     result = await apply_batch(conn, projection, TOPIC, PARTITION, [later], probe=ran_ahead)
     assert (result.seek_to, result.applied) == (5, 0)
+
+
+async def test_a_partner_topic_is_applied_in_ce_orgsequence_order(
+    conn: psycopg.AsyncConnection[Any], projection: CountingProjection
+) -> None:
+    """Stream versions on a partner topic have holes by design (filtering); the
+    distributor's per-topic number has none, so gaps there are real and held."""
+    projection.ordering = ORG_SEQUENCE
+    rid = uuid4()
+    # Outcomes versions 1, 4, 7 (the partner sees only these), numbered 1, 2, 3.
+    e1, e2, e3 = (
+        replace(session_event(rid, v), orgsequence=n) for v, n in ((1, 1), (4, 2), (7, 3))
+    )
+    result, _ = await apply(conn, projection, [record(e1, 0), record(e3, 1)])
+    assert (result.applied, result.held) == (1, 1)
+    unnumbered = record(session_event(rid, 9), 2)
+    result, published = await apply(conn, projection, [unnumbered, record(e2, 3)])
+    assert [o.event.id for o in published] == [e2.id, e3.id]
+    assert projection.applied == [e1.id, e2.id, e3.id]
+    (letter,) = await dead_letters(conn, projection)
+    assert letter["reason"].startswith("ce_orgsequence: is required on a partner topic")

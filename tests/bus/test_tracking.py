@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql
 
 from bus.tracking import (
+    STREAM_VERSION,
     BatchResult,
     Outgoing,
     Record,
@@ -78,6 +79,7 @@ class CountingProjection:
     consumer: str = "test-consumer"
     interested_in: frozenset[str] | None = None
     may_reject: bool = True
+    ordering: str = STREAM_VERSION
     applied: list[UUID] = field(default_factory=list)
     reject: set[UUID] = field(default_factory=set)
     explode: set[UUID] = field(default_factory=set)
