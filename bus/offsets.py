@@ -45,6 +45,26 @@ class OffsetProbe:
             records: list[Any] = batch.get(tp, [])
             return records[0].offset if records else None
 
+    async def highwater(self, topic: str, partition: int) -> int | None:
+        """The partition's high watermark from a fetch response (Tansu's ListOffsets
+        "latest" is wrong, infra-notes); None when the broker does not answer in time."""
+        async with self._lock:
+            consumer = await self._started()
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            first = (await consumer.beginning_offsets([tp])).get(tp, 0)
+            consumer.seek(tp, first)
+            deadline = asyncio.get_running_loop().time() + self._wait
+            while asyncio.get_running_loop().time() < deadline:
+                try:
+                    await consumer.getmany(tp, timeout_ms=100, max_records=1)
+                except KafkaError:
+                    return None
+                found = consumer.highwater(tp)
+                if found is not None:
+                    return int(found)
+            return None
+
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(

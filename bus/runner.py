@@ -28,6 +28,7 @@ from bus.tracking import (
     Projection,
     apply_batches,
     create_tracking,
+    move_positions,
     record_of,
     stored_positions,
 )
@@ -196,6 +197,17 @@ class TrackedRunner:
                         fetching = await asyncio.wait_for(consumer.position(tp), timeout=0.5)
                     except (TimeoutError, KafkaError):
                         continue
+                    highwater = consumer.highwater(tp)
+                    if highwater is not None and highwater < offset:
+                        confirmed = await self._probe.highwater(t, p)
+                        if confirmed is not None and confirmed < offset:
+                            # The broker lost its log: read it again from its start (the
+                            # stream rule ignores what was applied before).
+                            log.warning("log_lost", topic=t, partition=p, stored=offset,
+                                        highwater=confirmed)  # fmt: skip
+                            await move_positions(conn, projection, t, {p: 0})
+                            consumer.seek(tp, 0)
+                            continue
                     if fetching != offset:
                         log.info("position_moved_seek", topic=t, partition=p, offset=offset)
                         consumer.seek(tp, offset)

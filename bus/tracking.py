@@ -171,9 +171,16 @@ class BatchResult:
     seek_to: int | None = None
 
 
-Probe = Callable[[str, int, int], Awaitable[int | None]]
-"""``probe(topic, partition, offset)``: the offset of the first record at or after
-``offset`` that exists on the broker (None: none yet). See ``bus.offsets``."""
+class Probe(Protocol):
+    """What the broker says about a partition (``bus.offsets.OffsetProbe``)."""
+
+    async def __call__(self, topic: str, partition: int, offset: int) -> int | None:
+        """The offset of the first record at or after ``offset`` (None: none yet)."""
+        ...
+
+    async def highwater(self, topic: str, partition: int) -> int | None:
+        """The partition's high watermark (None: no answer)."""
+        ...
 
 
 async def create_tracking(conn: AsyncConnection[Any], schema: str) -> None:
@@ -439,12 +446,16 @@ async def apply_batches(
         )
         fresh_records: list[tuple[int, Record]] = []
         moves: dict[int, int] = {}
+        lost: dict[int, int] = {}
         for p, recs in sorted(pending.items()):
             start = stored.get(p)
             start = recs[0].offset if start is None else start
             fresh = [r for r in recs if r.offset >= start]
             results[p].duplicates = len(recs) - len(fresh)
             if not fresh:
+                if probe is not None and await _log_lost(probe, topic, p, start):
+                    results[p].duplicates, results[p].seek_to = 0, 0
+                    lost[p] = 0
                 continue
             if fresh[0].offset > start and probe is not None:
                 found = await probe(topic, p, start)
@@ -456,6 +467,8 @@ async def apply_batches(
                 continue
             fresh_records.extend((p, r) for r in fresh)
             moves[p] = results[p].next_offset = fresh[-1].offset + 1
+        if lost:
+            await _store_positions(conn, projection, topic, lost)
         if not moves:
             return results
         outgoing = await _apply_in_order(conn, projection, topic, fresh_records, results)
@@ -463,6 +476,18 @@ async def apply_batches(
         if outgoing and publish is not None:
             await publish(outgoing)
     return results
+
+
+async def _log_lost(probe: Probe, topic: str, partition: int, stored: int) -> bool:
+    """Whether the broker's log ends before the stored position: it lost its log (a
+    restart of a memory-only broker, a recreated topic). Records below the position are
+    then new, not re-deliveries: the consumer reads the log again from its start (the
+    stream rule makes that harmless)."""
+    highwater = await probe.highwater(topic, partition)
+    if highwater is None or highwater >= stored:
+        return False
+    log.warning("log_lost", topic=topic, partition=partition, stored=stored, highwater=highwater)
+    return True
 
 
 async def _apply_in_order(

@@ -190,10 +190,18 @@ async def test_a_position_on_a_missing_offset_moves_on_to_the_next_record(
     assert await position(conn, projection) == 3
     asked: list[tuple[str, int, int]] = []
 
-    async def probe(topic: str, partition: int, offset: int) -> int | None:
-        asked.append((topic, partition, offset))
-        return 4  # what the broker says: the first record at or after 3 is at 4
+    class Broker:
+        def __init__(self, next_record: int | None, highwater: int) -> None:
+            self.next_record, self.end = next_record, highwater
 
+        async def __call__(self, topic: str, partition: int, offset: int) -> int | None:
+            asked.append((topic, partition, offset))
+            return offset if self.next_record is None else self.next_record
+
+        async def highwater(self, topic: str, partition: int) -> int | None:
+            return self.end
+
+    probe = Broker(4, 5)  # the first record at or after 3 is at 4
     result = await apply_batch(
         conn, projection, TOPIC, PARTITION, [record(events[3], 4)], probe=probe
     )
@@ -201,12 +209,34 @@ async def test_a_position_on_a_missing_offset_moves_on_to_the_next_record(
     assert (result.applied, result.seek_to) == (1, None)
     assert await position(conn, projection) == 5
 
-    async def ran_ahead(topic: str, partition: int, offset: int) -> int | None:
-        return offset  # the record at the stored position exists: seek back to it
-
+    ran_ahead = Broker(None, 10)  # the record at the stored position exists: seek back
     later = record(session_event(uuid4(), 1), 9)
     result = await apply_batch(conn, projection, TOPIC, PARTITION, [later], probe=ran_ahead)
     assert (result.seek_to, result.applied) == (5, 0)
+
+
+async def test_a_broker_that_lost_its_log_is_read_again_from_its_start(
+    conn: psycopg.AsyncConnection[Any], projection: CountingProjection
+) -> None:
+    """Records below the stored position are new when the log ends before it."""
+    await apply(conn, projection, [record(session_event(uuid4(), 1), o) for o in range(5)])
+    assert await position(conn, projection) == 5
+
+    class FreshBroker:
+        async def __call__(self, topic: str, partition: int, offset: int) -> int | None:
+            return None
+
+        async def highwater(self, topic: str, partition: int) -> int | None:
+            return 2  # two new records since the broker restarted
+
+    new = [session_event(uuid4(), 1) for _ in range(2)]
+    batch = [record(e, o) for o, e in enumerate(new)]
+    result = await apply_batch(conn, projection, TOPIC, PARTITION, batch, probe=FreshBroker())
+    assert (result.seek_to, result.duplicates) == (0, 0)
+    assert await position(conn, projection) == 0
+    result = await apply_batch(conn, projection, TOPIC, PARTITION, batch, probe=FreshBroker())
+    assert result.applied == 2 and projection.applied[-2:] == [e.id for e in new]
+    assert await position(conn, projection) == 2
 
 
 async def test_a_partner_topic_is_applied_in_ce_orgsequence_order(
