@@ -376,6 +376,9 @@ async def _dead_letter(
     )
 
 
+MAX_VERSION = 2**31 - 1
+"""Stream versions and partner sequences are kept as PostgreSQL ``integer``."""
+
 RETRY_HEADER = "x-dead-letter-retry"
 """Marks a record re-driven by ``dead-letters retry``; the stream rule needs no exception
 for it (a dead letter was never applied, so it arrives as the version its stream waits
@@ -607,11 +610,15 @@ async def _candidate(
                 )
             model = decode(event.type, version, event.data)
         if getattr(projection, "ordering", STREAM_VERSION) == ORG_SEQUENCE:
-            if event.orgsequence is None:
-                raise EnvelopeError("ce_orgsequence", f"is required on a partner topic ({topic})")
-            stream, number = (event.subject, topic), event.orgsequence
+            header, number = "ce_orgsequence", event.orgsequence
+            if number is None:
+                raise EnvelopeError(header, f"is required on a partner topic ({topic})")
+            stream = (event.subject, topic)
         else:
-            stream, number = (event.subject, event.source), event.streamversion
+            header, number = "ce_streamversion", event.streamversion
+            stream = (event.subject, event.source)
+        if number > MAX_VERSION:  # tracked as int4: a larger one could never be applied
+            raise EnvelopeError(header, f"{number} is beyond {MAX_VERSION}")
     except (EnvelopeError, SchemaError) as exc:
         await _dead_letter(conn, projection.schema, projection.consumer, record, str(exc))
         return None

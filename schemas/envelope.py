@@ -314,7 +314,7 @@ def _streamversion(text: str) -> int:
 
 def _sequence(name: str, text: str) -> int:
     # int() alone would also take " 1", "+1", "1_0" and non-ASCII digits.
-    if not (text.isascii() and text.isdecimal()) or len(text) > 18:
+    if not (text.isascii() and text.isdecimal()):
         _fail(name, f"is not a positive integer: {_show(text)}")
     version = int(text)
     if version < 1:

@@ -156,6 +156,7 @@ async def test_held_records_survive_a_rolled_back_batch(
         ("ce_source", b"\xff\xfe", "ce_source: is not valid UTF-8"),
         ("ce_id", None, "ce_id: is null"),
         ("ce_causationid", None, "ce_causationid: is null"),
+        ("ce_streamversion", b"4294967296", "ce_streamversion: 4294967296 is beyond"),
     ],
 )
 async def test_a_header_the_codec_refuses_is_dead_lettered_and_later_records_apply(
