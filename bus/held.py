@@ -22,7 +22,7 @@ CREATE TABLE IF NOT EXISTS {schema}.held (
     stream_id     text    NOT NULL,
     source        text    NOT NULL,
     version       integer NOT NULL,
-    digest        bytea   NOT NULL,
+    digest        bigint  NOT NULL,
     topic         text    NOT NULL,
     partition     integer NOT NULL,
     "offset"      bigint  NOT NULL,
@@ -42,7 +42,7 @@ class HeldRecord:
 
     stream: StreamKey
     version: int
-    digest: bytes
+    digest: int
     topic: str
     partition: int
     offset: int
@@ -96,7 +96,7 @@ async def load(
         HeldRecord(
             (r[0], r[1]),
             r[2],
-            bytes(r[3]),
+            int(r[3]),
             r[4],
             r[5],
             r[6],

@@ -39,7 +39,7 @@ class Candidate(Generic[T]):
 
     stream: StreamKey
     version: int
-    digest: bytes
+    digest: int
     item: T
     held: bool = False  # it comes from the held table, not from this fetch
 
@@ -59,7 +59,7 @@ class Plan(Generic[T]):
 def plan(
     incoming: Iterable[Candidate[T]],
     heads: Mapping[StreamKey, int],
-    applied_digests: Mapping[tuple[StreamKey, int], bytes],
+    applied_digests: Mapping[tuple[StreamKey, int], int],
     held: Iterable[Candidate[T]],
 ) -> Plan[T]:
     """Apply the rule to ``incoming`` (in fetch order) given each stream's state.
@@ -113,7 +113,7 @@ def plan(
 def _drain(
     result: Plan[T],
     head: dict[StreamKey, int],
-    digests: dict[tuple[StreamKey, int], bytes],
+    digests: dict[tuple[StreamKey, int], int],
     waits: dict[int, Candidate[T]],
     stream: StreamKey,
 ) -> None:
@@ -129,7 +129,7 @@ def _drain(
 def _apply(
     result: Plan[T],
     head: dict[StreamKey, int],
-    digests: dict[tuple[StreamKey, int], bytes],
+    digests: dict[tuple[StreamKey, int], int],
     c: Candidate[T],
 ) -> None:
     result.apply.append(c)

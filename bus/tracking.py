@@ -63,7 +63,7 @@ CREATE TABLE IF NOT EXISTS {schema}.stream_events (
     stream_id text    NOT NULL,
     source    text    NOT NULL,
     version   integer NOT NULL,
-    digest    bytea   NOT NULL,
+    digest    bigint  NOT NULL,
     PRIMARY KEY (stream_id, source, version)
 );
 """
@@ -294,7 +294,7 @@ async def _stream_heads(
 
 async def _applied_digests(
     conn: AsyncConnection[Any], schema: str, wanted: set[tuple[StreamKey, int]]
-) -> dict[tuple[StreamKey, int], bytes]:
+) -> dict[tuple[StreamKey, int], int]:
     """Digest of what was applied at each (stream, version) asked for, one query."""
     if not wanted:
         return {}
@@ -307,35 +307,27 @@ async def _applied_digests(
         ).format(sql.Identifier(schema)),
         ([k[0][0] for k in items], [k[0][1] for k in items], [k[1] for k in items]),
     )
-    return {((r[0], r[1]), r[2]): bytes(r[3]) for r in await cur.fetchall()}
+    return {((r[0], r[1]), r[2]): int(r[3]) for r in await cur.fetchall()}
 
 
 async def _record_applied(
     conn: AsyncConnection[Any], schema: str, applied: Sequence[Candidate[_Entry]]
 ) -> None:
-    """Each stream's new head and the digest of every version applied, two statements."""
+    """The digest of every version applied and each stream's new head, one statement."""
     if not applied:
         return
-    heads: dict[StreamKey, int] = {}
-    for c in applied:
-        heads[c.stream] = max(heads.get(c.stream, 0), c.version)
-    keys = list(heads)
-    s = sql.Identifier(schema)
     await conn.execute(
         sql.SQL(
-            "INSERT INTO {}.applied AS a (stream_id, source, version) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[]) "
+            "WITH r AS (SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[], %s::int8[]) "
+            "AS r(stream_id, source, version, digest)), "
+            "kept AS (INSERT INTO {s}.stream_events (stream_id, source, version, digest) "
+            "SELECT * FROM r ON CONFLICT (stream_id, source, version) "
+            "DO UPDATE SET digest = EXCLUDED.digest) "
+            "INSERT INTO {s}.applied AS a (stream_id, source, version) "
+            "SELECT stream_id, source, max(version) FROM r GROUP BY stream_id, source "
             "ON CONFLICT (stream_id, source) DO UPDATE "
             "SET version = GREATEST(a.version, EXCLUDED.version)"
-        ).format(s),
-        ([k[0] for k in keys], [k[1] for k in keys], [heads[k] for k in keys]),
-    )
-    await conn.execute(
-        sql.SQL(
-            "INSERT INTO {}.stream_events (stream_id, source, version, digest) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[], %s::bytea[]) "
-            "ON CONFLICT (stream_id, source, version) DO UPDATE SET digest = EXCLUDED.digest"
-        ).format(s),
+        ).format(s=sql.Identifier(schema)),
         (
             [c.stream[0] for c in applied],
             [c.stream[1] for c in applied],

@@ -10,7 +10,7 @@ T: StreamKey = ("referral-2", "/services/outcomes")
 
 def c(version: int, tag: str = "", stream: StreamKey = S, held: bool = False) -> Candidate[str]:
     name = f"v{version}{tag}"
-    return Candidate(stream, version, name.encode(), name, held)
+    return Candidate(stream, version, hash(name), name, held)
 
 
 def names(cs: list[Candidate[str]]) -> list[str]:
@@ -37,12 +37,12 @@ def test_a_version_beyond_the_next_is_held_and_released_by_the_missing_one() -> 
 
 
 def test_an_exact_duplicate_is_ignored() -> None:
-    p = plan([c(2)], {S: 3}, {(S, 2): b"v2"}, [])
+    p = plan([c(2)], {S: 3}, {(S, 2): hash("v2")}, [])
     assert names(p.duplicates) == ["v2"] and not (p.apply or p.dead)
 
 
 def test_the_same_version_with_other_content_is_a_conflicting_duplicate() -> None:
-    p = plan([c(2, "forged")], {S: 3}, {(S, 2): b"v2"}, [])
+    p = plan([c(2, "forged")], {S: 3}, {(S, 2): hash("v2")}, [])
     assert p.apply == [] and len(p.dead) == 1
     assert p.dead[0][1].startswith("conflicting duplicate: version 2 of stream referral-1")
 
