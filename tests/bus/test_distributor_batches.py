@@ -73,6 +73,16 @@ def as_records(events: list[CloudEvent], first: int) -> list[Record]:
     ]
 
 
+async def register(conn: psycopg.AsyncConnection[Any], *orgs: str) -> None:
+    """Partners in the directory: the distributor sends copies only to those."""
+    for org in orgs:
+        await conn.execute(
+            "INSERT INTO directory.organisations (id, name, kind, areas, spec) "
+            "VALUES (%s, %s, 'voluntary-group', '{}', '{}')",
+            (org, org),
+        )
+
+
 def copies(published: list[Outgoing]) -> dict[str, list[str]]:
     """Event types each org topic received, in order."""
     out: dict[str, list[str]] = {}
@@ -93,6 +103,7 @@ async def test_a_batch_sees_its_own_entitlement_changes_and_stores_them_once(
         "VALUES (%s, 'ICB', 'commissioner', '{}', '{}')",
         (icb,),
     )
+    await register(conn, gp, lw, vg)
     rid, orphan = uuid4(), uuid4()
     session = {
         "session_id": str(uuid4()),
@@ -168,6 +179,7 @@ async def test_every_copy_is_numbered_per_partner_topic_and_keeps_its_number(
     await store.create(conn)
     tag = uuid4().hex[:6]
     gp, lw, vg = (f"{k}-{tag}" for k in ("gp", "lw", "vg"))
+    await register(conn, gp, lw, vg)
     rid = uuid4()
     activity = {
         "activity_id": "walk",
@@ -225,3 +237,36 @@ async def test_every_copy_is_numbered_per_partner_topic_and_keeps_its_number(
         conn, projection, TOPICS.referral_events, 0, as_records(journey, at + 4), publish
     )
     assert {(o.topic, o.event.id): o.event.orgsequence for o in published} == first
+
+
+async def test_an_event_naming_an_organisation_outside_the_directory_is_dead_lettered(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    """Its copy would go to a topic that does not exist: refused, with the reason, and
+    the stream waits for it; nothing is sent anywhere."""
+    await directory.create(conn)
+    await store.create(conn)
+    tag = uuid4().hex[:6]
+    gp = f"gp-{tag}"
+    await register(conn, gp)
+    rid = uuid4()
+    routed = event(
+        rid, "referral-routed", "routing", 1, {"service_org": f"ghost-{tag}", "attempt": 1,
+                                               "reason": "t"}
+    )  # fmt: skip
+    projection = DistributorProjection(TOPICS, b"secret")
+    published: list[Outgoing] = []
+
+    async def publish(outgoing: Any) -> None:
+        published.extend(outgoing)
+
+    at = (await stored_positions(conn, "distributor", "distributor")).get(
+        (TOPICS.referral_events, 0), 0
+    )
+    result = await apply_batch(
+        conn, projection, TOPICS.referral_events, 0, as_records([created(rid, gp), routed], at),
+        publish,
+    )  # fmt: skip
+    assert (result.applied, result.dead) == (1, 1)
+    assert all(o.event.type == "referral-created" for o in published)
+    assert not any(o.topic.endswith(f"ghost-{tag}") for o in published)
