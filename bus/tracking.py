@@ -276,20 +276,29 @@ async def _store_positions(
 
 async def _stream_heads(
     conn: AsyncConnection[Any], schema: str, keys: set[StreamKey]
-) -> dict[StreamKey, int]:
-    """Last applied version per stream, one query."""
+) -> tuple[dict[StreamKey, int], set[StreamKey]]:
+    """Last applied version per stream, and the streams with held records, one query
+    (the held records themselves are read only when there are some: rarely)."""
     if not keys:
-        return {}
+        return {}, set()
     subjects, sources = zip(*keys, strict=True)
     cur = await conn.execute(
         sql.SQL(
-            "SELECT a.stream_id, a.source, a.version FROM {}.applied a "
-            "JOIN unnest(%s::text[], %s::text[]) AS k(stream_id, source) "
-            "USING (stream_id, source)"
-        ).format(sql.Identifier(schema)),
+            "SELECT k.stream_id, k.source, a.version, EXISTS (SELECT 1 FROM {s}.held h "
+            "WHERE h.stream_id = k.stream_id AND h.source = k.source) "
+            "FROM unnest(%s::text[], %s::text[]) AS k(stream_id, source) "
+            "LEFT JOIN {s}.applied a USING (stream_id, source)"
+        ).format(s=sql.Identifier(schema)),
         (list(subjects), list(sources)),
     )
-    return {(r[0], r[1]): r[2] for r in await cur.fetchall()}
+    heads: dict[StreamKey, int] = {}
+    waiting: set[StreamKey] = set()
+    for stream_id, source, version, held in await cur.fetchall():
+        if version is not None:
+            heads[(stream_id, source)] = version
+        if held:
+            waiting.add((stream_id, source))
+    return heads, waiting
 
 
 async def _applied_digests(
@@ -502,13 +511,13 @@ async def _apply_in_order(
         else:
             incoming.append(c)
     streams = {c.stream for c in incoming}
-    heads = await _stream_heads(conn, schema, streams)
+    heads, waiting = await _stream_heads(conn, schema, streams)
     digests = await _applied_digests(
         conn,
         schema,
         {(c.stream, c.version) for c in incoming if c.version <= heads.get(c.stream, 0)},
     )
-    held_rows = await held_store.load(conn, schema, streams)
+    held_rows = await held_store.load(conn, schema, waiting)
     held: list[Candidate[_Entry]] = []
     for row in held_rows:
         c = await _candidate(conn, projection, topic, row.partition, _record_of_held(row))
@@ -523,9 +532,9 @@ async def _apply_in_order(
         await _dead_letter(conn, schema, projection.consumer, c.item.record, reason)
         _count(results, c.item.partition).dead += 1
     applied, blocked, outgoing = await _execute(conn, projection, decided.apply, results)
-    waiting = {id(c) for c in blocked}
+    stuck = {id(c) for c in blocked}
     to_hold = decided.hold + [c for c in blocked if not c.held]
-    released = [c for c in decided.unhold if id(c) not in waiting]
+    released = [c for c in decided.unhold if id(c) not in stuck]
     for c in to_hold:
         _count(results, c.item.partition).held += 1
     await held_store.hold(conn, schema, [_held_row(c) for c in to_hold])
