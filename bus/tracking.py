@@ -59,13 +59,14 @@ CREATE TABLE IF NOT EXISTS {schema}.dead_letter_outbox (
     reason    text    NOT NULL,
     consumer  text    NOT NULL
 );
-CREATE TABLE IF NOT EXISTS {schema}.stream_events (
-    stream_id text    NOT NULL,
-    source    text    NOT NULL,
-    version   integer NOT NULL,
-    digest    bigint  NOT NULL,
-    PRIMARY KEY (stream_id, source, version)
-);
+-- digests[n]: what was applied at version n (bus.ordering), kept in the stream's row so
+-- a batch rewrites one row per stream, as it did for the version alone.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = {name}
+                   AND table_name = 'applied' AND column_name = 'digests') THEN
+        ALTER TABLE {schema}.applied ADD COLUMN digests bigint[] NOT NULL DEFAULT '{{}}';
+    END IF;
+END $$;
 """
 
 
@@ -187,7 +188,11 @@ async def create_tracking(conn: AsyncConnection[Any], schema: str) -> None:
     """Create the tracking tables in a consumer's schema (idempotent)."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('referralnet-ddl'))")
-        await conn.execute(sql.SQL(TRACKING_DDL + HELD_DDL).format(schema=sql.Identifier(schema)))
+        await conn.execute(
+            sql.SQL(TRACKING_DDL + HELD_DDL).format(
+                schema=sql.Identifier(schema), name=sql.Literal(schema)
+            )
+        )
 
 
 async def stored_positions(
@@ -310,38 +315,52 @@ async def _applied_digests(
     items = list(wanted)
     cur = await conn.execute(
         sql.SQL(
-            "SELECT e.stream_id, e.source, e.version, e.digest FROM {}.stream_events e "
-            "JOIN unnest(%s::text[], %s::text[], %s::int4[]) AS k(stream_id, source, version) "
-            "USING (stream_id, source, version)"
+            "SELECT k.stream_id, k.source, k.version, a.digests[k.version] "
+            "FROM unnest(%s::text[], %s::text[], %s::int4[]) AS k(stream_id, source, version) "
+            "JOIN {}.applied a USING (stream_id, source)"
         ).format(sql.Identifier(schema)),
         ([k[0][0] for k in items], [k[0][1] for k in items], [k[1] for k in items]),
     )
-    return {((r[0], r[1]), r[2]): int(r[3]) for r in await cur.fetchall()}
+    return {((r[0], r[1]), r[2]): int(r[3]) for r in await cur.fetchall() if r[3] is not None}
 
 
 async def _record_applied(
     conn: AsyncConnection[Any], schema: str, applied: Sequence[Candidate[_Entry]]
 ) -> None:
-    """The digest of every version applied and each stream's new head, one statement."""
+    """Each stream's new head and the digests of the versions applied, one statement.
+
+    The versions a batch applies to a stream are consecutive (the rule), so its digests
+    replace the stream's from the first of them on (after a reset of the head, e.g. by
+    ``republish``, that is from version 1).
+    """
     if not applied:
         return
+    first: dict[StreamKey, int] = {}
+    digests: dict[StreamKey, list[int]] = {}
+    for c in applied:
+        first.setdefault(c.stream, c.version)
+        digests.setdefault(c.stream, []).append(c.digest)
+    keys = list(first)
     await conn.execute(
         sql.SQL(
-            "WITH r AS (SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[], %s::int8[]) "
-            "AS r(stream_id, source, version, digest)), "
-            "kept AS (INSERT INTO {s}.stream_events (stream_id, source, version, digest) "
-            "SELECT * FROM r ON CONFLICT (stream_id, source, version) "
-            "DO UPDATE SET digest = EXCLUDED.digest) "
-            "INSERT INTO {s}.applied AS a (stream_id, source, version) "
-            "SELECT stream_id, source, max(version) FROM r GROUP BY stream_id, source "
-            "ON CONFLICT (stream_id, source) DO UPDATE "
-            "SET version = GREATEST(a.version, EXCLUDED.version)"
-        ).format(s=sql.Identifier(schema)),
+            "INSERT INTO {}.applied AS a (stream_id, source, version, digests) "
+            "SELECT s, src, f + cardinality(d) - 1, d "
+            "FROM unnest(%s::text[], %s::text[], %s::int4[], %s::jsonb[]) AS r(s, src, f, j), "
+            "LATERAL (SELECT ARRAY(SELECT x::int8 FROM jsonb_array_elements_text(j) "
+            "WITH ORDINALITY AS e(x, i) ORDER BY i)) AS z(d) "
+            "ON CONFLICT (stream_id, source) DO UPDATE SET "
+            "version = EXCLUDED.version, "
+            # Versions before the batch's first keep their digests; a stream applied
+            # before digests were kept gets NULLs there (unknown: a duplicate).
+            "digests = (a.digests || array_fill(NULL::int8, ARRAY[GREATEST(0, "
+            "EXCLUDED.version - cardinality(EXCLUDED.digests) - cardinality(a.digests))]))"
+            "[1:EXCLUDED.version - cardinality(EXCLUDED.digests)] || EXCLUDED.digests"
+        ).format(sql.Identifier(schema)),
         (
-            [c.stream[0] for c in applied],
-            [c.stream[1] for c in applied],
-            [c.version for c in applied],
-            [c.digest for c in applied],
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [first[k] for k in keys],
+            [Jsonb(digests[k]) for k in keys],
         ),
     )
 

@@ -259,3 +259,29 @@ async def test_a_partner_topic_is_applied_in_ce_orgsequence_order(
     assert projection.applied == [e1.id, e2.id, e3.id]
     (letter,) = await dead_letters(conn, projection)
     assert letter["reason"].startswith("ce_orgsequence: is required on a partner topic")
+
+
+async def test_a_stream_applied_before_digests_were_kept_goes_on_from_its_head(
+    conn: psycopg.AsyncConnection[Any], projection: CountingProjection
+) -> None:
+    """Versions applied by an older consumer have no digest: a re-delivery of one is
+    taken for a duplicate; new versions are kept at their own index."""
+    rid = uuid4()
+    await conn.execute(
+        sql.SQL("INSERT INTO {}.applied (stream_id, source, version) VALUES (%s, %s, 2)").format(
+            sql.Identifier(projection.schema)
+        ),
+        (str(rid), "/services/outcomes"),
+    )
+    old, e3 = session_event(rid, 1), session_event(rid, 3)
+    result, _ = await apply(conn, projection, [record(old, 0), record(e3, 1)])
+    assert (result.duplicates, result.applied) == (1, 1)
+    other3 = session_event(rid, 3, minutes=50)
+    result, _ = await apply(conn, projection, [record(e3, 2), record(other3, 3)])
+    assert (result.duplicates, result.dead, result.applied) == (1, 1, 0)
+    cur = await conn.execute(
+        sql.SQL("SELECT cardinality(digests), digests[1] FROM {}.applied").format(
+            sql.Identifier(projection.schema)
+        )
+    )
+    assert await cur.fetchone() == (3, None)
