@@ -8,6 +8,9 @@ are ``services.distributor.policy.deliveries``, the running distributor's own co
 
 from __future__ import annotations
 
+from dataclasses import replace
+from uuid import UUID
+
 from schemas.envelope import CloudEvent
 from services.distributor.policy import Entitlements, deliveries
 
@@ -20,6 +23,10 @@ class MemoryDistributor:
         self.secret = secret
         self.entitlements: dict[str, Entitlements] = {}
         self.created: dict[str, CloudEvent] = {}
+        # ce_orgsequence as the distributor gives it: per (organisation, subject), a copy
+        # sent again keeping its number.
+        self.numbers: dict[tuple[str, UUID], int] = {}
+        self.last: dict[tuple[str, str], int] = {}
 
     def copies(self, event: CloudEvent) -> list[tuple[str, CloudEvent]]:
         """(organisation, copy) for every delivery of ``event``, as the distributor does."""
@@ -46,6 +53,13 @@ class MemoryDistributor:
                 ent.providers.append(str(data["provider_org"]))
             created_copy = self.created[event.subject]
         return [
-            (d.org_id, d.event)
+            (d.org_id, self._numbered(d.org_id, d.event))
             for d in deliveries(event, ent, self.commissioners, self.secret, created_copy)
         ]
+
+    def _numbered(self, org: str, copy: CloudEvent) -> CloudEvent:
+        number = self.numbers.get((org, copy.id))
+        if number is None:
+            stream = (org, copy.subject)
+            number = self.numbers[(org, copy.id)] = self.last[stream] = self.last.get(stream, 0) + 1
+        return replace(copy, orgsequence=number)

@@ -28,8 +28,18 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from bus import dead_letters
+from bus.offsets import OffsetProbe
 from bus.runner import publish_outgoing
-from bus.tracking import Outgoing, Projection, Record, apply_batches, keep_start
+from bus.tracking import (
+    Outgoing,
+    Projection,
+    Record,
+    apply_batches,
+    keep_start,
+    move_positions,
+    record_of,
+    stored_positions,
+)
 from eventstore.pool import connection_pool
 
 log = structlog.get_logger(__name__)
@@ -82,13 +92,6 @@ def make_app(app_id: str, bootstrap_servers: str, partitions: int) -> faust.App:
     )
 
 
-def _headers(raw: Any) -> list[tuple[str, bytes]]:
-    if raw is None:
-        return []
-    items = raw.items() if isinstance(raw, dict) else raw
-    return [(k, v if isinstance(v, bytes) else str(v).encode()) for k, v in items]
-
-
 def tracked_agent(
     app: faust.App,
     bootstrap_servers: str,
@@ -101,6 +104,7 @@ def tracked_agent(
     """Register an agent that applies ``projection`` to ``topic_name``."""
     topic = app.topic(topic_name, key_type=bytes, value_type=bytes, value_serializer="raw")
     state: dict[str, Any] = {}
+    probe = OffsetProbe(bootstrap_servers)
 
     async def resources() -> tuple[AsyncConnectionPool[AsyncConnection[Any]], AIOKafkaProducer]:
         # Created on first use, inside faust's event loop (the producer again after a
@@ -134,9 +138,7 @@ def tracked_agent(
             by_topic: dict[str, dict[int, list[Record]]] = defaultdict(lambda: defaultdict(list))
             for event in events:
                 m = event.message
-                by_topic[m.topic][m.partition].append(
-                    Record(m.topic, m.partition, m.offset, m.key, m.value, _headers(m.headers))
-                )
+                by_topic[m.topic][m.partition].append(record_of(m))
             pool, producer = await resources()
 
             async def publish(outgoing: Sequence[Outgoing]) -> None:
@@ -145,7 +147,9 @@ def tracked_agent(
             for tname, partitions in by_topic.items():
                 try:
                     async with pool.connection() as conn:
-                        results = await apply_batches(conn, projection, tname, partitions, publish)
+                        results = await apply_batches(
+                            conn, projection, tname, partitions, publish, probe=probe
+                        )
                         if any(r.dead for r in results.values()):
                             await dead_letters.flush(
                                 conn, projection.schema, producer, dead_letter_topic
@@ -196,13 +200,66 @@ def tracked_agent(
 
     rediscover_topic.__name__ = f"{projection.consumer.replace('.', '_')}_rediscover"
     app.timer(interval=REDISCOVER_SECONDS)(rediscover_topic)
+
+    last_seen: dict[tuple[str, int], int] = {}
+
+    async def follow_stored_positions() -> None:
+        """Where the stored position stands still and differs from faust's fetch
+        position, seek to it; where it lies beyond the log's end, read the log again.
+
+        A batch tells the agent where to seek only when records arrive: after
+        ``republish`` reset the stored positions (or a worker started on a broker that
+        lost its log), a consumer whose fetch position sits at the end of the refilled
+        log would otherwise wait for new traffic on every partition (issue 11, "lag 941
+        for minutes"). The view runner does the same between batches.
+        """
+        assigned = [tp for tp in app.consumer.assignment() if tp.topic == topic_name]
+        if not assigned:
+            return
+        try:
+            pool, _ = await resources()
+            async with pool.connection() as conn:
+                stored = await stored_positions(conn, projection.schema, projection.consumer)
+                for tp in assigned:
+                    key = (tp.topic, tp.partition)
+                    at = stored.get(key)
+                    if at is None:
+                        continue
+                    still, last_seen[key] = last_seen.get(key) == at, at
+                    highwater = app.consumer.highwater(tp)
+                    if highwater is not None and highwater < at:
+                        confirmed = await probe.highwater(tp.topic, tp.partition)
+                        if confirmed is not None and confirmed < at:
+                            log.warning("log_lost", topic=tp.topic, partition=tp.partition,
+                                        stored=at, highwater=confirmed)  # fmt: skip
+                            await move_positions(conn, projection, tp.topic, {tp.partition: 0})
+                            await app.consumer.seek(tp, 0)
+                            last_seen[key] = 0
+                            continue
+                    fetching = await app.consumer.position(tp)
+                    if still and fetching is not None and fetching != at:
+                        log.info("position_moved_seek", topic=tp.topic, partition=tp.partition,
+                                 offset=at, fetching=fetching)  # fmt: skip
+                        await app.consumer.seek(tp, at)
+        except Exception as exc:  # best effort: the next tick tries again
+            log.warning("follow_positions_failed", topic=topic_name, error=repr(exc))
+
+    follow_stored_positions.__name__ = f"{projection.consumer.replace('.', '_')}_follow"
+    app.timer(interval=REDISCOVER_SECONDS)(follow_stored_positions)
     app.agent(topic, name=agent.__name__)(agent)
 
 
 def sync_group_offsets(
     bootstrap_servers: str, group_id: str, positions: dict[tuple[str, int], int]
 ) -> None:
-    """Commit the PostgreSQL positions as the group's offsets, so faust starts there."""
+    """Commit the PostgreSQL positions as the group's offsets, so faust starts there.
+
+    Not a position beyond its partition's log end: that broker lost its log, and a
+    stale offset committed to it would make faust wait there for traffic that the
+    positions say was already read. Those partitions start at the log's start instead
+    (the first batch then finds the log lost and resets the stored position).
+    """
+    positions = asyncio.run(_within_log(bootstrap_servers, positions))
     if not positions:
         return
     consumer = KafkaConsumer(
@@ -216,6 +273,24 @@ def sync_group_offsets(
         log.warning("group_offset_sync_failed", group=group_id, error=str(exc))
     finally:
         consumer.close()
+
+
+async def _within_log(
+    bootstrap_servers: str, positions: dict[tuple[str, int], int]
+) -> dict[tuple[str, int], int]:
+    probe = OffsetProbe(bootstrap_servers)
+    kept = {}
+    try:
+        for (topic, partition), offset in positions.items():
+            highwater = await probe.highwater(topic, partition)
+            if highwater is not None and offset > highwater:
+                log.warning("stale_position_not_committed", topic=topic, partition=partition,
+                            stored=offset, highwater=highwater)  # fmt: skip
+                continue
+            kept[(topic, partition)] = offset
+    finally:
+        await probe.close()
+    return kept
 
 
 def run_worker(app: faust.App) -> None:

@@ -22,12 +22,14 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from bus import dead_letters
+from bus.offsets import OffsetProbe
 from bus.tracking import (
     Outgoing,
     Projection,
-    Record,
     apply_batches,
     create_tracking,
+    move_positions,
+    record_of,
     stored_positions,
 )
 from schemas.envelope import to_kafka
@@ -44,6 +46,7 @@ class RunnerStats:
     applied: int = 0
     duplicates: int = 0
     dead: int = 0
+    held: int = 0
     seeks: int = 0
     batches: int = 0
     highwater: dict[tuple[str, int], int] = field(default_factory=dict)
@@ -88,6 +91,7 @@ class TrackedRunner:
         self._client_id = client_id
         self._linger = linger_seconds
         self._projections: dict[str, Projection] = {}
+        self._probe = OffsetProbe(bootstrap_servers)
         self.stats = RunnerStats()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -131,6 +135,7 @@ class TrackedRunner:
         finally:
             await consumer.stop()
             await producer.stop()
+            await self._probe.close()
 
     async def _fetch(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, list[Any]]:
         """What the broker has; a small first batch lingers briefly to let more arrive.
@@ -192,6 +197,17 @@ class TrackedRunner:
                         fetching = await asyncio.wait_for(consumer.position(tp), timeout=0.5)
                     except (TimeoutError, KafkaError):
                         continue
+                    highwater = consumer.highwater(tp)
+                    if highwater is not None and highwater < offset:
+                        confirmed = await self._probe.highwater(t, p)
+                        if confirmed is not None and confirmed < offset:
+                            # The broker lost its log: read it again from its start (the
+                            # stream rule ignores what was applied before).
+                            log.warning("log_lost", topic=t, partition=p, stored=offset,
+                                        highwater=confirmed)  # fmt: skip
+                            await move_positions(conn, projection, t, {p: 0})
+                            consumer.seek(tp, 0)
+                            continue
                     if fetching != offset:
                         log.info("position_moved_seek", topic=t, partition=p, offset=offset)
                         consumer.seek(tp, offset)
@@ -206,20 +222,15 @@ class TrackedRunner:
         projection = self._projections.get(topic)
         if projection is None:
             return
-        batches = {
-            p: [
-                Record(m.topic, m.partition, m.offset, m.key, m.value, list(m.headers or ()))
-                for m in messages
-            ]
-            for p, messages in partitions.items()
-            if messages
-        }
+        batches = {p: [record_of(m) for m in messages] for p, messages in partitions.items()}
 
         async def publish(outgoing: Sequence[Outgoing]) -> None:
             await publish_outgoing(producer, outgoing)
 
         async with self._pool.connection() as conn:
-            results = await apply_batches(conn, projection, topic, batches, publish)
+            results = await apply_batches(
+                conn, projection, topic, batches, publish, probe=self._probe
+            )
             if any(r.dead for r in results.values()):
                 await dead_letters.flush(conn, projection.schema, producer, self._dead_letter_topic)
         self.stats.batches += 1
@@ -227,6 +238,7 @@ class TrackedRunner:
             self.stats.applied += result.applied
             self.stats.duplicates += result.duplicates
             self.stats.dead += result.dead
+            self.stats.held += result.held
             tp = TopicPartition(topic, p)
             if result.seek_to is not None:
                 self.stats.seeks += 1

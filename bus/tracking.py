@@ -1,24 +1,33 @@
-"""Consumer positions and idempotency, kept in PostgreSQL with what a consumer writes.
+"""Consumer positions and gap-safe application, kept in PostgreSQL with what a consumer writes.
 
 A consumer that writes to PostgreSQL records, in the same transaction as its writes,
-(1) the next offset of each partition it read and (2) the highest stream version it has
-applied per (referral, producing service). (1) makes the stored position the source of
-truth: the broker's group offsets may be lost (the embedded broker forgets them) and a
-kill -9 may land anywhere. (2) makes re-delivery harmless even when offsets change, as
-they do after ``republish`` refills a broker that lost its log.
+(1) the next offset of each partition it read, (2) per stream the last version it
+applied and a digest of what it applied at each version, and (3) the records it holds
+because an earlier version of their stream has not arrived (``bus.held``). (1) makes the
+stored position the source of truth: the broker's group offsets may be lost (the
+embedded broker forgets them) and a kill -9 may land anywhere. (2) and (3) implement the
+rule of ``bus.ordering``: a stream is applied in version order, never skipping one; a
+re-delivery is ignored, a conflicting one is dead-lettered. Re-reading any part of a
+log is therefore harmless, as it must be after ``republish`` refills a broker.
+
+Every tracked consumer (the view runner, the faust agents, replay) goes through
+``apply_batches``: one decode, one rule, one dead-letter path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
 from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
-from schemas.envelope import CloudEvent, EnvelopeError, from_kafka
+from bus import held as held_store
+from bus.held import HELD_DDL, HeldRecord
+from bus.ordering import Candidate, StreamKey, plan
+from schemas.envelope import CloudEvent, EnvelopeError, Headers, digest, from_kafka
 from schemas.registry import SchemaError, decode, parse_dataschema
 
 log = structlog.get_logger(__name__)
@@ -50,6 +59,14 @@ CREATE TABLE IF NOT EXISTS {schema}.dead_letter_outbox (
     reason    text    NOT NULL,
     consumer  text    NOT NULL
 );
+-- digests[n]: what was applied at version n (bus.ordering), kept in the stream's row so
+-- a batch rewrites one row per stream, as it did for the version alone.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = {name}
+                   AND table_name = 'applied' AND column_name = 'digests') THEN
+        ALTER TABLE {schema}.applied ADD COLUMN digests bigint[] NOT NULL DEFAULT '{{}}';
+    END IF;
+END $$;
 """
 
 
@@ -62,7 +79,25 @@ class Record:
     offset: int
     key: bytes | None
     value: bytes | None
-    headers: Sequence[tuple[str, bytes]]
+    headers: Headers
+
+
+def record_of(message: Any) -> Record:
+    """A ``Record`` from an aiokafka or faust message (headers as a list or a dict).
+
+    The one conversion every consumer uses: header values are kept as they came, null
+    included, so the envelope codec judges them (never ``str(None)``).
+    """
+    raw = message.headers
+    items = () if raw is None else raw.items() if isinstance(raw, dict) else raw
+    return Record(
+        message.topic,
+        message.partition,
+        message.offset,
+        message.key,
+        message.value,
+        [(k, v.encode() if isinstance(v, str) else v) for k, v in items],
+    )
 
 
 class Rejected(Exception):
@@ -77,13 +112,22 @@ class Outgoing:
     event: CloudEvent
 
 
+STREAM_VERSION = "stream-version"
+"""Streams are (subject, ce_source) numbered by ``ce_streamversion`` (``referral-events``)."""
+ORG_SEQUENCE = "org-sequence"
+"""Streams are (subject, topic) numbered by ``ce_orgsequence`` (partner topics)."""
+
+
 class Projection(Protocol):
     """Something that applies bus events to its PostgreSQL tables.
 
-    ``interested_in`` (None: every type) lets a consumer skip, at the cost of only a
-    position update, the many journey events it does not care about. ``apply`` may
+    ``interested_in`` (None: every type) lets a consumer skip the journey events it does
+    not care about: they still take their place in their stream (so a later version is
+    not held for them) but are not schema-checked nor handed to ``apply``. ``apply`` may
     raise ``Rejected`` before it has written anything; ``may_reject`` says it may also
-    do so after writing, and only then does each event pay for a savepoint.
+    do so after writing, and only then does each event pay for a savepoint. A rejected
+    event is dead-lettered and its stream waits for it (the later versions are held)
+    until it is re-driven.
 
     A projection may also offer ``apply_all(conn, [(event, model), ...])``: the new
     events of a whole transaction at once, in order (set-based SQL instead of
@@ -92,6 +136,12 @@ class Projection(Protocol):
     Or, keeping ``apply`` per event (each may be rejected alone), ``prepare(conn,
     events)`` before the first and ``finish(conn)`` after the last of a transaction's
     new events: state is read once and written once per batch, not per event.
+
+    ``ordering`` (optional, default ``STREAM_VERSION``): ``ORG_SEQUENCE`` for consumers
+    of a partner topic, which carries a filtered subset of each stream. And
+    ``number_outgoing(conn, outgoing) -> outgoing`` (optional): a last look at a
+    transaction's outgoing events before they are published (the distributor numbers
+    the copies per partner topic there).
     """
 
     consumer: str
@@ -106,22 +156,43 @@ class Projection(Protocol):
 
 @dataclass
 class BatchResult:
-    """What one transaction over a partition's batch did."""
+    """What one transaction over a partition's batch did.
+
+    ``duplicates`` counts records before the stored position and exact re-deliveries;
+    ``held`` the records now waiting for an earlier version; ``skipped`` the events of
+    types the consumer does not apply.
+    """
 
     applied: int = 0
     skipped: int = 0
     duplicates: int = 0
     dead: int = 0
+    held: int = 0
     next_offset: int | None = None
     seek_to: int | None = None
-    outgoing: list[Outgoing] = field(default_factory=list)
+
+
+class Probe(Protocol):
+    """What the broker says about a partition (``bus.offsets.OffsetProbe``)."""
+
+    async def __call__(self, topic: str, partition: int, offset: int) -> int | None:
+        """The offset of the first record at or after ``offset`` (None: none yet)."""
+        ...
+
+    async def highwater(self, topic: str, partition: int) -> int | None:
+        """The partition's high watermark (None: no answer)."""
+        ...
 
 
 async def create_tracking(conn: AsyncConnection[Any], schema: str) -> None:
     """Create the tracking tables in a consumer's schema (idempotent)."""
     async with conn.transaction():
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('referralnet-ddl'))")
-        await conn.execute(sql.SQL(TRACKING_DDL).format(schema=sql.Identifier(schema)))
+        await conn.execute(
+            sql.SQL(TRACKING_DDL + HELD_DDL).format(
+                schema=sql.Identifier(schema), name=sql.Literal(schema)
+            )
+        )
 
 
 async def stored_positions(
@@ -176,69 +247,121 @@ async def keep_start(
     )
 
 
-async def _store_positions(
-    conn: AsyncConnection[Any],
-    projection: Projection,
-    topic: str,
-    moves: dict[int, int],
-    expected: dict[int, int] | None = None,
-) -> set[int]:
-    """Set the next offset of several partitions in one statement; the ones it moved.
-
-    With ``expected`` it is a compare-and-set: a partition moves only from where the
-    caller thinks it stands (a fresh fetch position that another writer did not move).
-    """
+async def move_positions(
+    conn: AsyncConnection[Any], projection: Projection, topic: str, moves: Mapping[int, int]
+) -> None:
+    """Set stored positions outright (e.g. back to the log's start after the broker lost
+    it; re-reading is harmless under the stream rule)."""
     parts = list(moves)
-    cur = await conn.execute(
+    await conn.execute(
+        sql.SQL(
+            "INSERT INTO {}.positions AS p (consumer, topic, partition, next_offset) "
+            "SELECT %s, %s, * FROM unnest(%s::int4[], %s::int8[]) "
+            "ON CONFLICT (consumer, topic, partition) DO UPDATE "
+            "SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+        ).format(sql.Identifier(projection.schema)),
+        (projection.consumer, topic, parts, [moves[p] for p in parts]),
+    )
+
+
+async def _store_positions(
+    conn: AsyncConnection[Any], projection: Projection, topic: str, moves: dict[int, int]
+) -> None:
+    """Set the next offset of several partitions in one statement."""
+    parts = list(moves)
+    await conn.execute(
         sql.SQL(
             "UPDATE {}.positions AS p SET next_offset = m.next, updated_at = now() "
-            "FROM unnest(%s::int4[], %s::int8[], %s::int8[]) AS m(part, next, expected) "
-            "WHERE p.consumer = %s AND p.topic = %s AND p.partition = m.part "
-            "AND (m.expected IS NULL OR p.next_offset = m.expected) RETURNING p.partition"
+            "FROM unnest(%s::int4[], %s::int8[]) AS m(part, next) "
+            "WHERE p.consumer = %s AND p.topic = %s AND p.partition = m.part"
         ).format(sql.Identifier(projection.schema)),
-        (
-            parts,
-            [moves[p] for p in parts],
-            [expected[p] if expected else None for p in parts],
-            projection.consumer,
-            topic,
-        ),
+        (parts, [moves[p] for p in parts], projection.consumer, topic),
     )
-    return {int(r[0]) for r in await cur.fetchall()}
 
 
-async def _applied_versions(
-    conn: AsyncConnection[Any], schema: str, keys: set[tuple[str, str]]
-) -> dict[tuple[str, str], int]:
-    """Highest applied stream version per (referral, producing service), one query."""
+async def _stream_heads(
+    conn: AsyncConnection[Any], schema: str, keys: set[StreamKey]
+) -> tuple[dict[StreamKey, int], set[StreamKey]]:
+    """Last applied version per stream, and the streams with held records, one query
+    (the held records themselves are read only when there are some: rarely)."""
     if not keys:
-        return {}
+        return {}, set()
     subjects, sources = zip(*keys, strict=True)
     cur = await conn.execute(
         sql.SQL(
-            "SELECT a.stream_id, a.source, a.version FROM {}.applied a "
-            "JOIN unnest(%s::text[], %s::text[]) AS k(stream_id, source) "
-            "USING (stream_id, source)"
-        ).format(sql.Identifier(schema)),
+            "SELECT k.stream_id, k.source, a.version, EXISTS (SELECT 1 FROM {s}.held h "
+            "WHERE h.stream_id = k.stream_id AND h.source = k.source) "
+            "FROM unnest(%s::text[], %s::text[]) AS k(stream_id, source) "
+            "LEFT JOIN {s}.applied a USING (stream_id, source)"
+        ).format(s=sql.Identifier(schema)),
         (list(subjects), list(sources)),
     )
-    return {(r[0], r[1]): r[2] for r in await cur.fetchall()}
+    heads: dict[StreamKey, int] = {}
+    waiting: set[StreamKey] = set()
+    for stream_id, source, version, held in await cur.fetchall():
+        if version is not None:
+            heads[(stream_id, source)] = version
+        if held:
+            waiting.add((stream_id, source))
+    return heads, waiting
+
+
+async def _applied_digests(
+    conn: AsyncConnection[Any], schema: str, wanted: set[tuple[StreamKey, int]]
+) -> dict[tuple[StreamKey, int], int]:
+    """Digest of what was applied at each (stream, version) asked for, one query."""
+    if not wanted:
+        return {}
+    items = list(wanted)
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT k.stream_id, k.source, k.version, a.digests[k.version] "
+            "FROM unnest(%s::text[], %s::text[], %s::int4[]) AS k(stream_id, source, version) "
+            "JOIN {}.applied a USING (stream_id, source)"
+        ).format(sql.Identifier(schema)),
+        ([k[0][0] for k in items], [k[0][1] for k in items], [k[1] for k in items]),
+    )
+    return {((r[0], r[1]), r[2]): int(r[3]) for r in await cur.fetchall() if r[3] is not None}
 
 
 async def _record_applied(
-    conn: AsyncConnection[Any], schema: str, versions: dict[tuple[str, str], int]
+    conn: AsyncConnection[Any], schema: str, applied: Sequence[Candidate[_Entry]]
 ) -> None:
-    if not versions:
+    """Each stream's new head and the digests of the versions applied, one statement.
+
+    The versions a batch applies to a stream are consecutive (the rule), so its digests
+    replace the stream's from the first of them on (after a reset of the head, e.g. by
+    ``republish``, that is from version 1).
+    """
+    if not applied:
         return
-    keys = list(versions)
+    first: dict[StreamKey, int] = {}
+    digests: dict[StreamKey, list[int]] = {}
+    for c in applied:
+        first.setdefault(c.stream, c.version)
+        digests.setdefault(c.stream, []).append(c.digest)
+    keys = list(first)
     await conn.execute(
         sql.SQL(
-            "INSERT INTO {}.applied AS a (stream_id, source, version) "
-            "SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[]) "
-            "ON CONFLICT (stream_id, source) DO UPDATE "
-            "SET version = GREATEST(a.version, EXCLUDED.version)"
+            "INSERT INTO {}.applied AS a (stream_id, source, version, digests) "
+            "SELECT s, src, f + cardinality(d) - 1, d "
+            "FROM unnest(%s::text[], %s::text[], %s::int4[], %s::jsonb[]) AS r(s, src, f, j), "
+            "LATERAL (SELECT ARRAY(SELECT x::int8 FROM jsonb_array_elements_text(j) "
+            "WITH ORDINALITY AS e(x, i) ORDER BY i)) AS z(d) "
+            "ON CONFLICT (stream_id, source) DO UPDATE SET "
+            "version = EXCLUDED.version, "
+            # Versions before the batch's first keep their digests; a stream applied
+            # before digests were kept gets NULLs there (unknown: a duplicate).
+            "digests = (a.digests || array_fill(NULL::int8, ARRAY[GREATEST(0, "
+            "EXCLUDED.version - cardinality(EXCLUDED.digests) - cardinality(a.digests))]))"
+            "[1:EXCLUDED.version - cardinality(EXCLUDED.digests)] || EXCLUDED.digests"
         ).format(sql.Identifier(schema)),
-        ([k[0] for k in keys], [k[1] for k in keys], [versions[k] for k in keys]),
+        (
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [first[k] for k in keys],
+            [Jsonb(digests[k]) for k in keys],
+        ),
     )
 
 
@@ -264,16 +387,35 @@ async def _dead_letter(
             record.offset,
             record.key,
             record.value,
-            Jsonb([[k, v.decode("utf-8", "replace")] for k, v in record.headers]),
+            # A null header value is kept as empty text: the outbox's format is text, and
+            # the reason says it was null.
+            Jsonb([[k, (v or b"").decode("utf-8", "replace")] for k, v in record.headers]),
             reason,
             consumer,
         ),
     )
 
 
+MAX_VERSION = 2**31 - 1
+"""Stream versions and partner sequences are kept as PostgreSQL ``integer``."""
+
 RETRY_HEADER = "x-dead-letter-retry"
+"""Marks a record re-driven by ``dead-letters retry``; the stream rule needs no exception
+for it (a dead letter was never applied, so it arrives as the version its stream waits
+for), but it stays on the record for audit."""
 
 Publish = Callable[[Sequence[Outgoing]], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """A record that passed the envelope, placed in its stream."""
+
+    partition: int
+    record: Record
+    event: CloudEvent
+    model: Any  # the schema-checked data; None for a type the consumer skips
+    interesting: bool
 
 
 async def apply_batch(
@@ -283,9 +425,12 @@ async def apply_batch(
     partition: int,
     records: Sequence[Record],
     publish: Publish | None = None,
+    probe: Probe | None = None,
 ) -> BatchResult:
     """``apply_batches`` for one partition."""
-    results = await apply_batches(conn, projection, topic, {partition: records}, publish)
+    results = await apply_batches(
+        conn, projection, topic, {partition: records}, publish, probe=probe
+    )
     return results[partition]
 
 
@@ -295,166 +440,242 @@ async def apply_batches(
     topic: str,
     batches: Mapping[int, Sequence[Record]],
     publish: Publish | None = None,
+    probe: Probe | None = None,
 ) -> dict[int, BatchResult]:
     """Apply the records of several partitions of a topic in one transaction.
 
-    Per partition: records before the stored position are skipped (re-delivery); a
-    first record after it means the fetch position ran ahead of the truth (positions
-    were reset, e.g. by ``republish``): nothing of that partition is applied and
-    ``seek_to`` tells the caller where to go. Outgoing events are published (and
-    acknowledged) before the transaction commits, so a crash re-publishes rather than
-    loses; consumers downstream deduplicate. One transaction for all partitions: a
+    Per partition: records before the stored position are skipped (re-delivery). A first
+    record after it means either that the fetch position ran ahead of the truth
+    (positions were reset, e.g. by ``republish``): nothing of that partition is applied
+    and ``seek_to`` tells the caller where to go; or that the offsets in between do not
+    exist (Kafka offsets are not contiguous: transaction markers, compaction, a broker's
+    quirks). ``probe`` asks the broker which: with it, a position naming a missing offset
+    moves on to the next record that exists instead of seeking back to it forever.
+
+    The records then go through the stream rule (``bus.ordering``): applied in version
+    order, duplicates ignored, conflicts and anything the envelope or the schemas refuse
+    dead-lettered with the reason, early versions held. Outgoing events are published
+    (and acknowledged) before the transaction commits, so a crash re-publishes rather
+    than loses; consumers downstream deduplicate. One transaction for all partitions: a
     fetch spread over many partitions costs one commit, not one per partition.
     """
     results = {p: BatchResult() for p in batches}
     pending = {p: list(recs) for p, recs in batches.items() if recs}
-    if projection.interested_in is not None:
-        dull = {
-            p: recs
-            for p, recs in pending.items()
-            if not any(_maybe_interesting(projection, r) for r in recs)
-        }
-        if dull:
-            moved = await _store_positions(
-                conn,
-                projection,
-                topic,
-                {p: recs[-1].offset + 1 for p, recs in dull.items()},
-                expected={p: recs[0].offset for p, recs in dull.items()},
-            )
-            for p in moved:
-                results[p].skipped = len(pending[p])
-                results[p].next_offset = pending.pop(p)[-1].offset + 1
     if not pending:
         return results
     async with conn.transaction():
         stored = await _lock_positions(
             conn, projection.schema, projection.consumer, topic, sorted(pending)
         )
-        decoded: list[tuple[int, Record, CloudEvent, Any]] = []
+        fresh_records: list[tuple[int, Record]] = []
         moves: dict[int, int] = {}
+        lost: dict[int, int] = {}
         for p, recs in sorted(pending.items()):
             start = stored.get(p)
             start = recs[0].offset if start is None else start
             fresh = [r for r in recs if r.offset >= start]
             results[p].duplicates = len(recs) - len(fresh)
             if not fresh:
+                if probe is not None and await _log_lost(probe, topic, p, start):
+                    results[p].duplicates, results[p].seek_to = 0, 0
+                    lost[p] = 0
                 continue
+            if fresh[0].offset > start and probe is not None:
+                found = await probe(topic, p, start)
+                if found is not None and found > start:
+                    log.warning("offset_hole", topic=topic, partition=p, missing=start, next=found)
+                    start = found
             if fresh[0].offset > start:
                 results[p].seek_to = start
                 continue
-            for r in fresh:
-                if projection.interested_in is not None and not _maybe_interesting(projection, r):
-                    results[p].skipped += 1  # a header peek: no envelope to parse
-                    continue
-                if d := await _decode(conn, projection, r, results[p]):
-                    decoded.append((p, *d))
+            fresh_records.extend((p, r) for r in fresh)
             moves[p] = results[p].next_offset = fresh[-1].offset + 1
+        if lost:
+            await _store_positions(conn, projection, topic, lost)
         if not moves:
             return results
-        outgoing = await _apply_new(conn, projection, decoded, results)
+        outgoing = await _apply_in_order(conn, projection, topic, fresh_records, results)
         await _store_positions(conn, projection, topic, moves)
         if outgoing and publish is not None:
             await publish(outgoing)
     return results
 
 
-async def _apply_new(
-    conn: AsyncConnection[Any],
-    projection: Projection,
-    decoded: list[tuple[int, Record, CloudEvent, Any]],
-    results: dict[int, BatchResult],
-) -> list[Outgoing]:
-    """Apply what was not applied before (by stream version) and remember it."""
-    seen = await _applied_versions(
-        conn, projection.schema, {(e.subject, e.source) for _, _, e, _ in decoded}
-    )
-    changed: dict[tuple[str, str], int] = {}
-    fresh: list[tuple[int, Record, CloudEvent, Any]] = []
-    for p, record, event, model in decoded:
-        key = (event.subject, event.source)
-        if seen.get(key, 0) >= event.streamversion and not _retried(record):
-            results[p].duplicates += 1
-            continue
-        fresh.append((p, record, event, model))
-        seen[key] = max(seen.get(key, 0), event.streamversion)
-    outgoing: list[Outgoing] = []
-    apply_all = getattr(projection, "apply_all", None)
-    if apply_all is not None and not projection.may_reject:
-        outgoing.extend(await apply_all(conn, [(e, m) for _, _, e, m in fresh]))
-        for p, _, event, _ in fresh:
-            results[p].applied += 1
-            key = (event.subject, event.source)
-            changed[key] = max(changed.get(key, 0), event.streamversion)
-    else:
-        prepare, finish = getattr(projection, "prepare", None), getattr(projection, "finish", None)
-        if prepare is not None:
-            await prepare(conn, [e for _, _, e, _ in fresh])
-        for p, record, event, model in fresh:
-            if await _apply_one(conn, projection, record, event, model, results[p]):
-                key = (event.subject, event.source)
-                changed[key] = max(changed.get(key, 0), event.streamversion)
-        if finish is not None:
-            await finish(conn)
-    for result in results.values():
-        outgoing.extend(result.outgoing)
-    await _record_applied(conn, projection.schema, changed)
-    return outgoing
-
-
-def _retried(record: Record) -> bool:
-    """A dead letter re-driven by ``dead-letters retry`` (it was never applied)."""
-    return any(k == RETRY_HEADER for k, _ in record.headers)
-
-
-def _maybe_interesting(projection: Projection, record: Record) -> bool:
-    """Cheap header peek; anything unreadable counts as interesting (it may be poison)."""
-    assert projection.interested_in is not None
-    for key, value in record.headers:
-        if key == "ce_type":
-            return value.decode("utf-8", "replace") in projection.interested_in
+async def _log_lost(probe: Probe, topic: str, partition: int, stored: int) -> bool:
+    """Whether the broker's log ends before the stored position: it lost its log (a
+    restart of a memory-only broker, a recreated topic). Records below the position are
+    then new, not re-deliveries: the consumer reads the log again from its start (the
+    stream rule makes that harmless)."""
+    highwater = await probe.highwater(topic, partition)
+    if highwater is None or highwater >= stored:
+        return False
+    log.warning("log_lost", topic=topic, partition=partition, stored=stored, highwater=highwater)
     return True
 
 
-async def _decode(
-    conn: AsyncConnection[Any], projection: Projection, record: Record, result: BatchResult
-) -> tuple[Record, CloudEvent, Any] | None:
-    """Envelope and schema check; poison goes to dead letters, other types are skipped."""
+async def _apply_in_order(
+    conn: AsyncConnection[Any],
+    projection: Projection,
+    topic: str,
+    fresh: list[tuple[int, Record]],
+    results: dict[int, BatchResult],
+) -> list[Outgoing]:
+    """Decode, plan by the stream rule, apply, and write back the streams' state."""
+    schema = projection.schema
+    incoming: list[Candidate[_Entry]] = []
+    for p, r in fresh:
+        c = await _candidate(conn, projection, topic, p, r)
+        if c is None:
+            _count(results, p).dead += 1
+        else:
+            incoming.append(c)
+    streams = {c.stream for c in incoming}
+    heads, waiting = await _stream_heads(conn, schema, streams)
+    digests = await _applied_digests(
+        conn,
+        schema,
+        {(c.stream, c.version) for c in incoming if c.version <= heads.get(c.stream, 0)},
+    )
+    held_rows = await held_store.load(conn, schema, waiting)
+    held: list[Candidate[_Entry]] = []
+    for row in held_rows:
+        c = await _candidate(conn, projection, topic, row.partition, _record_of_held(row))
+        if c is None:  # no longer decodes (a schema withdrawn): dead-lettered, let go
+            await held_store.release(conn, schema, [(row.stream, row.version)])
+        else:
+            held.append(Candidate(c.stream, c.version, c.digest, c.item, held=True))
+    decided = plan(incoming, heads, digests, held)
+    for c in decided.duplicates:
+        _count(results, c.item.partition).duplicates += 1
+    for c, reason in decided.dead:
+        await _dead_letter(conn, schema, projection.consumer, c.item.record, reason)
+        _count(results, c.item.partition).dead += 1
+    applied, blocked, outgoing = await _execute(conn, projection, decided.apply, results)
+    stuck = {id(c) for c in blocked}
+    to_hold = decided.hold + [c for c in blocked if not c.held]
+    released = [c for c in decided.unhold if id(c) not in stuck]
+    for c in to_hold:
+        _count(results, c.item.partition).held += 1
+    await held_store.hold(conn, schema, [_held_row(c) for c in to_hold])
+    await held_store.release(conn, schema, [(c.stream, c.version) for c in released])
+    await _record_applied(conn, schema, applied)
+    number = getattr(projection, "number_outgoing", None)
+    return outgoing if number is None or not outgoing else await number(conn, outgoing)
+
+
+async def _execute(
+    conn: AsyncConnection[Any],
+    projection: Projection,
+    planned: list[Candidate[_Entry]],
+    results: dict[int, BatchResult],
+) -> tuple[list[Candidate[_Entry]], list[Candidate[_Entry]], list[Outgoing]]:
+    """Apply the planned events in order: (applied, blocked behind a rejected one, what
+    to publish)."""
+    wanted = [c for c in planned if c.item.interesting]
+    for c in planned:
+        if not c.item.interesting:
+            _count(results, c.item.partition).skipped += 1
+    outgoing: list[Outgoing] = []
+    apply_all = getattr(projection, "apply_all", None)
+    if apply_all is not None and not projection.may_reject:
+        if wanted:
+            outgoing.extend(await apply_all(conn, [(c.item.event, c.item.model) for c in wanted]))
+        for c in wanted:
+            _count(results, c.item.partition).applied += 1
+        return planned, [], outgoing
+    prepare, finish = getattr(projection, "prepare", None), getattr(projection, "finish", None)
+    if prepare is not None and wanted:
+        await prepare(conn, [c.item.event for c in wanted])
+    applied: list[Candidate[_Entry]] = []
+    blocked: list[Candidate[_Entry]] = []
+    stopped: set[StreamKey] = set()
+    for c in planned:
+        if c.stream in stopped:
+            blocked.append(c)  # its stream waits for the rejected version
+        elif not c.item.interesting or await _apply_one(
+            conn, projection, c.item, _count(results, c.item.partition), outgoing
+        ):
+            applied.append(c)
+        else:
+            stopped.add(c.stream)
+    if finish is not None and wanted:
+        await finish(conn)
+    return applied, blocked, outgoing
+
+
+def _count(results: dict[int, BatchResult], partition: int) -> BatchResult:
+    """The partition's result; a held record may come from a partition not in this fetch
+    (a stray copy produced to another partition), counted where it came from."""
+    return results.setdefault(partition, BatchResult())
+
+
+async def _candidate(
+    conn: AsyncConnection[Any], projection: Projection, topic: str, partition: int, record: Record
+) -> Candidate[_Entry] | None:
+    """The record placed in its stream, or None once dead-lettered with the reason.
+
+    The envelope is checked for every record (an event of a type this consumer skips
+    still takes its place in its stream); the data against its schema only for types
+    the consumer applies.
+    """
     try:
         event = from_kafka(record.key, record.value, record.headers)
-        if projection.interested_in is not None and event.type not in projection.interested_in:
-            result.skipped += 1  # not this consumer's business, valid or not
-            return None
-        event_type, version = parse_dataschema(event.dataschema)
-        if event_type != event.type:
-            raise SchemaError(f"ce_dataschema names {event_type!r} but ce_type is {event.type!r}")
-        model = decode(event.type, version, event.data)
+        interesting = projection.interested_in is None or event.type in projection.interested_in
+        model = None
+        if interesting:
+            event_type, version = parse_dataschema(event.dataschema)
+            if event_type != event.type:
+                raise SchemaError(
+                    f"ce_dataschema names {event_type!r} but ce_type is {event.type!r}"
+                )
+            model = decode(event.type, version, event.data)
+        if getattr(projection, "ordering", STREAM_VERSION) == ORG_SEQUENCE:
+            header, number = "ce_orgsequence", event.orgsequence
+            if number is None:
+                raise EnvelopeError(header, f"is required on a partner topic ({topic})")
+            stream = (event.subject, topic)
+        else:
+            header, number = "ce_streamversion", event.streamversion
+            stream = (event.subject, event.source)
+        if number > MAX_VERSION:  # tracked as int4: a larger one could never be applied
+            raise EnvelopeError(header, f"{number} is beyond {MAX_VERSION}")
     except (EnvelopeError, SchemaError) as exc:
         await _dead_letter(conn, projection.schema, projection.consumer, record, str(exc))
-        result.dead += 1
         return None
-    return record, event, model
+    entry = _Entry(partition, record, event, model, interesting)
+    return Candidate(stream, number, digest(record.key, record.value, record.headers), entry)
+
+
+def _record_of_held(row: HeldRecord) -> Record:
+    return Record(row.topic, row.partition, row.offset, row.key, row.value, row.headers)
+
+
+def _held_row(c: Candidate[_Entry]) -> HeldRecord:
+    r = c.item.record
+    return HeldRecord(
+        c.stream, c.version, c.digest, r.topic, r.partition, r.offset, r.key, r.value,
+        list(r.headers),
+    )  # fmt: skip
 
 
 async def _apply_one(
     conn: AsyncConnection[Any],
     projection: Projection,
-    record: Record,
-    event: CloudEvent,
-    model: Any,
+    entry: _Entry,
     result: BatchResult,
+    outgoing: list[Outgoing],
 ) -> bool:
     """Apply one new event; False when it was rejected (and dead-lettered instead)."""
     try:
         if projection.may_reject:
             # A savepoint, so a rejected event leaves no half-applied rows behind and can
-            # be re-driven later (a retried dead letter was never applied, so skips dedup).
+            # be re-driven later (its stream waits for it meanwhile).
             async with conn.transaction():
-                result.outgoing.extend(await projection.apply(conn, event, model))
+                outgoing.extend(await projection.apply(conn, entry.event, entry.model))
         else:
-            result.outgoing.extend(await projection.apply(conn, event, model))
+            outgoing.extend(await projection.apply(conn, entry.event, entry.model))
     except Rejected as exc:
-        await _dead_letter(conn, projection.schema, projection.consumer, record, str(exc))
+        await _dead_letter(conn, projection.schema, projection.consumer, entry.record, str(exc))
         result.dead += 1
         return False
     result.applied += 1

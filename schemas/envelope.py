@@ -10,12 +10,13 @@ data is validated against its schema by :mod:`schemas.registry`.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 from uuid import UUID
 
 from schemas.dataschema import SchemaError, parse_dataschema
@@ -37,8 +38,12 @@ REQUIRED_HEADERS = (
     "ce_correlationid",
     "ce_actor",
 )
-OPTIONAL_HEADERS = ("ce_causationid",)
+OPTIONAL_HEADERS = ("ce_causationid", "ce_orgsequence")
 _KNOWN = frozenset(REQUIRED_HEADERS + OPTIONAL_HEADERS)
+_DIGESTED = tuple(h for h in REQUIRED_HEADERS + OPTIONAL_HEADERS if h != "ce_orgsequence")
+
+Headers = Sequence[tuple[str, bytes | None]]
+"""Kafka record headers as clients hand them over: a value may be null."""
 
 # RFC 3339 date-time (stricter than datetime.fromisoformat, which also takes ISO 8601
 # week dates, basic format and naive times); re.ASCII so \d is not any Unicode digit.
@@ -67,7 +72,9 @@ class CloudEvent:
 
     ``streamversion`` lets a consumer detect gaps and duplicates per (subject, source);
     ``correlationid``/``causationid`` tie an event to the request and event behind it;
-    ``actor`` is the organisation whose action caused it (for views and audit).
+    ``actor`` is the organisation whose action caused it (for views and audit);
+    ``orgsequence`` numbers, on a partner topic only, the copies of one subject's events
+    that partner received (1, 2, 3 ...), so its consumer can detect gaps there too.
     """
 
     id: UUID
@@ -81,6 +88,7 @@ class CloudEvent:
     correlationid: UUID
     causationid: UUID | None
     actor: str
+    orgsequence: int | None = None
 
     @property
     def schema_version(self) -> int:
@@ -100,6 +108,8 @@ def to_kafka(event: CloudEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     events share a partition and keep their order."""
     if event.streamversion < 1:
         raise EnvelopeError("streamversion", f"must be >= 1, got {event.streamversion}")
+    if event.orgsequence is not None and event.orgsequence < 1:
+        raise EnvelopeError("orgsequence", f"must be >= 1, got {event.orgsequence}")
     for name in ("source", "type", "actor"):
         if not getattr(event, name):
             raise EnvelopeError(name, "must not be empty")
@@ -131,12 +141,27 @@ def to_kafka(event: CloudEvent) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
     if event.causationid is not None:
         headers.append(("ce_causationid", str(event.causationid).encode()))
     headers.append(("ce_actor", event.actor.encode()))
+    if event.orgsequence is not None:
+        headers.append(("ce_orgsequence", str(event.orgsequence).encode()))
     return key, value, headers
 
 
-def from_kafka(
-    key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]
-) -> CloudEvent:
+def digest(key: bytes | None, value: bytes | None, headers: Headers) -> int:
+    """A signed 64-bit number that differs when two records differ in what makes the
+    event: key, value and envelope headers (not ``ce_orgsequence``, which only numbers
+    the copy, nor tracing or retry headers). How a consumer tells an exact duplicate of
+    a version it applied from a conflicting one (a collision would only make a conflict
+    pass for a duplicate: ignored, never applied). Meant for records that passed
+    :func:`from_kafka`, where no envelope header is null."""
+    named = dict(headers)
+    parts = [key or b"", value or b""]
+    parts.extend(named.get(name) or b"" for name in _DIGESTED)
+    return int.from_bytes(
+        hashlib.blake2b(b"\x1f".join(parts), digest_size=8).digest(), "big", signed=True
+    )
+
+
+def from_kafka(key: bytes | None, value: bytes | None, headers: Headers) -> CloudEvent:
     """Parse a record written by :func:`to_kafka` (or any conforming producer).
 
     Unknown headers are ignored (tracing, retry markers); a known one given twice is
@@ -146,21 +171,24 @@ def from_kafka(
     h = dict(headers)
     if len(h) != len(headers):
         _reject_repeated(headers)
+    # Typed as all-bytes for the fast path: a null value raises AttributeError below,
+    # and _reject_undecodable then names it.
+    fast = cast(dict[str, bytes], h)
     try:
-        specversion = h["ce_specversion"].decode()
-        content_type = h["content-type"].decode()
-        subject_raw = h["ce_subject"]
+        specversion = fast["ce_specversion"].decode()
+        content_type = fast["content-type"].decode()
+        subject_raw = fast["ce_subject"]
         subject = subject_raw.decode()
-        streamversion = h["ce_streamversion"].decode()
-        event_type = h["ce_type"].decode()
-        dataschema = h["ce_dataschema"].decode()
-        id_text = h["ce_id"].decode()
-        source = h["ce_source"].decode()
-        time_text = h["ce_time"].decode()
-        correlation = h["ce_correlationid"].decode()
-        actor = h["ce_actor"].decode()
-        causation_raw = h.get("ce_causationid")
-        causation = None if causation_raw is None else causation_raw.decode()
+        streamversion = fast["ce_streamversion"].decode()
+        event_type = fast["ce_type"].decode()
+        dataschema = fast["ce_dataschema"].decode()
+        id_text = fast["ce_id"].decode()
+        source = fast["ce_source"].decode()
+        time_text = fast["ce_time"].decode()
+        correlation = fast["ce_correlationid"].decode()
+        actor = fast["ce_actor"].decode()
+        causation = _optional(h, "ce_causationid")
+        orgsequence = _optional(h, "ce_orgsequence")
     except KeyError:
         _reject_missing(h)
     except (UnicodeDecodeError, AttributeError):
@@ -197,7 +225,18 @@ def from_kafka(
         correlationid=_uuid("ce_correlationid", correlation),
         causationid=None if causation is None else _uuid("ce_causationid", causation),
         actor=actor,
+        orgsequence=None if orgsequence is None else _sequence("ce_orgsequence", orgsequence),
     )
+
+
+def _optional(h: dict[str, bytes | None], name: str) -> str | None:
+    """An optional header's text; present but null is refused like any bad value."""
+    if name not in h:
+        return None
+    raw = h[name]
+    if raw is None:
+        _fail(name, "is null")
+    return raw.decode()
 
 
 def _fail(field: str, reason: str) -> NoReturn:
@@ -210,7 +249,7 @@ def _show(value: str | bytes) -> str:
     return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
-def _reject_repeated(headers: Sequence[tuple[str, bytes]]) -> None:
+def _reject_repeated(headers: Headers) -> None:
     """Duplicates are legal in Kafka; only a repeated envelope header is ambiguous."""
     seen: set[str] = set()
     for name, _ in headers:
@@ -219,22 +258,28 @@ def _reject_repeated(headers: Sequence[tuple[str, bytes]]) -> None:
         seen.add(name)
 
 
-def _reject_missing(h: dict[str, bytes]) -> NoReturn:
+def _reject_missing(h: dict[str, bytes | None]) -> NoReturn:
     missing = [name for name in REQUIRED_HEADERS if name not in h]
     also = f" (also missing: {', '.join(missing[1:])})" if missing[1:] else ""
     _fail(missing[0], "required header is missing" + also)
 
 
-def _reject_undecodable(h: dict[str, bytes]) -> NoReturn:
+def _reject_undecodable(h: dict[str, bytes | None]) -> NoReturn:
+    """Name the header that is null, not bytes, or not UTF-8 (a client may hand over a
+    null header value: Kafka allows it, the envelope does not)."""
     for name in REQUIRED_HEADERS + OPTIONAL_HEADERS:
-        raw = h.get(name)
-        if raw is not None and not isinstance(raw, bytes):
+        if name not in h:
+            continue
+        raw = h[name]
+        if raw is None:
+            _fail(name, "is null")
+        if not isinstance(raw, bytes):
             _fail(name, f"must be bytes, got {type(raw).__name__}")
         try:
-            raw is None or raw.decode()
+            raw.decode()
         except UnicodeDecodeError:
             _fail(name, "is not valid UTF-8")
-    raise AssertionError("no undecodable header found")  # pragma: no cover
+    _fail("headers", "could not be read as text")
 
 
 @functools.lru_cache(maxsize=256)
@@ -264,12 +309,16 @@ def _time(text: str) -> datetime:
 
 
 def _streamversion(text: str) -> int:
+    return _sequence("ce_streamversion", text)
+
+
+def _sequence(name: str, text: str) -> int:
     # int() alone would also take " 1", "+1", "1_0" and non-ASCII digits.
     if not (text.isascii() and text.isdecimal()):
-        _fail("ce_streamversion", f"is not a positive integer: {_show(text)}")
+        _fail(name, f"is not a positive integer: {_show(text)}")
     version = int(text)
     if version < 1:
-        _fail("ce_streamversion", f"must be >= 1, got {version}")
+        _fail(name, f"must be >= 1, got {version}")
     return version
 
 

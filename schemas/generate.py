@@ -65,6 +65,16 @@ _HEADERS: dict[str, dict[str, Any]] = {
         "minLength": 1,
         "description": "Directory id of the organisation whose action caused the event.",
     },
+    "ce_orgsequence": {
+        "type": "string",
+        "pattern": "^[1-9][0-9]*$",
+        "description": "Partner topics (org.{orgId}) only, and required there: 1, 2, 3 ... per "
+        "(partner topic, ce_subject), assigned by the distributor to the copies that partner "
+        "receives. A partner topic carries a filtered subset of each stream, so its "
+        "ce_streamversion has holes by design; its consumer applies ce_orgsequence in order "
+        "instead, holding a copy whose predecessor has not arrived, ignoring an exact "
+        "re-delivery and dead-lettering another copy with a number already used.",
+    },
 }
 
 
@@ -112,7 +122,8 @@ def asyncapi() -> dict[str, Any]:
             "address": "org.{orgId}",
             "title": "One partner's events",
             "description": "What one partner organisation may see, redacted to its role by the "
-            "distributor; read by that partner's view consumer group view.<orgId>.",
+            "distributor; read by that partner's view consumer group view.<orgId>. Every record "
+            "carries ce_orgsequence (gap detection on a filtered subset of each stream).",
             "parameters": {"orgId": {"description": "Organisation id from the directory."}},
             "messages": refs,
         },

@@ -19,7 +19,7 @@ from uuid import UUID
 from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
-from bus.tracking import Outgoing
+from bus.tracking import ORG_SEQUENCE, Outgoing
 from schemas.envelope import CloudEvent
 
 STATUS_OF: dict[str, str] = {
@@ -200,6 +200,7 @@ class ViewProjection:
         self.consumer = f"view.{org_id}"
         self.interested_in: frozenset[str] | None = None
         self.may_reject = False
+        self.ordering = ORG_SEQUENCE  # a partner topic: gaps are detected by ce_orgsequence
         s = sql.Identifier(schema)
         self._sql = {
             name: sql.SQL(text).format(s=s)

@@ -32,6 +32,10 @@ def _thaw(frozen: dict[str, Any]) -> CloudEvent:
     )
 
 
+ORG_FIELDS = ("referrer_org", "service_org", "provider_org")
+"""Event data fields naming an organisation that receives a copy."""
+
+
 class DistributorProjection:
     """Consumer ``distributor``: entitlements in Postgres, deliveries to ``org.<id>``."""
 
@@ -48,6 +52,7 @@ class DistributorProjection:
         self._fetched_at = float("-inf")
         self._batch: dict[str, Entitlements] | None = None  # between prepare and finish
         self._changed: dict[str, Entitlements] = {}
+        self._known: set[str] = set()  # organisations of the batch found in the directory
 
     async def _refresh_commissioners(self, conn: AsyncConnection[Any], fresh: bool) -> None:
         """Every commissioner; re-read for each batch with a new referral (``fresh``), so one
@@ -61,15 +66,28 @@ class DistributorProjection:
             self._fetched_at = time.monotonic()
 
     async def prepare(self, conn: AsyncConnection[Any], events: Sequence[CloudEvent]) -> None:
-        """Read (and lock) the entitlements of the batch's referrals in one query."""
+        """Read (and lock) the entitlements of the batch's referrals in one query, and
+        which of the organisations the batch names are in the directory in another."""
         self._batch = await store.load_many(conn, {e.subject for e in events})
         self._changed = {}
         await self._refresh_commissioners(conn, any(e.type == "referral-created" for e in events))
+        named = {str(e.data[f]) for e in events for f in ORG_FIELDS if f in e.data}
+        cur = await conn.execute(
+            "SELECT id FROM directory.organisations WHERE id = ANY(%s)", (sorted(named),)
+        )
+        self._known = {r[0] for r in await cur.fetchall()}
 
     async def finish(self, conn: AsyncConnection[Any]) -> None:
         """Write the entitlements the batch changed, in one statement."""
         changed, self._batch, self._changed = self._changed, None, {}
         await store.save_many(conn, changed)
+
+    async def number_outgoing(
+        self, conn: AsyncConnection[Any], outgoing: Sequence[Outgoing]
+    ) -> list[Outgoing]:
+        """Each copy's ``ce_orgsequence`` (partner topics carry a filtered subset of each
+        stream; the number lets the partner's consumer detect gaps there)."""
+        return await store.number_copies(conn, outgoing)
 
     async def apply(
         self, conn: AsyncConnection[Any], event: CloudEvent, model: Any
@@ -86,7 +104,17 @@ class DistributorProjection:
         return outgoing
 
     async def _apply(self, event: CloudEvent, model: Any) -> Sequence[Outgoing]:
-        assert self._batch is not None
+        if self._batch is None:
+            raise RuntimeError("DistributorProjection._apply outside prepare/finish")
+        for name in ORG_FIELDS:
+            # A copy for an organisation outside the directory would go to a topic that
+            # does not exist: a broker without auto-creation refuses it forever (the
+            # batch would retry forever), one with it grows a topic nobody reads.
+            if name in event.data and str(event.data[name]) not in self._known:
+                raise Rejected(
+                    f"{event.type} names {name} {str(event.data[name])[:80]!r}, "
+                    "which is not in the directory"
+                )
         ent = self._batch.get(event.subject)
         created_copy = None
         changed = event.type in ("referral-created", "referral-routed", "referral-declined")

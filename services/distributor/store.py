@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from psycopg import AsyncConnection
 from psycopg.types.json import Jsonb
 
-from bus.tracking import create_tracking
+from bus.tracking import Outgoing, create_tracking
 from infra.keys import key_file
 from services.distributor.policy import Entitlements
 
@@ -23,6 +24,21 @@ CREATE TABLE IF NOT EXISTS distributor.entitlements (
     service_org  text,
     providers    text[] NOT NULL DEFAULT '{}',
     created      jsonb NOT NULL
+);
+-- The last ce_orgsequence given per (partner topic, subject), and which number each copy
+-- got: a copy sent again (a crash before commit, a refill after the broker lost its
+-- partner topics) keeps its number, so the partner's consumer sees a re-delivery.
+CREATE TABLE IF NOT EXISTS distributor.org_sequences (
+    topic   text    NOT NULL,
+    subject text    NOT NULL,
+    last    integer NOT NULL,
+    PRIMARY KEY (topic, subject)
+);
+CREATE TABLE IF NOT EXISTS distributor.deliveries (
+    topic    text    NOT NULL,
+    event_id uuid    NOT NULL,
+    sequence integer NOT NULL,
+    PRIMARY KEY (topic, event_id)
 );
 """
 
@@ -73,6 +89,58 @@ async def save_many(conn: AsyncConnection[Any], changed: dict[str, Entitlements]
             [Jsonb(e.created) for e in ents],
         ),
     )
+
+
+async def number_copies(conn: AsyncConnection[Any], copies: Sequence[Outgoing]) -> list[Outgoing]:
+    """Give each copy its ``ce_orgsequence``, in order, in the caller's transaction.
+
+    A copy numbered before keeps its number; new copies get the next numbers of their
+    (partner topic, subject). Four statements per batch whatever its size.
+    """
+    if not copies:
+        return []
+    keys = [(c.topic, c.event.id) for c in copies]
+    cur = await conn.execute(
+        "SELECT d.topic, d.event_id, d.sequence FROM distributor.deliveries d "
+        "JOIN unnest(%s::text[], %s::uuid[]) AS k(topic, event_id) USING (topic, event_id)",
+        ([t for t, _ in keys], [e for _, e in keys]),
+    )
+    numbered = {(r[0], r[1]): int(r[2]) for r in await cur.fetchall()}
+    streams = sorted(
+        {(c.topic, c.event.subject) for c in copies if (c.topic, c.event.id) not in numbered}
+    )
+    last: dict[tuple[str, str], int] = {}
+    if streams:
+        cur = await conn.execute(
+            "SELECT s.topic, s.subject, s.last FROM distributor.org_sequences s "
+            "JOIN unnest(%s::text[], %s::text[]) AS k(topic, subject) USING (topic, subject) "
+            "ORDER BY s.topic, s.subject FOR UPDATE OF s",
+            ([t for t, _ in streams], [s for _, s in streams]),
+        )
+        last = {(r[0], r[1]): int(r[2]) for r in await cur.fetchall()}
+    new: dict[tuple[str, Any], int] = {}
+    out = []
+    for copy, key in zip(copies, keys, strict=True):
+        number = numbered.get(key) or new.get(key)
+        if number is None:
+            stream = (copy.topic, copy.event.subject)
+            number = last[stream] = last.get(stream, 0) + 1
+            new[key] = number
+        out.append(Outgoing(copy.topic, replace(copy.event, orgsequence=number)))
+    if new:
+        ends = {s: last[s] for s in streams if s in last}
+        await conn.execute(
+            "INSERT INTO distributor.org_sequences AS s (topic, subject, last) "
+            "SELECT * FROM unnest(%s::text[], %s::text[], %s::int4[]) "
+            "ON CONFLICT (topic, subject) DO UPDATE SET last = GREATEST(s.last, EXCLUDED.last)",
+            ([t for t, _ in ends], [s for _, s in ends], list(ends.values())),
+        )
+        await conn.execute(
+            "INSERT INTO distributor.deliveries (topic, event_id, sequence) "
+            "SELECT * FROM unnest(%s::text[], %s::uuid[], %s::int4[])",
+            ([t for t, _ in new], [e for _, e in new], list(new.values())),
+        )
+    return out
 
 
 def pseudonym_secret(home: Path) -> bytes:

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from bus.topics import Topics
-from bus.tracking import Outgoing, Record, apply_batch
+from bus.tracking import Outgoing, Record, apply_batch, stored_positions
 from directory import store as directory
 from schemas.envelope import CloudEvent, to_kafka
 from schemas.registry import dataschema_uri
@@ -73,6 +73,16 @@ def as_records(events: list[CloudEvent], first: int) -> list[Record]:
     ]
 
 
+async def register(conn: psycopg.AsyncConnection[Any], *orgs: str) -> None:
+    """Partners in the directory: the distributor sends copies only to those."""
+    for org in orgs:
+        await conn.execute(
+            "INSERT INTO directory.organisations (id, name, kind, areas, spec) "
+            "VALUES (%s, %s, 'voluntary-group', '{}', '{}')",
+            (org, org),
+        )
+
+
 def copies(published: list[Outgoing]) -> dict[str, list[str]]:
     """Event types each org topic received, in order."""
     out: dict[str, list[str]] = {}
@@ -93,6 +103,7 @@ async def test_a_batch_sees_its_own_entitlement_changes_and_stores_them_once(
         "VALUES (%s, 'ICB', 'commissioner', '{}', '{}')",
         (icb,),
     )
+    await register(conn, gp, lw, vg)
     rid, orphan = uuid4(), uuid4()
     session = {
         "session_id": str(uuid4()),
@@ -157,3 +168,105 @@ async def test_a_batch_sees_its_own_entitlement_changes_and_stores_them_once(
         )
     assert result.applied == 1
     assert set(copies(published)) == {gp, lw, icb}  # read back: the service, not the provider
+
+
+async def test_every_copy_is_numbered_per_partner_topic_and_keeps_its_number(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    """ce_orgsequence: 1, 2, 3 ... per (partner topic, subject), whatever the holes in
+    stream versions the filtering leaves; a copy sent again keeps its number."""
+    await directory.create(conn)
+    await store.create(conn)
+    tag = uuid4().hex[:6]
+    gp, lw, vg = (f"{k}-{tag}" for k in ("gp", "lw", "vg"))
+    await register(conn, gp, lw, vg)
+    rid = uuid4()
+    activity = {
+        "activity_id": "walk",
+        "provider_org": vg,
+        "activity_kind": "walking-group",
+        "referred_at": (T0 + timedelta(days=1)).isoformat(),
+    }
+    session = {
+        "session_id": str(uuid4()),
+        "kind": "longer-appointment",
+        "duration_minutes": 45,
+        "mode": "in-person",
+        "held_at": (T0 + timedelta(days=2)).isoformat(),
+    }
+    journey = [
+        created(rid, gp),
+        event(
+            rid, "referral-routed", "routing", 1, {"service_org": lw, "attempt": 1, "reason": "t"}
+        ),
+        event(rid, "session-held", "outcomes", 1, session, schema=2),
+        event(rid, "activity-referred", "outcomes", 2, activity),
+    ]
+    projection = DistributorProjection(TOPICS, b"secret")
+    published: list[Outgoing] = []
+
+    async def publish(outgoing: Any) -> None:
+        published.extend(outgoing)
+
+    # The partition's position is shared with the other tests of this database.
+    at = (await stored_positions(conn, "distributor", "distributor")).get(
+        (TOPICS.referral_events, 0), 0
+    )
+    records = as_records(journey, at)
+    await apply_batch(conn, projection, TOPICS.referral_events, 0, records[:2], publish)
+    await apply_batch(conn, projection, TOPICS.referral_events, 0, records[2:], publish)
+    numbers: dict[str, list[tuple[str, int | None]]] = {}
+    for o in published:
+        numbers.setdefault(o.topic.removeprefix("org."), []).append(
+            (o.event.type, o.event.orgsequence)
+        )
+    assert numbers[vg] == [("referral-created", 1), ("activity-referred", 2)]
+    assert numbers[lw] == [
+        ("referral-created", 1),
+        ("referral-routed", 2),
+        ("session-held", 3),
+        ("activity-referred", 4),
+    ]
+    # Sent again (the distributor forgot what it applied, as republish makes it do):
+    # every copy keeps its number, so each partner's consumer sees a re-delivery.
+    first = {(o.topic, o.event.id): o.event.orgsequence for o in published}
+    await conn.execute("DELETE FROM distributor.applied")
+    await conn.execute("DELETE FROM distributor.entitlements")
+    published.clear()
+    await apply_batch(
+        conn, projection, TOPICS.referral_events, 0, as_records(journey, at + 4), publish
+    )
+    assert {(o.topic, o.event.id): o.event.orgsequence for o in published} == first
+
+
+async def test_an_event_naming_an_organisation_outside_the_directory_is_dead_lettered(
+    conn: psycopg.AsyncConnection[Any],
+) -> None:
+    """Its copy would go to a topic that does not exist: refused, with the reason, and
+    the stream waits for it; nothing is sent anywhere."""
+    await directory.create(conn)
+    await store.create(conn)
+    tag = uuid4().hex[:6]
+    gp = f"gp-{tag}"
+    await register(conn, gp)
+    rid = uuid4()
+    routed = event(
+        rid, "referral-routed", "routing", 1, {"service_org": f"ghost-{tag}", "attempt": 1,
+                                               "reason": "t"}
+    )  # fmt: skip
+    projection = DistributorProjection(TOPICS, b"secret")
+    published: list[Outgoing] = []
+
+    async def publish(outgoing: Any) -> None:
+        published.extend(outgoing)
+
+    at = (await stored_positions(conn, "distributor", "distributor")).get(
+        (TOPICS.referral_events, 0), 0
+    )
+    result = await apply_batch(
+        conn, projection, TOPICS.referral_events, 0, as_records([created(rid, gp), routed], at),
+        publish,
+    )  # fmt: skip
+    assert (result.applied, result.dead) == (1, 1)
+    assert all(o.event.type == "referral-created" for o in published)
+    assert not any(o.topic.endswith(f"ghost-{tag}") for o in published)

@@ -7,7 +7,7 @@ can say exactly how many times an event took effect.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -18,12 +18,12 @@ import pytest
 from psycopg import sql
 
 from bus.tracking import (
+    STREAM_VERSION,
     BatchResult,
     Outgoing,
     Record,
     Rejected,
     apply_batch,
-    create_tracking,
     keep_start,
     stored_positions,
 )
@@ -79,6 +79,7 @@ class CountingProjection:
     consumer: str = "test-consumer"
     interested_in: frozenset[str] | None = None
     may_reject: bool = True
+    ordering: str = STREAM_VERSION
     applied: list[UUID] = field(default_factory=list)
     reject: set[UUID] = field(default_factory=set)
     explode: set[UUID] = field(default_factory=set)
@@ -98,19 +99,6 @@ class CountingProjection:
             raise RuntimeError("the projection's database went away")
         self.applied.append(event.id)
         return [Outgoing("org.somebody", event)]
-
-
-@pytest.fixture
-async def projection(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[CountingProjection]:
-    p = CountingProjection(schema=f"t_{uuid4().hex[:8]}")
-    await create_tracking(conn, p.schema)
-    await conn.execute(
-        sql.SQL("CREATE TABLE {}.seen (event_id uuid NOT NULL, minutes integer NOT NULL)").format(
-            sql.Identifier(p.schema)
-        )
-    )
-    yield p
-    await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(p.schema)))
 
 
 async def seen(conn: psycopg.AsyncConnection[Any], p: CountingProjection) -> list[UUID]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -241,8 +242,10 @@ async def _apply(
     await create_view(conn, schema)
     projection = ViewProjection("icb", schema)
     records = []
+    numbered: dict[str, int] = {}  # ce_orgsequence, as the distributor gives it per subject
     for offset, event in enumerate(events or scenario().events):
-        key, value, headers = to_kafka(event)
+        numbered[event.subject] = numbered.get(event.subject, 0) + 1
+        key, value, headers = to_kafka(replace(event, orgsequence=numbered[event.subject]))
         records.append(Record("org.icb", 0, offset, key, value, headers))
     size = batch_size or len(records)
     for start in range(0, len(records), size):
