@@ -31,6 +31,7 @@ from typing import Any
 import psycopg
 from psycopg import AsyncConnection, sql
 
+from bus.held import HeldSummary, held_summary
 from bus.topics import Topics
 from referralnet.lag import STORES, consumer_lags, consumers
 from referralnet.ops import log
@@ -50,6 +51,9 @@ class Thresholds:
     restart_window: float = 60.0
     recheck_seconds: float = 0.0
     """A second reading of the positions this long after the first (0: one reading)."""
+    held_seconds: float = 30.0
+    """A record held behind a missing stream version longer than this is a problem: the
+    version it waits for is not coming by itself (``bus.ordering``)."""
 
 
 @dataclass
@@ -135,6 +139,8 @@ class SystemStatus:
     missing_topics: list[str] = field(default_factory=list)
     restarts: dict[str, int] = field(default_factory=dict)
     dead_letters_by_consumer: dict[str, int] = field(default_factory=dict)
+    held: dict[str, HeldSummary] = field(default_factory=dict)
+    """Per consumer with held records: what waits behind a missing stream version."""
 
     @property
     def healthy(self) -> bool:
@@ -159,6 +165,7 @@ class SystemStatus:
             "dead_letters": self.dead_letters,
             "missing_topics": self.missing_topics,
             "restarts_in_window": self.restarts,
+            "held": {c: {k: plain(v) for k, v in asdict(h).items()} for c, h in self.held.items()},
             "problems": [asdict(p) for p in self.problems],
         }
 
@@ -316,8 +323,17 @@ def _problems(status: SystemStatus, limits: Thresholds) -> list[Problem]:
                 "`retry` or `discard` them",
             )
         )
-    # TODO(consumer gap-safety): count the events each consumer holds or parks behind a
-    # missing version (``bus.held.held_summary(conn, schema)``) as problems here too.
+    for consumer, held in sorted(status.held.items()):
+        waited = (status.at - held.oldest_held_at).total_seconds() if held.oldest_held_at else 0
+        if waited > limits.held_seconds:
+            problems.append(
+                Problem(
+                    f"consumer:{consumer}",
+                    f"{consumer}: {held.count} event(s) of {held.streams} stream(s) held behind "
+                    f"a missing version for {waited:.0f}s: see `referralnet dead-letters` "
+                    "(a conflicting or rejected version parks its stream until retried)",
+                )
+            )
     for c in status.consumers:
         where = f"consumer:{c.consumer}"
         if c.lag > limits.max_lag:
@@ -370,6 +386,10 @@ async def collect(
             # From PostgreSQL, where dead letters are kept: a broker restart loses none.
             status.dead_letters_by_consumer = await pending_counts(conn)
             status.dead_letters = sum(status.dead_letters_by_consumer.values())
+            for consumer, schema, _topic in await consumers(conn, topics):
+                held = await held_summary(conn, schema)
+                if held.count:
+                    status.held[consumer] = held
             for c in status.consumers:
                 c.dead_letters = status.dead_letters_by_consumer.get(c.consumer, 0)
     except psycopg.OperationalError as exc:

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from confluent_kafka import Producer
 
+from referralnet.ops.status import Thresholds, collect
 from referralnet.system import RunningSystem
 from schemas.envelope import CloudEvent, to_kafka
 from schemas.registry import dataschema_uri
@@ -141,6 +142,18 @@ def test_a_forged_far_ahead_version_is_held_and_the_real_journey_reaches_every_v
     _produce(system, [forged])
     for schema in CONSUMER_SCHEMAS:  # every consumer of referral-events holds it
         wait_until(lambda s=schema: _held(system, s, rid) == [at + 5], timeout=SLOW)
+    # ... and `status` tells: held behind a missing version (threshold 0 s here).
+    seen = asyncio.run(
+        collect(
+            system.database_url, system.bootstrap_servers, system.topics, Thresholds(held_seconds=0)
+        )
+    )
+    for consumer in CONSUMER_SCHEMAS:
+        assert seen.held[consumer].count >= 1, seen.held
+        assert any(
+            p.component == f"consumer:{consumer}" and "held behind a missing version" in p.message
+            for p in seen.problems
+        ), seen.problems
 
     for minutes, day in ((30, 8), (40, 9)):
         answer = lw.post(f"/referrals/{rid}/sessions", json=_session_body(minutes, day))

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from bus.held import HeldSummary
 from infra.processes import free_port
 from referralnet.ops.status import (
     ConsumerHealth,
@@ -92,6 +93,12 @@ def test_each_kind_of_untruth_is_a_problem_with_its_reason() -> None:
     assert "2 pending dead letter(s)" in problem.message
     letters.problems = [problem]
     assert not letters.problems_of("distributor"), "a worker with dead letters goes on"
+    waiting = HeldSummary(3, now - timedelta(seconds=31), 1)
+    [problem] = _problems(_snapshot(held={"view.gp": waiting}), limits)
+    assert problem.component == "consumer:view.gp"
+    assert "3 event(s) of 1 stream(s) held behind a missing version for 31s" in problem.message
+    just_held = HeldSummary(1, now - timedelta(seconds=2), 1)  # its gap is still filling
+    assert _problems(_snapshot(held={"view.gp": just_held}), limits) == []
 
 
 @pytest.mark.infra
