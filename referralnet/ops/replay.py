@@ -20,8 +20,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import AsyncConnection, sql
 
 from bus.dead_letters import TABLE, ensure_columns
+from bus.offsets import OffsetProbe
 from bus.topics import Topics
-from bus.tracking import Record, apply_batches, stored_positions
+from bus.tracking import apply_batches, record_of, stored_positions
 from referralnet.ops import log
 from referralnet.ops.checksum import combine, digests_in_transaction
 from views.projection import ViewProjection
@@ -116,11 +117,18 @@ class _Replayer:
     """One replay's consumer, positions and counters."""
 
     def __init__(
-        self, conn: AsyncConnection[Any], projection: ViewProjection, reader: AIOKafkaConsumer
+        self,
+        conn: AsyncConnection[Any],
+        projection: ViewProjection,
+        reader: AIOKafkaConsumer,
+        probe: OffsetProbe,
     ) -> None:
         self.conn = conn
         self.projection = projection
         self.reader = reader
+        # Offsets need not be contiguous (transaction markers, compaction): the probe lets
+        # apply_batches move past a hole instead of seeking back to it forever.
+        self.probe = probe
         self.positions: dict[TopicPartition, int] = {}
         self.events = self.applied = self.duplicates = self.dead = 0
 
@@ -153,13 +161,9 @@ class _Replayer:
         """One fetch, every partition of the topic, in one transaction."""
         topic = next(iter(fetched)).topic
         batches = {
-            tp.partition: [
-                Record(m.topic, m.partition, m.offset, m.key, m.value, list(m.headers or ()))
-                for m in messages
-            ]
-            for tp, messages in fetched.items()
+            tp.partition: [record_of(m) for m in messages] for tp, messages in fetched.items()
         }
-        results = await apply_batches(self.conn, self.projection, topic, batches)
+        results = await apply_batches(self.conn, self.projection, topic, batches, probe=self.probe)
         for partition, result in results.items():
             tp = TopicPartition(topic, partition)
             if result.seek_to is not None:
@@ -239,12 +243,13 @@ async def _build_and_swap(
                 "run `referralnet republish` first"
             )
         reader = log.consumer(bootstrap_servers, "referralnet-replay")
+        probe = OffsetProbe(bootstrap_servers)
         await reader.start()
         try:
             reader.assign(list(targets))
             for tp in targets:
                 reader.seek(tp, 0)
-            rep = _Replayer(conn, projection, reader)
+            rep = _Replayer(conn, projection, reader, probe)
             total = sum(targets.values())
 
             def report() -> None:
@@ -284,6 +289,7 @@ async def _build_and_swap(
                 await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(old)))
         finally:
             await reader.stop()
+            await probe.close()
     return ReplayResult(
         org_id=projection.org_id,
         schema=live,
