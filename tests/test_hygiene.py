@@ -7,12 +7,14 @@ the project's ``bus`` package in every worker) and nothing else.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -22,6 +24,8 @@ import pytest
 
 from infra.processes import free_port
 from referralnet import endpoints
+from tests.conftest import alliance_yaml, referral_body, wait_until
+from web.ops_guard import ops_token
 
 pytestmark = pytest.mark.infra
 
@@ -57,17 +61,43 @@ def referralnet_up(
         proc.wait(timeout=60)
 
 
-def healthy(proc: subprocess.Popen[bytes], base: str, timeout: float = 120.0) -> None:
+def healthy(proc: subprocess.Popen[bytes], base: str, home: Path, timeout: float = 120.0) -> None:
+    """Poll (with a deadline) until the API answers and routing reports healthy; the
+    per-worker health needs the operators' token, which the stack creates at start."""
     deadline = time.monotonic() + timeout
+    headers: dict[str, str] | None = None
     while time.monotonic() < deadline:
         assert proc.poll() is None, f"referralnet up exited with {proc.returncode}"
         try:
-            if httpx.get(f"{base}/healthz/routing", timeout=2).status_code == 200:
+            if headers is None:
+                if httpx.get(f"{base}/healthz", timeout=2).status_code == 200:
+                    headers = {"Authorization": f"Bearer {ops_token(home)}"}
+            elif (
+                httpx.get(f"{base}/healthz/routing", headers=headers, timeout=2).status_code == 200
+            ):
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)  # polling with a deadline
     raise AssertionError(f"{base} did not become healthy in {timeout}s")
+
+
+def one_referral_through(base: str, home: Path, env_home: dict[str, str]) -> None:
+    """Register a small alliance and send one referral until it reaches its referrer's
+    view, so that every worker has opened its connections and producers."""
+    suffix = uuid.uuid4().hex[:8]
+    directory = home.parent / f"alliance-{suffix}.yaml"
+    directory.write_text(alliance_yaml(suffix))
+    loaded = subprocess.run(
+        [str(REFERRALNET), "directory", "load", str(directory), "--json"],
+        env=env_home, capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    token = json.loads(loaded.stdout)["tokens"][f"gp-{suffix}"]
+    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}) as gp:
+        created = gp.post("/referrals", json=referral_body(area=f"area-{suffix}"))
+        assert created.status_code == 201, created.text
+        rid = created.json()["referral_id"]
+        wait_until(lambda: gp.get(f"/referrals/{rid}").status_code == 200, timeout=120)
 
 
 def problems_in_logs(home: Path) -> list[str]:
@@ -84,7 +114,13 @@ def test_up_from_a_directory_with_bus_py_writes_only_under_home(tmp_path: Path) 
     cwd.mkdir()
     (cwd / "bus.py").write_text("")
     with referralnet_up(cwd, home) as (proc, base):
-        healthy(proc, base)
+        healthy(proc, base, home)
+        # traffic first: the routing and distributor agents open their producers lazily,
+        # and an unclosed one is what a clean stop used to log as an error
+        env_home = {
+            k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "DATABASE_"))
+        }
+        one_referral_through(base, home, env_home | {"REFERRALNET_HOME": str(home)})
     assert proc.returncode == 0
     assert sorted(p.name for p in cwd.iterdir()) == ["bus.py"]  # no faust data dirs here
     assert problems_in_logs(home) == []  # a clean stop logs no errors
@@ -112,8 +148,8 @@ def test_two_stacks_started_at_the_same_moment_both_come_up(tmp_path: Path) -> N
         ]
         apis = [recorded_api(proc, home) for (proc, _), home in zip(running, homes, strict=True)]
         assert apis[0] != apis[1]
-        for (proc, _), api in zip(running, apis, strict=True):
-            healthy(proc, api)
+        for (proc, _), api, home in zip(running, apis, homes, strict=True):
+            healthy(proc, api, home)
     for home in homes:
         assert problems_in_logs(home) == []
 

@@ -1,6 +1,7 @@
 """Fault harness, CI size: 20 kill -9s while referrals flow, a broker that loses its log
 (quietly, then under traffic with ``republish`` while referrals flow), a forged version
-gap and a poison header from an independent client.
+gap and a poison header from an independent client, and a database administrator's
+tamperings of copies of the running stores.
 
 The harness itself is ``bench.chaos`` (``make chaos`` runs it with 100 kills); see its
 docstring for how accepted work is counted when the API dies mid-request. Runs on a
@@ -16,7 +17,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from bench.chaos import Ledger, Verdict, broker_restart_phase, chaos_system, kill_phase, verify
+from bench.chaos import (
+    Ledger,
+    Verdict,
+    broker_restart_phase,
+    chaos_system,
+    kill_phase,
+    tamper_phase,
+    verify,
+)
 from bench.forgery import forged_gap_phase, poison_header_phase
 from referralnet.supervisor import WORKERS
 from referralnet.system import RunningSystem
@@ -24,13 +33,6 @@ from referralnet.system import RunningSystem
 pytestmark = pytest.mark.infra
 
 KILLS = 20
-
-# Strict: these fail on this branch alone and must pass once the consumers' gap-safety
-# work (issue 11, must-haves 1-3) is merged; an XPASS then fails the run, as a reminder
-# to remove the marker. (They run last: before that work, the poison crash-loops a worker.)
-NEEDS_GAP_SAFE_CONSUMERS = pytest.mark.xfail(
-    strict=True, reason="needs gap-safe, crash-proof consumers (issue 11 must-haves 1-3)"
-)
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +64,6 @@ def test_broker_losing_its_log_then_republish_brings_every_view_back(
     assert verdict.ok, verdict.summary()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="passes on a fresh system (170 commands, lost 0, duplicated 0); after the kill "
-    "and quiet-restart phases the faust workers can stall once positions are reset under "
-    "them (seen: lag 750 for 120 s) until the consumers' fresh-broker work lands",
-)
 def test_broker_loss_and_republish_while_referrals_flow_lose_and_double_nothing(
     chaos: tuple[RunningSystem, dict[str, str], Ledger],
 ) -> None:
@@ -79,7 +75,6 @@ def test_broker_loss_and_republish_while_referrals_flow_lose_and_double_nothing(
     assert verdict.ok, verdict.summary()
 
 
-@NEEDS_GAP_SAFE_CONSUMERS
 def test_a_forged_far_ahead_version_drops_no_real_event(
     chaos: tuple[RunningSystem, dict[str, str], Ledger],
 ) -> None:
@@ -91,7 +86,6 @@ def test_a_forged_far_ahead_version_drops_no_real_event(
     assert found.ok, found.summary()  # the forged one is in dead letters or held
 
 
-@NEEDS_GAP_SAFE_CONSUMERS
 def test_a_null_header_is_dead_lettered_and_crashes_nothing(
     chaos: tuple[RunningSystem, dict[str, str], Ledger],
 ) -> None:
@@ -101,3 +95,13 @@ def test_a_null_header_is_dead_lettered_and_crashes_nothing(
     print("\n" + found.summary() + "\n" + checked.summary())
     assert found.ok, found.summary()
     assert checked.ok, checked.summary()
+
+
+def test_every_tampering_of_the_stores_is_detected(
+    chaos: tuple[RunningSystem, dict[str, str], Ledger],
+) -> None:
+    system, _tokens, _ledger = chaos
+    detected, tried = tamper_phase(system)
+    print(f"\ntamperings detected {detected}/{tried}")
+    assert tried >= 6
+    assert detected == tried
