@@ -147,6 +147,32 @@ async def _positions_beyond(
     return beyond
 
 
+async def _partner_topics_short(
+    conn: AsyncConnection[Any], bootstrap_servers: str, partner_names: Sequence[str]
+) -> set[str]:
+    """Partner topics holding fewer records than the distributor delivered to them.
+
+    A consumer that finds its partition's log gone resets its own position to 0 (so it
+    does not stall on a fresh broker), which hides the loss from ``_positions_beyond``;
+    the distributor's delivery record does not forget. Fewer records than deliveries
+    means copies were lost (more is fine: re-deliveries after an earlier republish).
+    """
+    cur = await conn.execute("SELECT to_regclass('distributor.deliveries') IS NOT NULL")
+    row = await cur.fetchone()
+    if not row or not row[0] or not partner_names:
+        return set()
+    cur = await conn.execute(
+        "SELECT topic, count(*) FROM distributor.deliveries WHERE topic = ANY(%s) GROUP BY topic",
+        (list(partner_names),),
+    )
+    delivered = {str(t): int(n) for t, n in await cur.fetchall()}
+    highwater = await log.topic_highwaters(bootstrap_servers, list(delivered))
+    held: dict[str, int] = {}
+    for (topic, _partition), hw in highwater.items():
+        held[topic] = held.get(topic, 0) + hw
+    return {t for t, n in delivered.items() if held.get(t, 0) < n}
+
+
 async def _published_but_missing(
     conn: AsyncConnection[Any], present: set[str], since: datetime | None
 ) -> int:
@@ -282,7 +308,8 @@ async def republish(
                 ):
                     present = await _present_ids(bootstrap_servers, topics.referral_events)
                     events_lost = await _published_but_missing(conn, present, since) > 0
-                partners_lost = bool(beyond & set(partner_names))
+                short = await _partner_topics_short(conn, bootstrap_servers, partner_names)
+                partners_lost = bool((beyond | short) & set(partner_names))
                 lost = ([topics.referral_events] if events_lost else []) + (
                     partner_names if partners_lost else []
                 )
