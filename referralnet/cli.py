@@ -17,6 +17,7 @@ from uuid import UUID
 
 import click
 import typer
+import typer._click.exceptions as typer_click
 from psycopg import AsyncConnection
 from rich.console import Console
 
@@ -652,9 +653,11 @@ def main() -> None:
     configure_logging("warning")
     try:
         app(standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError:
+    except (click.exceptions.NoArgsIsHelpError, typer_click.NoArgsIsHelpError):
         sys.exit(0)
-    except click.UsageError as exc:
+    # typer parses options with its own copy of click: a bad option value or a missing
+    # argument is its UsageError, our own refusals (UsageProblem) click's.
+    except (click.UsageError, typer_click.UsageError) as exc:
         console.print(  # soft_wrap: one problem, one line, however long
             f"referralnet: error: {exc.format_message()}",
             style="red",
