@@ -85,6 +85,10 @@ def add_local_days(instant: datetime, days: int, zone: ZoneInfo) -> datetime:
     return wall.replace(tzinfo=zone)
 
 
+MAX_UTC_OFFSET = timedelta(hours=15, minutes=59)
+"""The widest offset PostgreSQL stores in a timestamptz (and the API accepts)."""
+
+
 def parse_instant(text: str, zone: ZoneInfo) -> datetime:
     """An ISO 8601 date or date-time as an aware instant.
 
@@ -107,4 +111,9 @@ def parse_instant(text: str, zone: ZoneInfo) -> datetime:
         raise NotADate(f"not a real date or time: {text[:24]!r} ({exc})") from None
     if not EARLIEST_YEAR <= parsed.year <= LATEST_YEAR:
         raise NotADate(f"{text[:24]!r} is outside {EARLIEST_YEAR}-{LATEST_YEAR}")
+    offset = parsed.utcoffset()
+    if offset is not None and abs(offset) > MAX_UTC_OFFSET:
+        # ISO 8601 allows up to ±23:59, PostgreSQL's timestamptz ±15:59, and the body
+        # fields refuse beyond that too (web.fields): one rule for every time input.
+        raise NotADate(f"{text[:32]!r}: the UTC offset must be within ±15:59")
     return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=zone)

@@ -330,8 +330,9 @@ def _problems(status: SystemStatus, limits: Thresholds) -> list[Problem]:
                 Problem(
                     f"consumer:{consumer}",
                     f"{consumer}: {held.count} event(s) of {held.streams} stream(s) held behind "
-                    f"a missing version for {waited:.0f}s: see `referralnet dead-letters` "
-                    "(a conflicting or rejected version parks its stream until retried)",
+                    f"a missing version for {waited:.0f}s (`status --json`: held): the "
+                    "version it waits for was dead-lettered (`referralnet dead-letters`) or "
+                    "lost from the log (`referralnet republish`)",
                 )
             )
     for c in status.consumers:

@@ -133,6 +133,8 @@ def test_a_date_only_range_is_local_midnight_to_local_midnight() -> None:
         (None, "20260701", "to"),
         ("yesterday", "2026-07-01", "from"),
         ("2026-07-01T00:00+01:00", "2026-06-30T23:00Z", "to"),  # the same instant: empty
+        ("2026-10-01T00:00:00+16:00", None, "from"),  # beyond ±15:59, as the body fields
+        (None, "2026-10-01T00:00-23:59", "to"),
     ],
 )
 def test_a_nonsense_range_names_its_field(
