@@ -543,16 +543,24 @@ def status(
     recheck_seconds: Annotated[
         float, typer.Option(min=0, help="read positions again after this long (0: once)")
     ] = 2.0,
+    held_seconds: Annotated[
+        float,
+        typer.Option(min=0, help="seconds an event may wait behind a missing stream version"),
+    ] = 30.0,
 ) -> None:
-    """Lag, outbox backlog, dead letters, lost topics, stuck consumers, crash loops; exit 1
-    (each problem with its reason) if unhealthy."""
+    """Lag, outbox backlog, dead letters, held events, lost topics, stuck consumers, crash
+    loops; exit 1 (each problem with its reason) if unhealthy."""
     from referralnet.ops import render as ops_render
     from referralnet.ops.status import Thresholds, collect
 
     settings = _settings()
     bootstrap = endpoints.bootstrap_servers(settings)
     limits = Thresholds(
-        max_lag, stuck_seconds, max_restarts=max_restarts, recheck_seconds=recheck_seconds
+        max_lag,
+        stuck_seconds,
+        max_restarts=max_restarts,
+        recheck_seconds=recheck_seconds,
+        held_seconds=held_seconds,
     )
     with endpoints.database_url(settings) as url:
         result = asyncio.run(collect(url, bootstrap, _topics(settings), limits, settings.home))

@@ -327,8 +327,8 @@ def _problems(status: SystemStatus, limits: Thresholds) -> list[Problem]:
         waited = (status.at - held.oldest_held_at).total_seconds() if held.oldest_held_at else 0
         if waited > limits.held_seconds:
             problems.append(
-                Problem(
-                    f"consumer:{consumer}",
+                Problem(  # like dead letters: the worker goes on, so its health is fine
+                    f"held:{consumer}",
                     f"{consumer}: {held.count} event(s) of {held.streams} stream(s) held behind "
                     f"a missing version for {waited:.0f}s (`status --json`: held): the "
                     "version it waits for was dead-lettered (`referralnet dead-letters`) or "

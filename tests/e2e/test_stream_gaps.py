@@ -151,7 +151,7 @@ def test_a_forged_far_ahead_version_is_held_and_the_real_journey_reaches_every_v
     for consumer in CONSUMER_SCHEMAS:
         assert seen.held[consumer].count >= 1, seen.held
         assert any(
-            p.component == f"consumer:{consumer}" and "held behind a missing version" in p.message
+            p.component == f"held:{consumer}" and "held behind a missing version" in p.message
             for p in seen.problems
         ), seen.problems
 
