@@ -71,6 +71,8 @@ def _configs(admin: KafkaAdminClient, topic: str) -> dict[str, str]:
 
 def _layout(admin: KafkaAdminClient, prefix: str) -> dict[str, tuple[int, int]]:
     names = [n for n in admin.list_topics() if n.startswith(prefix)]
+    if not names:  # describe_topics([]) describes every topic of the cluster
+        return {}
     return {
         d["name"]: (len(d["partitions"]), len(d["partitions"][0]["replica_nodes"]))
         for d in admin.describe_topics(names)
