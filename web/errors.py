@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import structlog
@@ -155,7 +156,10 @@ class CatchAll:
         try:
             await self.app(scope, receive, watch)
         except Exception as exc:
-            log.error("unhandled_error", path=scope.get("path"), error_type=type(exc).__name__)
+            # A logger that fails (a closed stream, a full disk) must not turn the JSON
+            # answer into the server's plain-text 500.
+            with contextlib.suppress(Exception):
+                log.error("unhandled_error", path=scope.get("path"), error_type=type(exc).__name__)
             if started:  # too late for a clean answer; the server closes the connection
                 raise
             error = ApiError(500, "internal-error", "the service failed; nothing was stored")
