@@ -109,7 +109,8 @@ async def load(conn: AsyncConnection[Any], directory: DirectoryFile) -> dict[str
     return tokens
 
 
-def _org(row: dict[str, Any]) -> RegisteredOrg:
+def org_from_row(row: dict[str, Any]) -> RegisteredOrg:
+    """A ``RegisteredOrg`` from a row of ``directory.organisations`` (dict_row)."""
     return RegisteredOrg(
         id=row["id"],
         name=row["name"],
@@ -126,7 +127,7 @@ async def org_by_token(conn: AsyncConnection[Any], token: str) -> RegisteredOrg 
             (hash_token(token),),
         )
         row = await cur.fetchone()
-    return _org(row) if row else None
+    return org_from_row(row) if row else None
 
 
 async def organisations(conn: AsyncConnection[Any]) -> list[RegisteredOrg]:
@@ -134,7 +135,7 @@ async def organisations(conn: AsyncConnection[Any]) -> list[RegisteredOrg]:
         await cur.execute(
             "SELECT id, name, kind, areas, spec FROM directory.organisations ORDER BY id"
         )
-        return [_org(r) for r in await cur.fetchall()]
+        return [org_from_row(r) for r in await cur.fetchall()]
 
 
 async def activities(conn: AsyncConnection[Any]) -> list[Activity]:

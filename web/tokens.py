@@ -20,8 +20,7 @@ from typing import Any
 from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
-from directory.model import OrgKind
-from directory.store import RegisteredOrg, hash_token, new_token
+from directory.store import RegisteredOrg, hash_token, new_token, org_from_row
 
 CACHE_SECONDS = float(os.environ.get("REFERRALNET_TOKEN_CACHE_SECONDS", "2"))
 
@@ -61,15 +60,7 @@ async def org_for_token(conn: AsyncConnection[Any], token: str) -> RegisteredOrg
     async with conn.cursor(row_factory=dict_row) as cur:
         await cur.execute(_LOOKUP, {"h": hash_token(token)})
         row = await cur.fetchone()
-    if row is None:
-        return None
-    return RegisteredOrg(
-        id=row["id"],
-        name=row["name"],
-        kind=OrgKind(row["kind"]),
-        areas=tuple(row["areas"]),
-        spec=row["spec"],
-    )
+    return None if row is None else org_from_row(row)
 
 
 async def rotate(
