@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from typing import Any
-from uuid import UUID
 
 from psycopg import AsyncConnection
 
@@ -34,13 +33,3 @@ async def create(conn: AsyncConnection[Any]) -> None:
         await conn.execute("SELECT pg_advisory_xact_lock(hashtext('referralnet-ddl'))")
         await conn.execute(pii.DDL)
         await conn.execute(IDEMPOTENCY_DDL)
-
-
-async def referrer_of(conn: AsyncConnection[Any], referral_id: UUID) -> str | None:
-    """The organisation that made the referral (the actor of ``referral-created``), or
-    None if intake never stored it: lets the API tell "not yet" from "no such referral"."""
-    cur = await conn.execute(
-        "SELECT actor FROM intake.events WHERE stream_id = %s AND version = 1", (referral_id,)
-    )
-    row = await cur.fetchone()
-    return str(row[0]) if row else None

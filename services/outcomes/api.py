@@ -14,7 +14,7 @@ from psycopg.rows import dict_row
 from directory import store as directory
 from directory.model import SLUG
 from eventstore.records import StoredEvent
-from services.intake.store import referrer_of
+from services.existence import known_to_intake, routing_holder
 from services.outcomes import casework
 from services.outcomes.requests import (
     ActivityReferral,
@@ -70,18 +70,6 @@ async def _peek(conn: AsyncConnection[Any], referral_id: UUID) -> casework.CaseS
     return casework.CaseState(**row) if row else None
 
 
-async def _accepted_by(conn: AsyncConnection[Any], referral_id: UUID, org_id: str) -> bool:
-    """Whether routing (the acceptance's system of record, written in the accept request's
-    own transaction) has the referral accepted by ``org_id``: only then is an answer on
-    its way to outcomes, worth waiting for."""
-    cur = await conn.execute(
-        "SELECT 1 FROM routing.cases WHERE referral_id = %s AND service_org = %s "
-        "AND status = 'accepted'",
-        (referral_id, org_id),
-    )
-    return await cur.fetchone() is not None
-
-
 def _may_still_become_yours(case: casework.CaseState, org_id: str) -> bool:
     """Routing's answer may still be on its way to outcomes: the case is neither yours
     and accepted (ready), nor settled (closed, escalated, accepted by another service)."""
@@ -109,11 +97,13 @@ async def _as_holder(db: Pool, referral_id: UUID, org_id: str, act: Act) -> list
             if case is not None:
                 return [_recorded(e) for e in await act(conn, case)]
         seen = await _peek(conn, referral_id)
-        accepted = await _accepted_by(conn, referral_id, org_id)
+        # routing writes the acceptance in the accept request's own transaction: only
+        # then is an answer on its way to outcomes, worth waiting for
+        accepted = await routing_holder(conn, referral_id) == (org_id, "accepted")
     if seen is None and not accepted:
         async with db.connection() as conn:
-            made = await referrer_of(conn, referral_id)
-        if made is None:  # nobody ever made it: say so at once
+            made = await known_to_intake(conn, referral_id)
+        if not made:  # nobody ever made it: say so at once
             raise NotFound(f"no referral {referral_id}")
         raise NotYet("the referral is not known to outcomes yet; retry shortly")
     if not accepted:  # nothing is on its way: answer now (403 / 409 with the state)
