@@ -8,11 +8,17 @@ from collections.abc import Mapping
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from infra.kafka_security import client_kwargs
+
 
 def ensure_topics(bootstrap_servers: str, layout: Mapping[str, int]) -> list[str]:
     """Create the topics of ``{topic: partitions}`` that do not exist yet; return those."""
     wanted = sorted(layout)
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id="referralnet-admin")
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        client_id="referralnet-admin",
+        **client_kwargs("kafka-python"),
+    )
     try:
         existing = set(admin.list_topics())
         missing = [n for n in wanted if n not in existing]

@@ -41,6 +41,7 @@ from bus.tracking import (
     stored_positions,
 )
 from eventstore.pool import connection_pool
+from infra.kafka_security import client_kwargs
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +77,7 @@ def make_app(app_id: str, bootstrap_servers: str, partitions: int) -> faust.App:
     _short_fetch_wait()
     return faust.App(
         app_id,
+        **client_kwargs("faust"),
         broker=f"kafka://{bootstrap_servers}",
         store="memory://",
         web_enabled=False,
@@ -117,6 +119,7 @@ def tracked_agent(
             # A short request timeout: after a kill -9 the broker can leave a partition's
             # produce request unanswered; 5 s (not aiokafka's 40 s) until we retry.
             producer = AIOKafkaProducer(
+                **client_kwargs("aiokafka"),
                 bootstrap_servers=bootstrap_servers,
                 acks="all",
                 linger_ms=2,
@@ -277,7 +280,10 @@ def sync_group_offsets(
     if not positions:
         return
     consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap_servers, group_id=group_id, enable_auto_commit=False
+        bootstrap_servers=bootstrap_servers,
+        group_id=group_id,
+        enable_auto_commit=False,
+        **client_kwargs("kafka-python"),
     )
     try:
         consumer.commit(

@@ -17,24 +17,6 @@ from psycopg import AsyncConnection, sql
 
 from bus.ordering import StreamKey
 
-HELD_DDL = """
-CREATE TABLE IF NOT EXISTS {schema}.held (
-    stream_id     text    NOT NULL,
-    source        text    NOT NULL,
-    version       integer NOT NULL,
-    digest        bigint  NOT NULL,
-    topic         text    NOT NULL,
-    partition     integer NOT NULL,
-    "offset"      bigint  NOT NULL,
-    key           bytea,
-    value         bytea,
-    header_names  text[]  NOT NULL,
-    header_values bytea[] NOT NULL,
-    held_at       timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (stream_id, source, version)
-);
-"""
-
 
 @dataclass(frozen=True)
 class HeldRecord:

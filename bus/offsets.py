@@ -14,6 +14,8 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError, OffsetOutOfRangeError
 
+from infra.kafka_security import client_kwargs
+
 
 class OffsetProbe:
     """A small consumer of its own, outside any group, started on first use."""
@@ -68,6 +70,7 @@ class OffsetProbe:
     async def _started(self) -> AIOKafkaConsumer:
         if self._consumer is None:
             consumer = AIOKafkaConsumer(
+                **client_kwargs("aiokafka"),
                 bootstrap_servers=self._bootstrap,
                 enable_auto_commit=False,
                 auto_offset_reset="none",

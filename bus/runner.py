@@ -32,6 +32,7 @@ from bus.tracking import (
     record_of,
     stored_positions,
 )
+from infra.kafka_security import client_kwargs
 from schemas.envelope import to_kafka
 
 log = structlog.get_logger(__name__)
@@ -97,6 +98,7 @@ class TrackedRunner:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until ``stop`` is set; re-reads the projection set every few seconds."""
         consumer = AIOKafkaConsumer(
+            **client_kwargs("aiokafka"),
             bootstrap_servers=self._bootstrap,
             client_id=self._client_id,
             enable_auto_commit=False,
@@ -105,6 +107,7 @@ class TrackedRunner:
             max_partition_fetch_bytes=4 * 1024 * 1024,
         )
         producer = AIOKafkaProducer(
+            **client_kwargs("aiokafka"),
             bootstrap_servers=self._bootstrap,
             acks="all",
             linger_ms=2,

@@ -25,49 +25,14 @@ from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
 from bus import held as held_store
-from bus.held import HELD_DDL, HeldRecord
+from bus.held import HeldRecord
 from bus.ordering import Candidate, StreamKey, plan
+from infra.migrations.catalog import TRACKING
+from infra.migrations.runner import Target, migrate
 from schemas.envelope import CloudEvent, EnvelopeError, Headers, digest, from_kafka
 from schemas.registry import SchemaError, decode, parse_dataschema
 
 log = structlog.get_logger(__name__)
-
-TRACKING_DDL = """
-CREATE SCHEMA IF NOT EXISTS {schema};
-CREATE TABLE IF NOT EXISTS {schema}.positions (
-    consumer    text    NOT NULL,
-    topic       text    NOT NULL,
-    partition   integer NOT NULL,
-    next_offset bigint  NOT NULL,
-    updated_at  timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (consumer, topic, partition)
-);
-CREATE TABLE IF NOT EXISTS {schema}.applied (
-    stream_id text    NOT NULL,
-    source    text    NOT NULL,
-    version   integer NOT NULL,
-    PRIMARY KEY (stream_id, source)
-);
-CREATE TABLE IF NOT EXISTS {schema}.dead_letter_outbox (
-    id        bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    topic     text    NOT NULL,
-    partition integer NOT NULL,
-    "offset"  bigint  NOT NULL,
-    key       bytea,
-    value     bytea,
-    headers   jsonb   NOT NULL,
-    reason    text    NOT NULL,
-    consumer  text    NOT NULL
-);
--- digests[n]: what was applied at version n (bus.ordering), kept in the stream's row so
--- a batch rewrites one row per stream, as it did for the version alone.
-DO $$ BEGIN
-    IF NOT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = {name}
-                   AND table_name = 'applied' AND column_name = 'digests') THEN
-        ALTER TABLE {schema}.applied ADD COLUMN digests bigint[] NOT NULL DEFAULT '{{}}';
-    END IF;
-END $$;
-"""
 
 
 @dataclass(frozen=True)
@@ -185,14 +150,8 @@ class Probe(Protocol):
 
 
 async def create_tracking(conn: AsyncConnection[Any], schema: str) -> None:
-    """Create the tracking tables in a consumer's schema (idempotent)."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('referralnet-ddl'))")
-        await conn.execute(
-            sql.SQL(TRACKING_DDL + HELD_DDL).format(
-                schema=sql.Identifier(schema), name=sql.Literal(schema)
-            )
-        )
+    """Create or migrate the tracking tables in a consumer's schema (``infra.migrations``)."""
+    await migrate(conn, Target(TRACKING, schema))
 
 
 async def stored_positions(

@@ -12,27 +12,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from directory.model import Activity, DirectoryFile, Organisation, OrgKind
-
-DDL = """
-CREATE SCHEMA IF NOT EXISTS directory;
-CREATE TABLE IF NOT EXISTS directory.organisations (
-    id            text PRIMARY KEY,
-    name          text NOT NULL,
-    kind          text NOT NULL,
-    areas         text[] NOT NULL,
-    spec          jsonb NOT NULL,
-    token_hash    text UNIQUE,
-    registered_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS directory.activities (
-    id       text PRIMARY KEY,
-    provider text NOT NULL REFERENCES directory.organisations (id),
-    kind     text NOT NULL,
-    area     text NOT NULL,
-    status   text NOT NULL,
-    spec     jsonb NOT NULL
-);
-"""
+from infra.migrations.catalog import DIRECTORY
+from infra.migrations.runner import Target, migrate
 
 
 @dataclass(frozen=True)
@@ -60,9 +41,8 @@ def new_token() -> str:
 
 
 async def create(conn: AsyncConnection[Any]) -> None:
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('referralnet-ddl'))")
-        await conn.execute(DDL)
+    """Create or migrate the directory schema (``infra.migrations``)."""
+    await migrate(conn, Target(DIRECTORY, "directory"))
 
 
 async def load(conn: AsyncConnection[Any], directory: DirectoryFile) -> dict[str, str]:

@@ -17,45 +17,8 @@ from psycopg.rows import dict_row
 
 from eventstore.records import GENESIS_HASH, NewEvent, StoredEvent
 from eventstore.rows import ROW_COLUMNS, ROW_TYPES, Row, chained_rows
-
-DDL = """
-CREATE SCHEMA IF NOT EXISTS {schema};
-CREATE TABLE IF NOT EXISTS {schema}.events (
-    position       bigint GENERATED ALWAYS AS IDENTITY UNIQUE,
-    stream_id      uuid        NOT NULL,
-    version        integer     NOT NULL CHECK (version > 0),
-    event_id       uuid        NOT NULL UNIQUE,
-    type           text        NOT NULL,
-    schema_version integer     NOT NULL,
-    occurred_at    timestamptz NOT NULL,
-    recorded_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
-    actor          text        NOT NULL,
-    correlation_id uuid        NOT NULL,
-    causation_id   uuid,
-    data           jsonb       NOT NULL,
-    prev_hash      bytea       NOT NULL,
-    hash           bytea       NOT NULL,
-    chain_format   smallint    NOT NULL DEFAULT 1,
-    seal           bytea,
-    PRIMARY KEY (stream_id, version)
-);
--- Stores created before chain format 2: their events keep format 1 (eventstore.records).
-ALTER TABLE {schema}.events ADD COLUMN IF NOT EXISTS chain_format smallint NOT NULL DEFAULT 1;
-ALTER TABLE {schema}.events ADD COLUMN IF NOT EXISTS seal bytea;
-CREATE TABLE IF NOT EXISTS {schema}.outbox (
-    id             bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    event_position bigint NOT NULL REFERENCES {schema}.events (position)
-);
-CREATE OR REPLACE FUNCTION {schema}.refuse_change() RETURNS trigger
-    LANGUAGE plpgsql AS $$
-    BEGIN RAISE EXCEPTION 'events are append-only (% refused)', TG_OP; END $$;
-DROP TRIGGER IF EXISTS append_only ON {schema}.events;
-CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON {schema}.events
-    FOR EACH ROW EXECUTE FUNCTION {schema}.refuse_change();
-DROP TRIGGER IF EXISTS append_only_truncate ON {schema}.events;
-CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON {schema}.events
-    FOR EACH STATEMENT EXECUTE FUNCTION {schema}.refuse_change();
-"""
+from infra.migrations.catalog import EVENTS
+from infra.migrations.runner import Target, migrate
 
 EVENT_COLUMNS = (
     "position, stream_id, version, event_id, type, schema_version, occurred_at, "
@@ -141,11 +104,8 @@ class EventStore:
         self._positions = sql.SQL(POSITIONS).format(table=table)
 
     async def create(self, conn: AsyncConnection[Any]) -> None:
-        """Create the schema, tables and append-only trigger (idempotent)."""
-        # Several processes may start at once; serialise DDL on one advisory lock.
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('referralnet-ddl'))")
-            await conn.execute(sql.SQL(DDL).format(schema=self._s))
+        """Create or migrate the schema, tables and append-only trigger (``infra.migrations``)."""
+        await migrate(conn, Target(EVENTS, self.schema))
 
     async def stream_head(self, conn: AsyncConnection[Any], stream_id: UUID) -> tuple[int, bytes]:
         """Current version and hash of a stream (0 and the genesis hash when empty)."""

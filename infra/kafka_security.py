@@ -23,7 +23,7 @@ import os
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
@@ -127,6 +127,24 @@ class KafkaSecurity:
             context.load_cert_chain(self.certfile, self.keyfile)
         return context
 
+    def faust(self) -> dict[str, Any]:
+        """Keyword arguments for ``faust.App``: its ``broker_credentials`` (none: plaintext)."""
+        from faust.auth import SASLCredentials, SSLCredentials
+
+        context = self.ssl_context()
+        if self.uses_sasl:
+            credentials: SASLCredentials | SSLCredentials = SASLCredentials(
+                username=self.username,
+                password=self.password,
+                ssl_context=context,
+                mechanism=self.sasl_mechanism,
+            )
+        elif context is not None:
+            credentials = SSLCredentials(context)
+        else:
+            return {}
+        return {"broker_credentials": credentials}
+
     def aiokafka(self) -> dict[str, Any]:
         """Keyword arguments for aiokafka's producer and consumer."""
         options: dict[str, Any] = {"security_protocol": self.protocol, **self._sasl()}
@@ -134,3 +152,24 @@ class KafkaSecurity:
         if context is not None:
             options["ssl_context"] = context
         return options
+
+
+ClientKind = Literal["kafka-python", "aiokafka", "faust"]
+
+
+def client_kwargs(kind: ClientKind, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The security keyword arguments every Kafka client of the system is built with.
+
+    ``kind`` names the library: ``kafka-python`` (``KafkaAdminClient``, ``KafkaProducer``,
+    ``KafkaConsumer``), ``aiokafka`` (``AIOKafkaProducer``, ``AIOKafkaConsumer``) or
+    ``faust`` (``faust.App``: ``broker_credentials``, empty without TLS or SASL). Read from
+    the environment (``env`` for tests) at each call, so a process needs nothing but its
+    variables; a bad value raises ``KafkaSecurityError``. Every constructor goes through
+    here (``tests/deploy/test_client_security.py`` checks the source for strays).
+    """
+    security = KafkaSecurity.from_env(env)
+    if kind == "kafka-python":
+        return security.kafka_python()
+    if kind == "aiokafka":
+        return security.aiokafka()
+    return security.faust()

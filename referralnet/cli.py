@@ -656,6 +656,28 @@ def verify_command(
         sys.exit(code)
 
 
+@app.command("migrate")
+def migrate_command(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="list the pending steps, change nothing")
+    ] = False,
+) -> None:
+    """Apply pending schema migrations to every store, tracking and view schema."""
+    from referralnet.ops.migrate import MigrationReport, run_migrations
+
+    async def run(url: str) -> MigrationReport:
+        async with await _connect(url) as conn:
+            return await run_migrations(conn, dry_run)
+
+    settings = _settings()
+    with endpoints.database_url(settings) as url:
+        report = asyncio.run(run(url))
+    for line in report.lines():
+        print(line)
+    if report.changed:  # a released step was edited: exit 1, as a failed check
+        sys.exit(1)
+
+
 def main() -> None:
     """Console-script entry: one-line errors, exit 2 for bad input."""
     configure_logging("warning")

@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from psycopg import AsyncConnection, sql
 
 from bus.topics import Topics
+from infra.kafka_security import client_kwargs
 from services.intake.store import STORE as INTAKE
 from services.outcomes.store import STORE as OUTCOMES
 from services.routing.store import STORE as ROUTING
@@ -59,6 +60,7 @@ async def highwaters(
 ) -> dict[tuple[str, int], int]:
     """True high watermark of every partition of ``topic_names`` (from fetch responses)."""
     consumer = AIOKafkaConsumer(
+        **client_kwargs("aiokafka"),
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         fetch_max_wait_ms=10,

@@ -25,6 +25,7 @@ from bus.relay import OutboxRelay
 from bus.runner import TrackedRunner
 from bus.topics import Topics
 from eventstore.pool import connection_pool
+from infra.kafka_security import client_kwargs
 from infra.logging import configure_logging
 from infra.settings import Settings
 from referralnet.gateway import create_app
@@ -62,7 +63,11 @@ async def relay(stop: asyncio.Event) -> None:
     # embedded broker's fetch cost grows with the number of batches a partition holds,
     # so batches of one event made it ~2.5x slower over a 2,000-referral year.
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=20, request_timeout_ms=10_000
+        **client_kwargs("aiokafka"),
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=20,
+        request_timeout_ms=10_000,
     )
     await producer.start()
     try:

@@ -21,17 +21,10 @@ from psycopg import AsyncConnection
 from psycopg.rows import dict_row
 
 from directory.store import RegisteredOrg, hash_token, new_token, org_from_row
+from infra.migrations.catalog import TOKENS
+from infra.migrations.runner import Target, migrate
 
 CACHE_SECONDS = float(os.environ.get("REFERRALNET_TOKEN_CACHE_SECONDS", "2"))
-
-DDL = """
-ALTER TABLE directory.organisations ADD COLUMN IF NOT EXISTS token_expires_at timestamptz;
-CREATE TABLE IF NOT EXISTS directory.retired_tokens (
-    token_hash  text PRIMARY KEY,
-    org_id      text NOT NULL REFERENCES directory.organisations (id),
-    valid_until timestamptz NOT NULL
-);
-"""
 
 _LOOKUP = """
 SELECT o.id, o.name, o.kind, o.areas, o.spec FROM directory.organisations o
@@ -49,10 +42,8 @@ class UnknownOrganisation(LookupError):
 
 
 async def create(conn: AsyncConnection[Any]) -> None:
-    """Add the token columns and table to the directory schema (idempotent)."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('referralnet-ddl'))")
-        await conn.execute(DDL)
+    """Add the token columns and table to the directory schema (``infra.migrations``)."""
+    await migrate(conn, Target(TOKENS, "directory"))
 
 
 async def org_for_token(conn: AsyncConnection[Any], token: str) -> RegisteredOrg | None:

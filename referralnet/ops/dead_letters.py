@@ -29,6 +29,7 @@ from psycopg import AsyncConnection, sql
 
 from bus import dead_letters as dlq
 from bus.tracking import RETRY_HEADER
+from infra.kafka_security import client_kwargs
 from referralnet.ops import log
 
 Progress = Callable[[int, int], None]
@@ -289,6 +290,7 @@ async def retry(
             return result
         await _check_topics(bootstrap_servers, todo)
         producer = AIOKafkaProducer(
+            **client_kwargs("aiokafka"),
             bootstrap_servers=bootstrap_servers,
             acks="all",
             linger_ms=5,

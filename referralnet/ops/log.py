@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError as AIOKafkaError
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError, UnknownTopicOrPartitionError
 
+from infra.kafka_security import client_kwargs
 from referralnet.lag import highwaters
 
 Offsets = dict[tuple[str, int], int]
@@ -27,6 +28,7 @@ Offsets = dict[tuple[str, int], int]
 def consumer(bootstrap_servers: str, client_id: str) -> AIOKafkaConsumer:
     """A consumer for explicit assignment: no group, no commits, short fetch waits."""
     return AIOKafkaConsumer(
+        **client_kwargs("aiokafka"),
         bootstrap_servers=bootstrap_servers,
         client_id=client_id,
         enable_auto_commit=False,
@@ -92,6 +94,7 @@ async def topic_highwaters(bootstrap_servers: str, names: Iterable[str]) -> Offs
 
 def _admin(bootstrap_servers: str) -> KafkaAdminClient:
     return KafkaAdminClient(
+        **client_kwargs("kafka-python"),
         bootstrap_servers=bootstrap_servers,
         client_id="referralnet-ops",
         request_timeout_ms=10_000,
@@ -178,6 +181,7 @@ def repair_topics(
 async def broker_reachable(bootstrap_servers: str, wait_seconds: float = 3.0) -> str | None:
     """None when the broker answers a metadata request; else why not."""
     client = AIOKafkaClient(
+        **client_kwargs("aiokafka"),
         bootstrap_servers=bootstrap_servers,
         client_id="referralnet-status",
         request_timeout_ms=int(wait_seconds * 1000),

@@ -46,6 +46,7 @@ from bus.relay import FENCE, to_cloudevent
 from bus.topics import Topics
 from eventstore.records import StoredEvent
 from eventstore.store import EventStore
+from infra.kafka_security import client_kwargs
 from referralnet.lag import STORES, consumers
 from referralnet.ops import log
 from schemas.envelope import to_kafka
@@ -411,6 +412,7 @@ async def _publish_missing(
     progress: Progress | None,
 ) -> None:
     producer = AIOKafkaProducer(
+        **client_kwargs("aiokafka"),
         bootstrap_servers=bootstrap_servers,
         acks="all",
         linger_ms=5,

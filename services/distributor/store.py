@@ -13,40 +13,14 @@ from psycopg.types.json import Jsonb
 
 from bus.tracking import Outgoing, create_tracking
 from infra.keys import key_file
+from infra.migrations.catalog import DISTRIBUTOR
+from infra.migrations.runner import Target, migrate
 from services.distributor.policy import Entitlements
-
-DDL = """
-CREATE SCHEMA IF NOT EXISTS distributor;
-CREATE TABLE IF NOT EXISTS distributor.entitlements (
-    referral_id  text PRIMARY KEY,
-    referrer_org text NOT NULL,
-    share_outcomes_with_referrer boolean NOT NULL,
-    service_org  text,
-    providers    text[] NOT NULL DEFAULT '{}',
-    created      jsonb NOT NULL
-);
--- The last ce_orgsequence given per (partner topic, subject), and which number each copy
--- got: a copy sent again (a crash before commit, a refill after the broker lost its
--- partner topics) keeps its number, so the partner's consumer sees a re-delivery.
-CREATE TABLE IF NOT EXISTS distributor.org_sequences (
-    topic   text    NOT NULL,
-    subject text    NOT NULL,
-    last    integer NOT NULL,
-    PRIMARY KEY (topic, subject)
-);
-CREATE TABLE IF NOT EXISTS distributor.deliveries (
-    topic    text    NOT NULL,
-    event_id uuid    NOT NULL,
-    sequence integer NOT NULL,
-    PRIMARY KEY (topic, event_id)
-);
-"""
 
 
 async def create(conn: AsyncConnection[Any]) -> None:
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('referralnet-ddl'))")
-        await conn.execute(DDL)
+    """Create or migrate the distributor's schema and its tracking tables."""
+    await migrate(conn, Target(DISTRIBUTOR, "distributor"))
     await create_tracking(conn, "distributor")
 
 

@@ -21,20 +21,6 @@ from psycopg import AsyncConnection
 from infra.keys import key_file
 from services.intake.nhs_number import identifies_a_person
 
-DDL = """
-CREATE TABLE IF NOT EXISTS intake.people (
-    person_ref  text PRIMARY KEY,
-    nhs_digest  text UNIQUE,
-    ciphertext  bytea NOT NULL,
-    created_at  timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE IF NOT EXISTS intake.referral_people (
-    referral_id uuid PRIMARY KEY,
-    person_ref  text NOT NULL REFERENCES intake.people (person_ref),
-    ciphertext  bytea NOT NULL
-);
-"""
-
 
 class PersonVault:
     """Encrypts person details (Fernet, AES-128-CBC + HMAC) and derives pseudonyms."""

@@ -8,35 +8,10 @@ from psycopg import AsyncConnection
 
 from bus.tracking import create_tracking
 from eventstore.store import EventStore
+from infra.migrations.catalog import ROUTING
+from infra.migrations.runner import Target, migrate
 
 STORE = EventStore("routing", "/services/routing")
-
-DDL = """
-CREATE TABLE IF NOT EXISTS routing.cases (
-    referral_id  uuid PRIMARY KEY,
-    area         text NOT NULL,
-    needs        text[] NOT NULL,
-    age_band     text NOT NULL,
-    urgency      text NOT NULL,
-    referrer_org text NOT NULL,
-    status       text NOT NULL,
-    service_org  text,
-    tried        text[] NOT NULL DEFAULT '{}',
-    holds_place  boolean NOT NULL DEFAULT false,
-    referred_at  timestamptz NOT NULL,
-    updated_at   timestamptz NOT NULL
-);
-CREATE TABLE IF NOT EXISTS routing.capacity (
-    service_org    text PRIMARY KEY,
-    areas          text[] NOT NULL,
-    needs          text[] NOT NULL,
-    min_age        integer NOT NULL,
-    max_age        integer,
-    caseload_limit integer NOT NULL,
-    caseload       integer NOT NULL DEFAULT 0 CHECK (caseload >= 0),
-    CHECK (caseload <= caseload_limit OR caseload_limit < 0)
-);
-"""
 
 SYNC_CAPACITY = """
 INSERT INTO routing.capacity (service_org, areas, needs, min_age, max_age, caseload_limit)
@@ -57,9 +32,7 @@ ON CONFLICT (service_org) DO UPDATE SET
 async def create(conn: AsyncConnection[Any]) -> None:
     """Create routing's schema: events, outbox, cases, capacity, consumer tracking."""
     await STORE.create(conn)
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('referralnet-ddl'))")
-        await conn.execute(DDL)
+    await migrate(conn, Target(ROUTING, "routing"))
     await create_tracking(conn, "routing")
 
 
