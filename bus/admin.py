@@ -23,10 +23,11 @@ def ensure_topics(bootstrap_servers: str, layout: Mapping[str, int]) -> list[str
         existing = set(admin.list_topics())
         missing = [n for n in wanted if n not in existing]
         if missing:
-            # Another process may win the race; the topic is there either way.
+            # Another process may win the race; the topic is there either way. Replication
+            # -1: the broker's default (KIP-464): 3 on the cluster, 1 on the embedded broker.
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
-                    [NewTopic(n, num_partitions=layout[n], replication_factor=1) for n in missing]
+                    [NewTopic(n, num_partitions=layout[n], replication_factor=-1) for n in missing]
                 )
         return missing
     finally:

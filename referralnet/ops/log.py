@@ -167,7 +167,7 @@ def repair_topics(
             with contextlib.suppress(TopicAlreadyExistsError):
                 admin.create_topics(
                     [
-                        NewTopic(n, num_partitions=layout[n], replication_factor=1)
+                        NewTopic(n, num_partitions=layout[n], replication_factor=-1)
                         for n in [*missing, *wrong]
                     ]
                 )

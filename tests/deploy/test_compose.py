@@ -310,3 +310,24 @@ def test_the_wheel_the_image_installs_carries_what_the_services_load(tmp_path: P
     assert any(n.startswith("schemas/jsonschema/") and n.endswith(".json") for n in names)
     assert "referralnet = referralnet.cli:main" in scripts
     assert not any(n.startswith("tests/") for n in names)
+
+
+def test_every_container_shares_one_set_of_keys_and_one_anchor(compose: dict[str, Any]) -> None:
+    """Seals, checkpoints and the anchor only verify if every process uses the same keys."""
+    services = compose["services"]
+    home = (DEPLOY / "Dockerfile").read_text().split("REFERRALNET_HOME=")[1].split()[0]
+    wanted = {f"referralnet-keys:{home}/keys", f"referralnet-anchors:{home}/anchors"}
+    for name in [*WORKERS, "init"]:
+        assert wanted <= set(services[name].get("volumes", [])), name
+    assert {"referralnet-keys", "referralnet-anchors"} <= set(compose["volumes"])
+    # A fresh named volume takes the image directory's owner: the unprivileged user's.
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    assert f"install -d -o referralnet -g referralnet -m 0700 {home}/keys" in dockerfile
+
+
+def test_init_migrates_the_database_before_loading_the_directory(
+    compose: dict[str, Any],
+) -> None:
+    steps = [s.strip() for s in compose["services"]["init"]["command"][0].split("&&")]
+    assert steps[0] == "referralnet migrate"
+    assert steps[1].startswith("referralnet directory load")
