@@ -32,6 +32,10 @@ class Topics:
         """The topic carrying what one partner organisation may see."""
         return f"{self.prefix}org.{org_id}"
 
+    def group(self, app_id: str) -> str:
+        """A consumer group (a faust app id), prefixed like the topics and partner groups."""
+        return f"{self.prefix}{app_id}"
+
     def partitions_of(self, name: str) -> int:
         """How many partitions the topic ``name`` is created with."""
         return self.org_partitions if name.startswith(f"{self.prefix}org.") else self.partitions

@@ -101,20 +101,21 @@ def service_grants(topics: Topics, principals: Principals) -> set[Grant]:
     L, P = Pattern.LITERAL, Pattern.PREFIXED
     R, W, C = Operation.READ, Operation.WRITE, Operation.CREATE
     events, dead, partner_topics = topics.referral_events, topics.dead_letters, topics.org("")
+    routing, distributor = topics.group(ROUTING_APP_ID), topics.group(DISTRIBUTOR_APP_ID)
     table: dict[str, list[tuple[Resource, Pattern, str, Operation]]] = {
         "relay": [(T, L, events, W)],
         "routing": [
             (T, L, events, R),
-            (G, L, ROUTING_APP_ID, R),
-            (T, P, ROUTING_APP_ID + FAUST_INTERNAL_SUFFIX, C),
-            (T, P, ROUTING_APP_ID + FAUST_INTERNAL_SUFFIX, R),
+            (G, L, routing, R),
+            (T, P, routing + FAUST_INTERNAL_SUFFIX, C),
+            (T, P, routing + FAUST_INTERNAL_SUFFIX, R),
             (T, L, dead, W),
         ],
         "distributor": [
             (T, L, events, R),
-            (G, L, DISTRIBUTOR_APP_ID, R),
-            (T, P, DISTRIBUTOR_APP_ID + FAUST_INTERNAL_SUFFIX, C),
-            (T, P, DISTRIBUTOR_APP_ID + FAUST_INTERNAL_SUFFIX, R),
+            (G, L, distributor, R),
+            (T, P, distributor + FAUST_INTERNAL_SUFFIX, C),
+            (T, P, distributor + FAUST_INTERNAL_SUFFIX, R),
             (T, P, partner_topics, C),
             (T, P, partner_topics, W),
             (T, L, dead, W),

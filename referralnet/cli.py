@@ -663,6 +663,8 @@ def migrate_command(
     ] = False,
 ) -> None:
     """Apply pending schema migrations to every store, tracking and view schema."""
+    from psycopg import OperationalError
+
     from referralnet.ops.migrate import MigrationReport, run_migrations
 
     async def run(url: str) -> MigrationReport:
@@ -671,7 +673,12 @@ def migrate_command(
 
     settings = _settings()
     with endpoints.database_url(settings) as url:
-        report = asyncio.run(run(url))
+        try:
+            report = asyncio.run(run(url))
+        except OperationalError as exc:  # nothing was changed: one line, exit 1
+            problem = str(exc).splitlines()[0]
+            console.print(f"referralnet: migrate: {problem}", style="red", soft_wrap=True)
+            sys.exit(1)
     for line in report.lines():
         print(line)
     if report.changed:  # a released step was edited: exit 1, as a failed check

@@ -44,11 +44,11 @@ class MigrationReport:
         if self.dry_run:
             pending = [(s.target, p) for s in self.states for p in s.pending]
             out += [f"pending {t}: {p.version} {p.name}" for t, p in pending]
-            out.append(f"{len(pending)} pending steps in {len(self.states)} schemas/components")
+            out.append(f"{len(pending)} pending steps in {len(self.states)} schema components")
         else:
             out += [f"applied {t}: {p.version} {p.name}" for t, p in self.applied]
             out.append(
-                f"{len(self.applied)} steps applied; {len(self.states)} schemas/components "
+                f"{len(self.applied)} steps applied; {len(self.states)} schema components "
                 "up to date"
             )
         return out

@@ -19,7 +19,7 @@ APP_ID = "referralnet-distributor"
 
 
 def build(bootstrap_servers: str, database_url: str, topics: Topics, secret: bytes) -> faust.App:
-    app = make_app(APP_ID, bootstrap_servers, topics.partitions)
+    app = make_app(topics.group(APP_ID), bootstrap_servers, topics.partitions)
     tracked_agent(
         app,
         bootstrap_servers,
@@ -44,5 +44,5 @@ def main(bootstrap_servers: str, database_url: str, topics: Topics, home: Path) 
     """Run the distributor until stopped."""
     positions, orgs = asyncio.run(prepare(database_url))
     ensure_topics(bootstrap_servers, topics.layout(topics.org(o) for o in orgs))
-    sync_group_offsets(bootstrap_servers, APP_ID, positions)
+    sync_group_offsets(bootstrap_servers, topics.group(APP_ID), positions)
     run_worker(build(bootstrap_servers, database_url, topics, pseudonym_secret(home)))

@@ -18,7 +18,7 @@ APP_ID = "referralnet-routing"
 
 def build(bootstrap_servers: str, database_url: str, topics: Topics) -> faust.App:
     """The faust app with its one agent over ``referral-events``."""
-    app = make_app(APP_ID, bootstrap_servers, topics.partitions)
+    app = make_app(topics.group(APP_ID), bootstrap_servers, topics.partitions)
     tracked_agent(
         app,
         bootstrap_servers,
@@ -41,5 +41,5 @@ async def prepare(database_url: str) -> dict[tuple[str, int], int]:
 def main(bootstrap_servers: str, database_url: str, topics: Topics) -> None:
     """Run the routing worker until stopped."""
     positions = asyncio.run(prepare(database_url))
-    sync_group_offsets(bootstrap_servers, APP_ID, positions)
+    sync_group_offsets(bootstrap_servers, topics.group(APP_ID), positions)
     run_worker(build(bootstrap_servers, database_url, topics))

@@ -136,10 +136,27 @@ def test_services_get_exactly_the_operations_their_code_uses() -> None:
 def test_a_prefix_moves_every_name_and_grant() -> None:
     want = wanted(Topics(prefix="north."), ["gp-a"])
     assert set(want.topics) == {"north.referral-events", "north.dead-letters", "north.org.gp-a"}
-    topic_grants = [g for g in want.grants if g.resource is Resource.TOPIC]
-    assert all(
-        g.name.startswith("north.") or g.name.startswith("referralnet-") for g in topic_grants
-    )
+    # Topics and consumer groups alike, the faust apps' groups and internal topics too:
+    # two alliances on one cluster share no name.
+    assert all(g.name.startswith("north.") for g in want.grants)
+    assert {g.name for g in want.grants if g.resource is Resource.GROUP} == {
+        "north.referralnet-routing",
+        "north.referralnet-distributor",
+        "north.org.gp-a",
+    }
+
+
+def test_the_faust_apps_consume_in_the_prefixed_groups_the_grants_name() -> None:
+    from services.distributor.app import build as distributor
+    from services.routing.app import build as routing
+
+    topics = Topics(prefix="north.")
+    groups = {g.name for g in wanted(topics, []).grants if g.resource is Resource.GROUP}
+    apps = [
+        routing("127.0.0.1:1", "postgresql://nowhere/none", topics),
+        distributor("127.0.0.1:1", "postgresql://nowhere/none", topics, b"s" * 32),
+    ]
+    assert {a.conf.id for a in apps} == groups
 
 
 def test_an_empty_cluster_gets_every_topic_and_grant_and_then_nothing() -> None:

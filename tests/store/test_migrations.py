@@ -270,3 +270,10 @@ def test_the_previous_release_s_database_migrates_with_its_data_and_chains_intac
     described = catalog(url, schemas)
     assert len(described) > 100 and described == catalog(fresh, schemas)
     print(f"\n{len(pending)} steps over {len(targets)} schema components; {len(shape)} tables kept")
+
+
+def test_an_unreachable_database_is_one_line_and_exit_1() -> None:
+    result = run_cli({"DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}, "migrate")
+    assert result.exit_code == 1
+    assert result.output.startswith("referralnet: migrate: connection failed")
+    assert len(result.output.strip().splitlines()) == 1, result.output
