@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg import AsyncConnection, sql
+from psycopg.sql import Composed
 
 LOCK = "SELECT pg_advisory_xact_lock(hashtext('referralnet-ddl'))"
 """Every DDL path takes this lock: several processes may start at once."""
@@ -53,7 +54,7 @@ class Step:
         """First 16 hex digits of the SHA-256 of the template."""
         return hashlib.sha256(self.sql.encode()).hexdigest()[:16]
 
-    def statement(self, schema: str) -> sql.Composed:
+    def statement(self, schema: str) -> Composed:
         return sql.SQL(self.sql).format(schema=sql.Identifier(schema), name=sql.Literal(schema))
 
 
