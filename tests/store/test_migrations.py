@@ -120,6 +120,21 @@ async def test_a_newer_release_s_step_and_an_edited_step_are_reported(
     assert await migrate(conn, Target(older, schema)) == []
 
 
+async def test_starting_the_system_migrates_every_schema_it_uses(database_url: str) -> None:
+    """What the processes create at start is exactly the catalog, at its latest step."""
+    from referralnet.bootstrap import create_schemas
+    from views.schema import create_view
+    from web import tokens
+
+    await create_schemas(database_url)
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await tokens.create(conn)  # the API's, at its start
+        await create_view(conn, "view_start_test")  # the views worker's, per partner
+        targets = [*SERVICE_TARGETS, *view_targets("view_start_test")]
+        states = [await state(conn, t) for t in targets]
+    assert [(str(s.target), s.pending) for s in states] == [(str(t), ()) for t in targets]
+
+
 # --- the previous release, upgraded -------------------------------------------------------
 
 
