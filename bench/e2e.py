@@ -48,10 +48,10 @@ from bench.workload import (
     seed_stores,
 )
 from directory.loader import parse
-from infra.settings import Settings
 from referralnet.bootstrap import create_schemas
 from referralnet.lag import wait_caught_up
 from referralnet.registration import register
+from referralnet.settings import Settings
 from referralnet.supervisor import WORKERS
 from referralnet.system import RunningSystem, running_system
 from services.distributor.policy import pseudonym

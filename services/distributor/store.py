@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 
 from bus.tracking import Outgoing, create_tracking
 from infra.keys import key_file
+from referralnet.settings import settings
 from services.distributor.policy import Entitlements
 
 DDL = """
@@ -146,5 +147,5 @@ async def number_copies(conn: AsyncConnection[Any], copies: Sequence[Outgoing]) 
 def pseudonym_secret(home: Path) -> bytes:
     """Secret for commissioner pseudonyms: ``REFERRALNET_PSEUDONYM_KEY`` or a key file."""
     return key_file(
-        home, "pseudonym.key", lambda: secrets.token_hex(32).encode(), "REFERRALNET_PSEUDONYM_KEY"
+        home, "pseudonym.key", lambda: secrets.token_hex(32).encode(), settings().pseudonym_key
     )
