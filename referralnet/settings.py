@@ -270,8 +270,9 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
         """The settings from ``environ`` (default ``os.environ``); ``SettingsError`` names
         the first variable that is wrong and why."""
-        source = os.environ if environ is None else environ
-        return _parse(tuple((name, source.get(name) or None) for name in VARIABLES))
+        if environ is None:
+            return _from_process_environment()
+        return _parse(tuple((name, environ.get(name) or None) for name in VARIABLES))
 
 
 def _raw(value: object) -> str:
@@ -321,6 +322,23 @@ def _one_line(exc: ValidationError, given: Mapping[str, str]) -> str:
     return f"{variable(field)}={shown}: {reason}"
 
 
+_ENCODED = tuple(os.fsencode(name) for name in VARIABLES)
+
+
+def _from_process_environment() -> Settings:
+    # Asked on every append (eventstore.sealing), so it must cost little: the values are
+    # looked up in os.environ's own dict (through the Mapping API each missing key costs
+    # an exception, ~40 of them) and parsed once per distinct set of values.
+    data: dict[bytes, bytes] = os.environ._data  # type: ignore[attr-defined]
+    return _parse_raw(tuple(map(data.get, _ENCODED)))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_raw(raw: tuple[bytes | None, ...]) -> Settings:
+    pairs = zip(VARIABLES, raw, strict=True)
+    return _parse(tuple((name, os.fsdecode(value) if value else None) for name, value in pairs))
+
+
 _pinned: list[Settings] = []
 
 
@@ -337,7 +355,9 @@ def overridden(**changes: Any) -> Iterator[Settings]:
     """Within the block, ``settings()`` is the current settings with ``changes`` applied
     (validated like the environment's; for tests)."""
     current = settings()
-    pinned = dataclasses.replace(current, **changes)
+    pinned = dataclasses.replace(
+        current, **changes, given_fields=current.given_fields | changes.keys()
+    )
     _pinned.append(pinned)
     try:
         yield pinned
