@@ -16,7 +16,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from referralnet.settings import settings
 
 DEFAULT_MAX_IN_FLIGHT = 64
-ENV_MAX_IN_FLIGHT = "REFERRALNET_API_MAX_IN_FLIGHT"
 EXEMPT_PREFIXES = ("/healthz", "/metrics")
 """Health and metrics must answer precisely when the API is busiest."""
 
