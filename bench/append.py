@@ -18,9 +18,9 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
+from bench.bulk import COPY_COLUMNS, COPY_TYPES, StreamAppend, append_many
 from bench.common import BenchStack, Row, Section, console, progress, rate
 from bench.workload import journey
-from eventstore.bulk import COPY_COLUMNS, COPY_TYPES, StreamAppend, append_many
 from eventstore.records import GENESIS_HASH
 from eventstore.rows import chained_rows
 from eventstore.store import EventStore
@@ -186,7 +186,7 @@ def run(stack: BenchStack, events: int, batch: int, repeat: int, per_stream: int
         "Same rows on both sides (12-event journeys, ~300-byte jsonb), transactions of "
         f"{batch:,} events. Raw COPY gets precomputed hashes and writes a bare table with the "
         "primary key only: no version check, no positions, no outbox, no hash chain.",
-        "append_many (eventstore/bulk.py): stream heads in one query, positions from the "
+        "append_many (bench/bulk.py): stream heads in one query, positions from the "
         "identity sequence in one query, binary COPY of events (hashed while the COPY "
         "streams), outbox rows from one unnest insert, one NOTIFY, one commit.",
         "The target is set against text COPY, the format of the 57.5k rows/s reference in "

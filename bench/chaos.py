@@ -57,12 +57,12 @@ from bus.tracking import Record, apply_batch
 from directory.loader import parse
 from eventstore.records import StoredEvent
 from eventstore.store import EVENT_COLUMNS, stored_event
-from infra.settings import Settings
 from referralnet.bootstrap import create_schemas
 from referralnet.lag import wait_caught_up
 from referralnet.ops.checksum import view_checksum
 from referralnet.ops.republish import republish
 from referralnet.registration import register
+from referralnet.settings import Settings
 from referralnet.supervisor import WORKERS
 from referralnet.system import RunningSystem, running_system
 from schemas.envelope import to_kafka

@@ -4,7 +4,7 @@ Each client owns streams (no conflicts between clients, as partners act on their
 referrals) and appends one ``session-held``-sized event at the version it last saw: the
 store's optimistic-concurrency check runs for every command. The naive path is one
 transaction per command on a pool (``EventStore.append``); the group-commit path sends
-the same commands through ``eventstore.group_commit.GroupCommitter``. After each
+the same commands through ``bench.group_commit.GroupCommitter``. After each
 variant the store is checked: events stored == commands acknowledged, outbox likewise.
 """
 
@@ -20,9 +20,9 @@ from uuid import UUID, uuid4
 
 from psycopg import AsyncConnection, sql
 
+from bench.bulk import StreamAppend, append_many
 from bench.common import BenchStack, Row, Section, console, percentile, progress, rate
-from eventstore.bulk import StreamAppend, append_many
-from eventstore.group_commit import GroupCommitter
+from bench.group_commit import GroupCommitter
 from eventstore.pool import connection_pool
 from eventstore.records import NewEvent, StoredEvent
 from eventstore.store import EventStore
@@ -168,7 +168,7 @@ def run(stack: BenchStack, clients: int, seconds: float) -> Section:
         "appends one session-held event to one of the client's own streams at the version "
         "it last saw (optimistic concurrency checked every time). After each variant the "
         "store is checked: events and outbox rows == commands acknowledged.",
-        "Group commit (eventstore/group_commit.py) queues appends while a commit is in "
+        "Group commit (bench/group_commit.py) queues appends while a commit is in "
         "flight and writes the queue in one transaction: heads in one query, events and "
         "outbox in one statement, one fsync. A stale version fails only its own append; a "
         "race with a writer outside the committer falls back to one transaction per append.",

@@ -48,16 +48,15 @@ from bench.workload import (
     seed_stores,
 )
 from directory.loader import parse
-from infra.settings import Settings
 from referralnet.bootstrap import create_schemas
 from referralnet.lag import wait_caught_up
 from referralnet.registration import register
+from referralnet.settings import Settings, variable
 from referralnet.supervisor import WORKERS
 from referralnet.system import RunningSystem, running_system
 from services.distributor.policy import pseudonym
 from services.distributor.store import pseudonym_secret
 from views.schema import schema_name
-from web.admission import ENV_MAX_IN_FLIGHT
 
 TRIGGER_DDL = """
 CREATE SCHEMA IF NOT EXISTS bench;
@@ -336,6 +335,9 @@ def _run_load(
     stored = asyncio.run(_stages(system.database_url))
     latencies, invisible, stages = _latencies(subs, seen, secret, stored)
     return LoadResult(per_second, seconds, subs, latencies, invisible, waited, stages)
+
+
+ENV_MAX_IN_FLIGHT = variable("api_max_in_flight")
 
 
 @contextlib.contextmanager

@@ -23,9 +23,9 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 from psycopg import AsyncConnection, sql
 
+from bench.bulk import StreamAppend, append_many, read_streams
 from bench.common import BenchStack, Row, Section, console, progress, rate
 from bench.workload import journey
-from eventstore.bulk import StreamAppend, append_many, read_streams
 from eventstore.records import NewEvent
 from eventstore.store import EventStore
 

@@ -265,7 +265,7 @@ async def seed_stores(
     live services would have. ``at_rest`` empties the outboxes afterwards: the events
     are history the running services must not be re-sent. Returns the events stored.
     """
-    from eventstore.bulk import StreamAppend, append_many
+    from bench.bulk import StreamAppend, append_many
     from services.intake.store import STORE as INTAKE
     from services.outcomes.store import STORE as OUTCOMES
     from services.routing.store import STORE as ROUTING

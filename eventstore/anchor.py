@@ -32,12 +32,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from eventstore.sealing import seal_key_path
+from referralnet.settings import settings
 
 FORMAT = "referralnet-anchor/1"
-
-KEY_ENV = "REFERRALNET_CHECKPOINT_KEY_FILE"
-PUBLIC_KEY_ENV = "REFERRALNET_CHECKPOINT_PUBLIC_KEY_FILE"
-ANCHOR_ENV = "REFERRALNET_ANCHOR_FILE"
 
 
 class AnchorError(Exception):
@@ -49,7 +46,7 @@ class AnchorPaths:
     """Where the signing key, its public half and the anchor file live.
 
     Defaults are under ``home`` (``keys/checkpoint.key``, ``keys/checkpoint.pub``,
-    ``anchors/checkpoints.jsonl``); each can be moved by an environment variable, e.g.
+    ``anchors/checkpoints.jsonl``); each can be moved by a setting (``referralnet.settings``), e.g.
     to keep the private key on another volume than the database's.
     """
 
@@ -61,11 +58,11 @@ class AnchorPaths:
 
     @classmethod
     def under(cls, home: Path) -> AnchorPaths:
-        env = os.environ
+        given = settings()
         return cls(
-            Path(env.get(KEY_ENV) or home / "keys" / "checkpoint.key"),
-            Path(env.get(PUBLIC_KEY_ENV) or home / "keys" / "checkpoint.pub"),
-            Path(env.get(ANCHOR_ENV) or home / "anchors" / "checkpoints.jsonl"),
+            given.checkpoint_key_file or home / "keys" / "checkpoint.key",
+            given.checkpoint_public_key_file or home / "keys" / "checkpoint.pub",
+            given.anchor_file or home / "anchors" / "checkpoints.jsonl",
             seal_key_path(home),
         )
 

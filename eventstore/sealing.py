@@ -23,13 +23,13 @@ import os
 import secrets
 from pathlib import Path
 
-SEAL_KEY_ENV = "REFERRALNET_SEAL_KEY_FILE"
+from referralnet.settings import settings
 
 
 def seal_key_path(home: Path) -> Path:
     """Where the seal key of the stack at ``home`` lives (``REFERRALNET_SEAL_KEY_FILE``
     moves it)."""
-    return Path(os.environ.get(SEAL_KEY_ENV) or home / "keys" / "seal.key")
+    return settings().seal_key_file or home / "keys" / "seal.key"
 
 
 def load_seal_key(path: Path, create: bool = False) -> bytes | None:
@@ -49,15 +49,15 @@ def load_seal_key(path: Path, create: bool = False) -> bytes | None:
 
 
 @functools.cache
-def _key_for(home: str, override: str | None) -> bytes | None:
-    return load_seal_key(Path(override) if override else Path(home) / "keys" / "seal.key", True)
+def _key_for(home: Path, override: Path | None) -> bytes | None:
+    return load_seal_key(override or home / "keys" / "seal.key", True)
 
 
 def appending_seal_key() -> bytes | None:
     """The key this process seals its appends with: its ``REFERRALNET_HOME``'s (read
     once), or None when the process has no home (nothing is sealed then)."""
-    home = os.environ.get("REFERRALNET_HOME")
-    return _key_for(home, os.environ.get(SEAL_KEY_ENV)) if home else None
+    given = settings()
+    return _key_for(given.home, given.seal_key_file) if given.given("home") else None
 
 
 def seal(key: bytes, digest: bytes) -> bytes:

@@ -21,7 +21,7 @@ from infra.processes import EmbeddedStartError
 from infra.tansu import EmbeddedBroker
 
 if TYPE_CHECKING:
-    from infra.settings import Settings
+    from referralnet.settings import Settings
 
 __all__ = [
     "EmbeddedBroker",

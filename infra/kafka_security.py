@@ -55,9 +55,9 @@ class KafkaSecurity:
         return self.protocol in ("SSL", "SASL_SSL")
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> KafkaSecurity:
-        """Read the variables above; raise ``KafkaSecurityError`` on a bad combination."""
-        env = os.environ if env is None else env
+    def from_env(cls, env: Mapping[str, str]) -> KafkaSecurity:
+        """Read the variables above from ``env`` (``Settings.kafka_variables()``); raise
+        ``KafkaSecurityError`` on a bad combination."""
 
         def get(name: str) -> str | None:
             return env.get(name) or None

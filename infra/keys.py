@@ -7,12 +7,15 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import SecretStr
 
-def key_file(home: Path, name: str, generate: Callable[[], bytes], env: str) -> bytes:
-    """The key from environment variable ``env``, else ``<home>/keys/<name>`` (made 0600)."""
-    value = os.environ.get(env)
-    if value:
-        return value.encode()
+
+def key_file(
+    home: Path, name: str, generate: Callable[[], bytes], given: SecretStr | None
+) -> bytes:
+    """The key ``given`` (a setting), else ``<home>/keys/<name>`` (made 0600)."""
+    if given is not None:
+        return given.get_secret_value().encode()
     path = home / "keys" / name
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not path.exists():

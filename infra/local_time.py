@@ -15,10 +15,11 @@ one that happens twice (the hour repeated in autumn) as its first occurrence.
 
 from __future__ import annotations
 
-import os
 import re
 from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from referralnet.settings import settings
 
 DEFAULT_TIMEZONE = "Europe/London"
 TIMEZONE_VARIABLE = "REFERRALNET_TIMEZONE"
@@ -48,12 +49,12 @@ def zone_named(name: str) -> ZoneInfo:
 
 
 def alliance_zone() -> ZoneInfo:
-    """The alliance's time zone from the environment (``REFERRALNET_TIMEZONE``).
+    """The alliance's time zone (setting ``REFERRALNET_TIMEZONE``).
 
-    Read each time (``ZoneInfo`` caches the zone itself), so every process of a stack and
+    Asked each time (``ZoneInfo`` caches the zone itself), so every process of a stack and
     the CLI agree by inheriting one environment.
     """
-    return zone_named(os.environ.get(TIMEZONE_VARIABLE) or DEFAULT_TIMEZONE)
+    return zone_named(settings().timezone)
 
 
 def local(instant: datetime, zone: ZoneInfo) -> datetime:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+
+from referralnet.settings import settings
 
 PERSONAL_KEYS = frozenset(
     {"name", "nhs_number", "phone", "email", "address", "notes", "date_of_birth", "person"}
@@ -26,7 +27,7 @@ def redact_personal(
 
 def configure_logging(level: str | None = None) -> None:
     """JSON lines on stderr; level from ``REFERRALNET_LOG_LEVEL`` (default info)."""
-    name = (level or os.environ.get("REFERRALNET_LOG_LEVEL", "info")).upper()
+    name = (level or settings().log_level).upper()
     numeric = getattr(logging, name, logging.INFO)
     logging.basicConfig(level=max(numeric, logging.WARNING), format="%(message)s")
     structlog.configure(

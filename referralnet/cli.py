@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import threading
 from datetime import datetime
@@ -26,10 +25,10 @@ from directory import store as directory
 from infra.embedded import EmbeddedStartError
 from infra.local_time import NotADate, parse_instant, zone_named
 from infra.logging import configure_logging
-from infra.settings import Settings
 from referralnet import endpoints, journey, render
 from referralnet.infra_cli import infra_app
 from referralnet.registration import register
+from referralnet.settings import Settings
 from services.refusal import Invalid
 from views.report import build_report, report_range
 from views.schema import schema_name
@@ -76,7 +75,7 @@ def up(
         settings = replace(settings, api_port=port)
     # The default port taken (another stack on this machine): take a free one, printed
     # below; a port the user chose is kept, or refused (exit 1) if it is in use.
-    chosen = port is not None or "REFERRALNET_API_PORT" in os.environ
+    chosen = port is not None or settings.given("api_port")
     with running_system(settings, any_port_if_taken=not chosen) as system:
         endpoints.record(
             settings.home,
@@ -689,6 +688,7 @@ def main() -> None:
     """Console-script entry: one-line errors, exit 2 for bad input."""
     configure_logging("warning")
     try:
+        _settings()  # every variable checked before any command runs: one line, exit 2
         app(standalone_mode=False)
     except (click.exceptions.NoArgsIsHelpError, typer_click.NoArgsIsHelpError):
         sys.exit(0)

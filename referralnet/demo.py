@@ -18,12 +18,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from directory import loader
 from directory import store as directory
 from eventstore.anchor import AnchorPaths
-from infra.settings import Settings
 from referralnet import journey, render
 from referralnet.lag import wait_caught_up
 from referralnet.ops import render as ops_render
 from referralnet.ops.replay import ViewDiffers, replay_view
 from referralnet.registration import register
+from referralnet.settings import Settings
 from referralnet.simulation import AllianceSimulation, SimulationStats
 from referralnet.system import RunningSystem, running_system
 from views import queries

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from infra.postgres_server import EmbeddedPostgres
-from infra.settings import Settings
+from referralnet.settings import Settings
 
 
 class NoBroker(RuntimeError):

@@ -27,8 +27,8 @@ from infra.kafka_access import SERVICES, Principals
 from infra.kafka_apply import ApplyResult, admin_client, apply, read_state
 from infra.kafka_plan import Action, Durability, Notice, changes, plan, wanted
 from infra.kafka_security import KafkaSecurity, KafkaSecurityError
-from infra.settings import Settings
 from referralnet import endpoints
+from referralnet.settings import Settings
 
 infra_app = typer.Typer(
     help="Topics, partitions, configs and per-partner ACLs on the cluster, as code.",
@@ -98,7 +98,7 @@ def _org_ids(settings: Settings, directory: Path | None) -> list[str]:
 
 def _security() -> KafkaSecurity:
     try:
-        return KafkaSecurity.from_env()
+        return KafkaSecurity.from_env(Settings.from_env().kafka_variables())
     except KafkaSecurityError as exc:
         raise click.UsageError(str(exc)) from None
 

@@ -20,8 +20,8 @@ from psycopg import AsyncConnection
 from bus.topics import Topics
 from infra.embedded import EmbeddedBroker, EmbeddedPostgres, _sigterm_exits
 from infra.processes import EmbeddedStartError
-from infra.settings import Settings
 from referralnet.bootstrap import create_schemas, create_topics
+from referralnet.settings import Settings
 from referralnet.supervisor import WORKERS, Supervisor, supervised
 
 log = structlog.get_logger(__name__)

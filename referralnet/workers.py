@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -27,8 +26,8 @@ from bus.topics import Topics
 from eventstore.pool import connection_pool
 from infra.kafka_security import client_kwargs
 from infra.logging import configure_logging
-from infra.settings import Settings
 from referralnet.gateway import create_app
+from referralnet.settings import Settings, check_or_exit
 from services.intake.store import STORE as INTAKE
 from services.outcomes.projection import CaseProjection
 from services.outcomes.sla import flag_overdue
@@ -84,7 +83,7 @@ async def _checkpoints(settings: Settings, stop: asyncio.Event) -> None:
     """Sign the stores' chain heads every REFERRALNET_CHECKPOINT_SECONDS (0: never)."""
     from referralnet.ops.verify import checkpoint_periodically
 
-    interval = float(os.environ.get("REFERRALNET_CHECKPOINT_SECONDS", "1"))
+    interval = settings.checkpoint_seconds
     if interval > 0 and settings.database_url:
         await checkpoint_periodically(settings.database_url, settings.home, stop, interval)
 
@@ -110,7 +109,7 @@ async def outcomes(stop: asyncio.Event) -> None:
 
 async def _sla_timer(pool: Any, stop: asyncio.Event) -> None:
     """Flag referrals waiting too long for first contact, every few seconds."""
-    interval = float(os.environ.get("REFERRALNET_SLA_CHECK_SECONDS", "30"))
+    interval = Settings.from_env().sla_check_seconds
     while not stop.is_set():
         async with pool.connection() as conn:
             flagged = await flag_overdue(conn, datetime.now(UTC))
@@ -132,9 +131,9 @@ def api() -> None:
     app = create_app(database_url, settings.home)
     # The supervisor binds the socket and passes it (REFERRALNET_API_FD), so the port is
     # the stack's from before any worker starts; on its own, the API binds it itself.
-    fd = os.environ.get("REFERRALNET_API_FD")
+    fd = settings.api_fd
     where: dict[str, Any] = (
-        {"fd": int(fd)} if fd else {"host": settings.api_host, "port": settings.api_port}
+        {"fd": fd} if fd is not None else {"host": settings.api_host, "port": settings.api_port}
     )
     uvicorn.run(app, log_level="warning", access_log=False, **where)
 
@@ -171,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) != 1 or args[0] not in NAMES:
         print(f"usage: python -m referralnet.workers {{{'|'.join(NAMES)}}}", file=sys.stderr)
         sys.exit(2)
+    check_or_exit("referralnet.workers")  # a bad variable: one line, exit 2, no traceback
     configure_logging()
     name = args[0]
     if name in SYNC_WORKERS:

@@ -26,7 +26,7 @@ import psycopg
 import pytest
 
 from infra.embedded import EmbeddedBroker, EmbeddedPostgres
-from infra.settings import Settings
+from referralnet.settings import Settings
 from referralnet.system import RunningSystem, running_system
 
 EXTERNAL_URL = os.environ.get(

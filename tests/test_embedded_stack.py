@@ -29,8 +29,8 @@ from infra.embedded import (
     Endpoints,
     running_stack,
 )
-from infra.settings import Settings
 from infra.tansu import TANSU_BIN
+from referralnet.settings import Settings
 
 pytestmark = pytest.mark.infra
 
@@ -44,7 +44,7 @@ STACK_SCRIPT = """
 import dataclasses, json, signal, sys
 from pathlib import Path
 from infra.embedded import running_stack
-from infra.settings import Settings
+from referralnet.settings import Settings
 signal.signal(signal.SIGINT, signal.default_int_handler)
 with running_stack(Settings(home=Path(sys.argv[1]))) as endpoints:
     print("ENDPOINTS", json.dumps(dataclasses.asdict(endpoints)), flush=True)

@@ -5,7 +5,7 @@ band, how many improved and the mean change. Bands may overlap on purpose: UCLA-
 "most severely lonely" (the top score) lies inside "lonely", because that is the group
 schemes publish claims about ("100% of the most severely lonely improved").
 
-Every cut-off a scheme may define differently is a setting (environment variable):
+Every cut-off a scheme may define differently is a setting (``referralnet.settings``):
 
 - ``REFERRALNET_UCLA3_MOST_SEVERE`` (default 9): lowest UCLA-3 total counted as most
   severely lonely (*unverified*: schemes define it themselves).
@@ -17,9 +17,9 @@ Every cut-off a scheme may define differently is a setting (environment variable
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
+from referralnet.settings import settings
 from schemas.measures import ONS4_ITEMS
 
 
@@ -48,14 +48,6 @@ def _num(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
 
 
-def _setting(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        raise ValueError(f"{name}: not a number: {raw!r}") from None
-
-
 # ONS personal well-being thresholds (ONS, "Personal well-being user guidance").
 _ONS4_POSITIVE = (Band("low", 0, 4), Band("medium", 5, 6), Band("high", 7, 8),
                   Band("very-high", 9, 10))  # fmt: skip
@@ -65,15 +57,10 @@ _ONS4_ANXIETY = (Band("very-low", 0, 1), Band("low", 2, 3), Band("medium", 4, 5)
 
 def bands() -> dict[str, tuple[Band, ...]]:
     """Bands per measure key (``ons4.<item>`` for ONS4's items), settings applied."""
-    severe = _setting("REFERRALNET_UCLA3_MOST_SEVERE", 9)
-    sw_low, sw_high = (
-        _setting("REFERRALNET_SWEMWBS_LOW_MAX", 19.5),
-        _setting("REFERRALNET_SWEMWBS_HIGH_MIN", 27.5),
-    )
-    we_low, we_high = (
-        _setting("REFERRALNET_WEMWBS_LOW_MAX", 42),
-        _setting("REFERRALNET_WEMWBS_HIGH_MIN", 60),
-    )
+    cuts = settings()
+    severe = cuts.ucla3_most_severe
+    sw_low, sw_high = cuts.swemwbs_low_max, cuts.swemwbs_high_min
+    we_low, we_high = cuts.wemwbs_low_max, cuts.wemwbs_high_min
     table: dict[str, tuple[Band, ...]] = {
         "ucla3": (
             Band("not-often-lonely", 3, 5),

@@ -10,12 +10,12 @@ nothing and may simply be sent again after ``Retry-After``.
 from __future__ import annotations
 
 import json
-import os
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from referralnet.settings import settings
+
 DEFAULT_MAX_IN_FLIGHT = 64
-ENV_MAX_IN_FLIGHT = "REFERRALNET_API_MAX_IN_FLIGHT"
 EXEMPT_PREFIXES = ("/healthz", "/metrics")
 """Health and metrics must answer precisely when the API is busiest."""
 
@@ -29,7 +29,7 @@ _BODY = json.dumps(
 
 def max_in_flight_from_env() -> int:
     """The bound from ``REFERRALNET_API_MAX_IN_FLIGHT`` (0 disables admission control)."""
-    return int(os.environ.get(ENV_MAX_IN_FLIGHT, DEFAULT_MAX_IN_FLIGHT))
+    return settings().api_max_in_flight
 
 
 class AdmissionControl:

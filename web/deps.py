@@ -42,7 +42,7 @@ async def caller(
 ) -> AsyncIterator[RegisteredOrg]:
     """The organisation behind the bearer token (401 if none), within its quota (429).
 
-    A token found is trusted for ``web.tokens.CACHE_SECONDS`` at most, so revocation,
+    A token found is trusted for ``REFERRALNET_TOKEN_CACHE_SECONDS`` at most, so revocation,
     rotation and expiry reach this process within seconds. The organisation's share of
     the API (``web.quota``) is held until the request is done.
     """

@@ -17,8 +17,8 @@ from pathlib import Path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from infra.keys import key_file
+from referralnet.settings import settings
 
-ENV_OPS_TOKEN = "REFERRALNET_OPS_TOKEN"
 _BODY = json.dumps(
     {
         "error": "unauthenticated",
@@ -31,7 +31,7 @@ _BODY = json.dumps(
 def ops_token(home: Path) -> str:
     """The operators' token (created on first use)."""
     return key_file(
-        home, "ops.token", lambda: secrets.token_urlsafe(32).encode(), ENV_OPS_TOKEN
+        home, "ops.token", lambda: secrets.token_urlsafe(32).encode(), settings().ops_token
     ).decode()
 
 

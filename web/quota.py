@@ -13,9 +13,10 @@ route does work; a request over either is answered 429 with ``Retry-After`` at o
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
+
+from referralnet.settings import settings
 
 DEFAULT_RATE = 300.0
 DEFAULT_BURST = 600
@@ -41,12 +42,11 @@ class OrgQuota:
 
     @classmethod
     def from_env(cls) -> OrgQuota:
+        given = settings()
         return cls(
-            rate=float(os.environ.get("REFERRALNET_API_RATE_PER_ORG", DEFAULT_RATE)),
-            burst=int(os.environ.get("REFERRALNET_API_BURST_PER_ORG", DEFAULT_BURST)),
-            max_in_flight=int(
-                os.environ.get("REFERRALNET_API_MAX_IN_FLIGHT_PER_ORG", DEFAULT_MAX_IN_FLIGHT)
-            ),
+            rate=given.api_rate_per_org,
+            burst=given.api_burst_per_org,
+            max_in_flight=given.api_max_in_flight_per_org,
         )
 
     def admit(self, org_id: str, now: float | None = None) -> tuple[str, int] | None:

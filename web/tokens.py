@@ -4,14 +4,14 @@
   valid for ``grace`` (``directory.retired_tokens``), then stops working.
 - ``revoke``: the organisation has no valid token until the next ``rotate``.
 - optional expiry: ``directory.organisations.token_expires_at``.
-- ``TokenCache``: the API's memory of recent lookups, each kept ``CACHE_SECONDS`` at
-  most, so a revocation, rotation or expiry takes effect on every API process within
-  that many seconds. Keyed by the token's digest: no token is held in clear.
+- ``TokenCache``: the API's memory of recent lookups, each kept
+  ``REFERRALNET_TOKEN_CACHE_SECONDS`` at most, so a revocation, rotation or expiry takes
+  effect on every API process within that many seconds. Keyed by the token's digest: no
+  token is held in clear.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -23,8 +23,7 @@ from psycopg.rows import dict_row
 from directory.store import RegisteredOrg, hash_token, new_token, org_from_row
 from infra.migrations.catalog import TOKENS
 from infra.migrations.runner import Target, migrate
-
-CACHE_SECONDS = float(os.environ.get("REFERRALNET_TOKEN_CACHE_SECONDS", "2"))
+from referralnet.settings import settings
 
 _LOOKUP = """
 SELECT o.id, o.name, o.kind, o.areas, o.spec FROM directory.organisations o
@@ -86,7 +85,8 @@ async def rotate(
 
 
 async def revoke(conn: AsyncConnection[Any], org_id: str) -> None:
-    """Every token of ``org_id`` stops working (within ``CACHE_SECONDS`` on every API)."""
+    """Every token of ``org_id`` stops working (within
+    ``REFERRALNET_TOKEN_CACHE_SECONDS`` on every API)."""
     async with conn.transaction():
         cur = await conn.execute(
             "UPDATE directory.organisations SET token_hash = NULL, token_expires_at = NULL "
@@ -107,8 +107,8 @@ class _Entry:
 class TokenCache:
     """Recent successful lookups, each trusted for ``ttl`` seconds at most."""
 
-    def __init__(self, ttl: float = CACHE_SECONDS) -> None:
-        self.ttl = ttl
+    def __init__(self, ttl: float | None = None) -> None:
+        self.ttl = settings().token_cache_seconds if ttl is None else ttl
         self._entries: dict[str, _Entry] = {}
 
     def get(self, token: str) -> RegisteredOrg | None:

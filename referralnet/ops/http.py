@@ -14,9 +14,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from bus.topics import Topics
-from infra.settings import Settings
 from referralnet.ops.metrics import exposition
 from referralnet.ops.status import SERVICE_COMPONENTS, SystemStatus, Thresholds, collect
+from referralnet.settings import Settings
 
 router = APIRouter(tags=["operations"])
 

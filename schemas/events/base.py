@@ -35,6 +35,9 @@ ShortText = Annotated[
 AREA_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"
 """An area of the alliance directory, spelt as a slug ("north", "coast-east")."""
 
+Area = Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=AREA_PATTERN)]
+"""An area of the alliance directory (the referral's, and the request's that makes it)."""
+
 
 class Need(StrEnum):
     """Why a person is referred: the Gravity SDOH domains plus the health-related needs

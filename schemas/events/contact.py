@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 from uuid import UUID
 
 from pydantic import AwareDatetime, Field
@@ -23,6 +23,10 @@ class SessionKind(StrEnum):
     GROUP = "group"
     ACCOMPANIED_VISIT = "accompanied-visit"
     OTHER = "other"
+
+
+Minutes = Annotated[int, Field(ge=1, le=600)]
+"""How long a session lasted, in minutes (at most a working day)."""
 
 
 class FirstContactMade(EventModel):
@@ -58,7 +62,7 @@ class SessionHeldV1(EventModel):
     referral_id: UUID
     session_id: UUID
     kind: SessionKind
-    minutes: int = Field(ge=1, le=600)
+    minutes: Minutes
     mode: ContactMode
     held_at: AwareDatetime
 
@@ -72,7 +76,7 @@ class SessionHeld(EventModel):
     referral_id: UUID
     session_id: UUID
     kind: SessionKind
-    duration_minutes: int = Field(ge=1, le=600)
+    duration_minutes: Minutes
     mode: ContactMode
     held_at: AwareDatetime
     group_size: int | None = Field(

@@ -12,7 +12,7 @@ from uuid import UUID
 
 from pydantic import AwareDatetime, Field, StringConstraints, field_validator
 
-from schemas.events.base import AREA_PATTERN, EventModel, Need, OrgId, Part, ShortText, Slug
+from schemas.events.base import Area, EventModel, Need, OrgId, Part, ShortText, Slug
 
 
 class Urgency(StrEnum):
@@ -84,7 +84,7 @@ class ReferralCreated(EventModel):
     needs: list[Need] = Field(min_length=1)
     urgency: Urgency
     consent: Consent
-    area: Annotated[str, StringConstraints(min_length=1, max_length=63, pattern=AREA_PATTERN)]
+    area: Area
     age_band: AgeBand
     referred_at: AwareDatetime
 

@@ -15,6 +15,7 @@ from bus.tracking import Outgoing, create_tracking
 from infra.keys import key_file
 from infra.migrations.catalog import DISTRIBUTOR
 from infra.migrations.runner import Target, migrate
+from referralnet.settings import settings
 from services.distributor.policy import Entitlements
 
 
@@ -120,5 +121,5 @@ async def number_copies(conn: AsyncConnection[Any], copies: Sequence[Outgoing]) 
 def pseudonym_secret(home: Path) -> bytes:
     """Secret for commissioner pseudonyms: ``REFERRALNET_PSEUDONYM_KEY`` or a key file."""
     return key_file(
-        home, "pseudonym.key", lambda: secrets.token_hex(32).encode(), "REFERRALNET_PSEUDONYM_KEY"
+        home, "pseudonym.key", lambda: secrets.token_hex(32).encode(), settings().pseudonym_key
     )

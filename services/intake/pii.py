@@ -19,6 +19,7 @@ from cryptography.fernet import Fernet
 from psycopg import AsyncConnection
 
 from infra.keys import key_file
+from referralnet.settings import settings
 from services.intake.nhs_number import identifies_a_person
 
 
@@ -32,7 +33,7 @@ class PersonVault:
     @classmethod
     def from_home(cls, home: Path) -> PersonVault:
         """Key from ``REFERRALNET_PII_KEY`` or ``<home>/keys/pii.key`` (created 0600)."""
-        return cls(key_file(home, "pii.key", Fernet.generate_key, "REFERRALNET_PII_KEY"))
+        return cls(key_file(home, "pii.key", Fernet.generate_key, settings().pii_key))
 
     def encrypt(self, details: dict[str, Any]) -> bytes:
         return self._fernet.encrypt(json.dumps(details, default=str).encode())

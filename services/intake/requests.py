@@ -1,15 +1,20 @@
-"""What a referrer sends: the person (kept in intake) and the referral (goes on the bus)."""
+"""What a referrer sends: the person (kept in intake) and the referral (goes on the bus).
+
+The referral's fields use the bus contract's own types (``schemas.events``: needs,
+urgency, area, consent), so the API and ``referral-created`` cannot drift apart;
+``tests/unit/test_request_contract.py`` checks every field against the event's.
+"""
 
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from schemas.events import Need
-from schemas.events.base import AREA_PATTERN
+from schemas.events.base import Area
+from schemas.events.referral import Urgency
 from services.intake.nhs_number import check_digit_is_valid as nhs_number_is_valid
 from services.intake.nhs_number import nhs_number_problem
 from web.fields import BirthDate, Flag, WorldTime
@@ -48,6 +53,9 @@ class Person(BaseModel):
 
 
 class Consent(BaseModel):
+    # The event's Consent as a partner sends it: ``false`` for the link worker gets its own
+    # reason (422, services.intake.domain), and not saying whether outcomes may be shared
+    # means they may not (the event requires both).
     model_config = ConfigDict(extra="forbid")
 
     share_with_link_worker: Flag = Field(
@@ -86,13 +94,8 @@ class ReferralRequest(BaseModel):
     person: Person
     needs: list[Need] = Field(min_length=1, max_length=20)
     consent: Consent
-    area: str = Field(
-        min_length=1,
-        max_length=63,
-        pattern=AREA_PATTERN,
-        description="One of the directory's areas (GET /directory), e.g. 'north'",
-    )
-    urgency: Literal["routine", "urgent", "asap"] = "routine"
+    area: Area = Field(description="One of the directory's areas (GET /directory), e.g. 'north'")
+    urgency: Urgency = Urgency.ROUTINE
     referred_at: WorldTime
 
 

@@ -88,7 +88,7 @@ async def _as_holder(db: Pool, referral_id: UUID, org_id: str, act: Act) -> list
     heard of yet is 409 not-yet-known with Retry-After, at once; one not accepted by the
     caller is 403/409 at once. Only when routing has recorded the caller's acceptance and
     outcomes has not heard of it yet does the call wait for it (up to
-    ``casework.WAIT_FOR_ROUTING`` seconds), *without holding a pooled connection*: one
+    ``casework.wait_for_routing()`` seconds), *without holding a pooled connection*: one
     partner can never take connections from another (issue 12, finding 7).
     """
     async with db.connection() as conn:
@@ -111,7 +111,7 @@ async def _as_holder(db: Pool, referral_id: UUID, org_id: str, act: Act) -> list
             case = await casework.case_for(conn, referral_id, org_id)
             return [_recorded(e) for e in await act(conn, case)]
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + casework.WAIT_FOR_ROUTING
+    deadline = loop.time() + casework.wait_for_routing()
     pause = 0.02
     while (seen is None or _may_still_become_yours(seen, org_id)) and loop.time() < deadline:
         await asyncio.sleep(pause)  # polling a projection another process updates

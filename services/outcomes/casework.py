@@ -8,7 +8,6 @@ allow (a session before acceptance, anything after closing).
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,6 +20,7 @@ from pydantic import ValidationError
 from directory.model import Activity
 from eventstore.records import StoredEvent, new_event
 from infra.local_time import add_local_days, alliance_zone
+from referralnet.settings import settings
 from schemas.measures import Measure, MeasureError, score_outcome
 from schemas.registry import latest_version, model_for
 from services.existence import known_to_intake, routing_holder
@@ -38,12 +38,16 @@ from services.outcomes.store import STORE
 from services.refusal import Conflict, Forbidden, Invalid, NotFound, NotYet
 
 CLOCK_SKEW = timedelta(minutes=5)
-WAIT_FOR_ROUTING = float(os.environ.get("REFERRALNET_WAIT_FOR_ROUTING_SECONDS", "3"))
+
+
+def wait_for_routing() -> float:
+    """Seconds a command waits for routing's event before 409 not-yet (configurable)."""
+    return settings().wait_for_routing_seconds
 
 
 def sla_days() -> int:
     """Days within which first contact is due after routing (configurable)."""
-    return int(os.environ.get("REFERRALNET_FIRST_CONTACT_SLA_DAYS", "7"))
+    return settings().first_contact_sla_days
 
 
 def first_contact_due(case: CaseState) -> datetime:
@@ -102,7 +106,7 @@ async def await_case(conn: AsyncConnection[Any], referral_id: UUID, org: str) ->
     accepted by someone else or closed is refused at once.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + WAIT_FOR_ROUTING
+    deadline = loop.time() + wait_for_routing()
     pause = 0.02
     while True:
         case = await _read_case(conn, referral_id)

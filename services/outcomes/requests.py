@@ -1,15 +1,29 @@
-"""What the routed link-worker service (and activity providers) send to outcomes."""
+"""What the routed link-worker service (and activity providers) send to outcomes.
+
+Every field that becomes part of an event uses the bus contract's own type
+(``schemas.events``: contact modes, session kinds and minutes, measures, timepoints,
+closure reasons, directory ids), so the API and the events cannot drift apart;
+``tests/unit/test_request_contract.py`` checks every field against its event's. What
+only the API adds: times must be plausible (``web.fields.WorldTime``), numbers must be
+JSON numbers (no ``true`` or ``"45"``), and lists are bounded in size.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, FiniteFloat
 
-from web.fields import Count, Flag, Score, Slug, WorldTime
+from schemas.events.base import ContactMode, Slug
+from schemas.events.contact import Minutes, SessionKind
+from schemas.events.outcome import Timepoint
+from schemas.events.referral import ClosureReason
+from schemas.measures import Measure
+from web.fields import Count, Flag, WorldTime, number_only
 
-Mode = Literal["in-person", "phone", "video"]
+Score = Annotated[FiniteFloat, BeforeValidator(number_only)]
+"""A JSON number the event can hold: ``NaN`` and ``Infinity`` are refused."""
 
 
 class Strict(BaseModel):
@@ -18,13 +32,13 @@ class Strict(BaseModel):
 
 class FirstContact(Strict):
     contacted_at: WorldTime
-    mode: Mode = "phone"
+    mode: ContactMode = ContactMode.PHONE
 
 
 class SessionHeld(Strict):
-    kind: Literal["longer-appointment", "short-conversation", "group", "accompanied-visit", "other"]
-    minutes: Count = Field(ge=1, le=600)
-    mode: Mode
+    kind: SessionKind
+    minutes: Annotated[Minutes, BeforeValidator(number_only)]
+    mode: ContactMode
     held_at: WorldTime
 
 
@@ -38,12 +52,8 @@ class Attendance(Strict):
     attended: Flag = True
 
 
-MeasureName = Literal["ons4", "swemwbs", "wemwbs", "ucla3", "activity-minutes"]
-Timepoint = Literal["baseline", "follow-up", "discharge"]
-
-
 class MeasureTaken(Strict):
-    measure: MeasureName
+    measure: Measure
     items: list[Count] | None = Field(
         max_length=20, default=None, description="item scores, in the measure's order"
     )
@@ -61,19 +71,11 @@ class Assessment(Strict):
 
     timepoint: Timepoint
     recorded_at: WorldTime
-    measures: list[MeasureTaken] = Field(min_length=1, max_length=5)
+    measures: list[MeasureTaken] = Field(min_length=1, max_length=len(Measure))
 
 
 class Closing(Strict):
-    reason: Literal[
-        "completed",
-        "disengaged",
-        "declined-by-person",
-        "moved-away",
-        "referred-elsewhere",
-        "died",
-        "other",
-    ]
+    reason: ClosureReason
     closed_at: WorldTime
 
 

@@ -8,9 +8,10 @@ from uuid import UUID
 
 import psycopg
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 from directory.model import OrgKind
+from schemas.events.referral import DeclineReason
 from services.refusal import Forbidden
 from services.routing import cases
 from web.deps import Caller, Conn
@@ -28,10 +29,7 @@ class Acceptance(BaseModel):
 
 class Declining(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    reason: str = Field(
-        pattern="^(no-capacity|not-eligible|out-of-area|person-declined|other)$",
-        description="no-capacity | not-eligible | out-of-area | person-declined | other",
-    )
+    reason: DeclineReason  # the event's own enum (tests/unit/test_request_contract.py)
     declined_at: WorldTime
 
 

@@ -34,7 +34,7 @@ import pytest
 from kafka.admin import KafkaAdminClient
 
 from infra.embedded import EmbeddedBroker, EmbeddedPostgres
-from infra.settings import Settings
+from referralnet.settings import Settings
 from referralnet.system import running_system
 from tests.conftest import alliance_yaml, register_alliance
 from tests.deploy.conftest import run_cli

@@ -17,9 +17,9 @@ import httpx
 import psycopg
 import pytest
 
-from infra.settings import Settings
 from referralnet.lag import consumer_lags, wait_caught_up
 from referralnet.ops.republish import republish
+from referralnet.settings import Settings
 from referralnet.system import running_system
 from tests.conftest import alliance_yaml, referral_body, register_alliance, wait_until
 

@@ -9,15 +9,15 @@ import httpx
 import psycopg
 import pytest
 
+from referralnet.settings import settings
 from referralnet.system import RunningSystem
 from tests.conftest import Alliance, wait_until
 from tests.ops.conftest import run_cli
 from web.ops_guard import ops_token
-from web.tokens import CACHE_SECONDS
 
 pytestmark = pytest.mark.infra
 
-EFFECT_WITHIN = CACHE_SECONDS + 3.0
+EFFECT_WITHIN = settings().token_cache_seconds + 3.0
 """Seconds within which a change must reach the API (cache lifetime plus slack)."""
 
 

@@ -19,9 +19,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from infra.processes import free_port
-from infra.settings import Settings
 from referralnet.ops.log import partition_counts, read_range, topic_highwaters
 from referralnet.ops.replay import replay_view
+from referralnet.settings import Settings
 from referralnet.system import RunningSystem, running_system
 from tests.conftest import alliance_yaml, referral_body, register_alliance, wait_until
 from tests.ops.conftest import (

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from infra.settings import Settings
+from referralnet.settings import Settings
 from referralnet.system import RunningSystem, running_system
 from tests.conftest import alliance_yaml, referral_body, register_alliance, wait_until
 from tests.ops.conftest import caught_up, journeys, run_cli

@@ -15,8 +15,8 @@ from uuid import uuid4
 import psycopg
 import pytest
 
-from eventstore.bulk import StreamAppend, append_many, read_streams
-from eventstore.group_commit import GroupCommitter
+from bench.bulk import StreamAppend, append_many, read_streams
+from bench.group_commit import GroupCommitter
 from eventstore.records import NewEvent, hash_of
 from eventstore.store import ConcurrencyError, EventStore
 from tests.store.outbox import outbox_positions

@@ -13,7 +13,8 @@ import pytest
 from starlette.types import Receive, Scope, Send
 
 from referralnet.gateway import create_app
-from web.admission import ENV_MAX_IN_FLIGHT, AdmissionControl
+from referralnet.settings import variable
+from web.admission import AdmissionControl
 
 
 async def test_over_the_bound_is_refused_at_once_and_reaches_nothing() -> None:
@@ -51,7 +52,7 @@ async def test_over_the_bound_is_refused_at_once_and_reaches_nothing() -> None:
 def test_the_gateway_installs_it_with_the_configured_bound(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv(ENV_MAX_IN_FLIGHT, "7")
+    monkeypatch.setenv(variable("api_max_in_flight"), "7")
     app = create_app("postgresql://unused/none", tmp_path)
     (middleware,) = [m for m in app.user_middleware if cast(Any, m.cls) is AdmissionControl]
     assert middleware.kwargs == {"limit": 7}

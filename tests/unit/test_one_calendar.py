@@ -26,7 +26,7 @@ from infra.local_time import (
     month_of,
     parse_instant,
 )
-from infra.settings import Settings
+from referralnet.settings import Settings
 from services.intake.domain import decide_referral
 from services.intake.requests import ReferralRequest
 from services.refusal import Invalid

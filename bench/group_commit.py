@@ -22,7 +22,7 @@ from uuid import UUID
 
 from psycopg import AsyncConnection, errors
 
-from eventstore.bulk import heads_and_positions
+from bench.bulk import heads_and_positions
 from eventstore.records import GENESIS_HASH, NewEvent, StoredEvent
 from eventstore.rows import Row, chained_rows
 from eventstore.store import ConcurrencyError, EventStore

@@ -1,13 +1,13 @@
 """Appending the events of many streams in one transaction, with binary COPY.
 
 ``EventStore.append`` costs a few round trips per stream, which caps a service at about
-a thousand streams a second. Loading history, seeding benchmarks or importing a
-partner's backlog needs the rate of ``COPY``: positions are taken from the identity
-sequence in one query (``COPY`` writes given identity values, like ``OVERRIDING SYSTEM
-VALUE``), the hash chain is computed here, and events and outbox rows go in by two
-binary ``COPY`` statements. The guarantees are those of ``append``: every stream is
-checked against its expected version, the primary key catches a racing writer, and an
-event is in the outbox if and only if it was stored.
+a thousand streams a second. Seeding the benchmarks needs the rate of ``COPY`` (which
+``bench/append.py`` and ``bench/peer.py`` also measure; no service uses it): positions
+are taken from the identity sequence in one query (``COPY`` writes given identity
+values, like ``OVERRIDING SYSTEM VALUE``), the hash chain is computed here, and events
+and outbox rows go in by two binary ``COPY`` statements. The guarantees are those of
+``append``: every stream is checked against its expected version, the primary key
+catches a racing writer, and an event is in the outbox if and only if it was stored.
 """
 
 from __future__ import annotations
