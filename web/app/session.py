@@ -19,6 +19,7 @@ import hmac
 import json
 import os
 import secrets
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -60,15 +61,19 @@ class Sessions:
     def new(self, token: str, org_id: str, org_name: str, kind: str) -> Session:
         return Session(token, org_id, org_name, kind, secrets.token_urlsafe(24))
 
-    def seal(self, session: Session) -> str:
-        return self._fernet.encrypt(json.dumps(asdict(session)).encode()).decode()
+    def seal(self, session: Session, at: int | None = None) -> str:
+        """The cookie value; ``at`` (Unix seconds, default now) is when it was issued."""
+        data = json.dumps(asdict(session)).encode()
+        return self._fernet.encrypt_at_time(data, int(time.time()) if at is None else at).decode()
 
-    def open(self, cookie: str | None) -> Session | None:
-        """The session in ``cookie``; None if absent, tampered with or expired."""
+    def open(self, cookie: str | None, at: int | None = None) -> Session | None:
+        """The session in ``cookie``; None if absent, tampered with or older than
+        ``max_age`` seconds at ``at`` (Unix seconds, default now)."""
         if not cookie:
             return None
+        now = int(time.time()) if at is None else at
         try:
-            data = json.loads(self._fernet.decrypt(cookie.encode(), ttl=self.max_age))
+            data = json.loads(self._fernet.decrypt_at_time(cookie.encode(), self.max_age, now))
             return Session(**data)
         except (InvalidToken, ValueError, TypeError):
             return None
