@@ -17,6 +17,8 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
+from referralnet.system import RunningSystem
+
 CHROMIUM = os.environ.get("REFERRALNET_CHROMIUM", "/usr/bin/chromium")
 SCREENSHOTS = os.environ.get("REFERRALNET_SCREENSHOTS")
 """A directory to save each main page's screenshot in (docs/screenshots/ is made so)."""
@@ -84,7 +86,7 @@ class Checked:
 
 
 @pytest.fixture
-def tabs(browser: Browser, system) -> Iterator[Callable[[], Checked]]:  # type: ignore[no-untyped-def]
+def tabs(browser: Browser, system: RunningSystem) -> Iterator[Callable[[], Checked]]:
     """A factory of tabs, each in its own browser context (its own cookies)."""
     contexts: list[BrowserContext] = []
 

@@ -91,7 +91,9 @@ def test_sign_in_cookie_expiry_csrf_and_sign_out(
         token["link_worker"], alliance.ids["link_worker"], "LW", "link-worker-service"
     )
     expired = sessions.seal(old, at=int(time.time()) - 9 * 3600)
-    lw.page.context.add_cookies([{**cookie, "value": expired}])
+    lw.page.context.add_cookies(
+        [{"name": COOKIE, "value": expired, "domain": cookie["domain"], "path": "/app"}]
+    )
     lw.goto("/app/incoming")
     expect(lw.page).to_have_url(re.compile(r"/app/sign-in\?next=%2Fapp%2Fincoming"))
     lw.page.get_by_label("Your organisation's token").fill(token["link_worker"])
@@ -101,7 +103,7 @@ def test_sign_in_cookie_expiry_csrf_and_sign_out(
     # a form without this session's CSRF value: refused, nothing stored
     gp = tabs()
     gp.sign_in(token["referrer"])
-    form = {
+    form: dict[str, str | float | bool] = {
         "person.name": "Forged Person",
         "person.date_of_birth": "1980-01-01",
         "needs": "stress",

@@ -84,7 +84,9 @@ async def sign_in(
         directory = await api.get("/directory")
     finally:
         await api.close()
-    org = next((o for o in directory.body.get("organisations", []) if o["id"] == org_id), {})
+    org: dict[str, str] = next(
+        (o for o in directory.body.get("organisations", []) if o["id"] == org_id), {}
+    )
     session = sessions(request).new(
         token.strip(), org_id, str(org.get("name", org_id)), str(org.get("kind", ""))
     )

@@ -28,7 +28,7 @@ STYLE = Style(
 
 
 def _svg(chart: pygal.graph.graph.Graph, label: str) -> str:
-    svg = chart.render(is_unicode=True)
+    svg = str(chart.render(is_unicode=True))
     return svg.replace("<svg", f'<svg role="img" aria-label="{html.escape(label)}"', 1)
 
 
