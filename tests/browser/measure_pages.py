@@ -13,6 +13,7 @@ rendering). Prints per page median and worst, then the median page and the worst
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 
 from playwright.sync_api import Page, sync_playwright
@@ -42,6 +43,7 @@ def main() -> None:
     parser.add_argument("base")
     parser.add_argument("tokens", nargs="+", help="role=token for gp, lw, vg, icb")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--shots", help="save each page's screenshot (PNG) in this directory")
     args = parser.parse_args()
     tokens = dict(t.split("=", 1) for t in args.tokens)
     times: dict[str, list[float]] = {}
@@ -65,6 +67,9 @@ def main() -> None:
                 _load_ms(page, url)  # warm-up
                 key = f"{role} {path.format(referral='/app/referrals/<id>')}"
                 times[key] = [_load_ms(page, url) for _ in range(args.rounds)]
+                if args.shots:
+                    name = re.sub(r"[^a-z0-9]+", "-", key.lower()).strip("-")
+                    page.screenshot(path=f"{args.shots}/demo-{name}.png", full_page=True)
             context.close()
         browser.close()
     for key, values in times.items():

@@ -12,6 +12,7 @@ from psycopg import AsyncConnection
 from eventstore.anchor import AnchorPaths
 from referralnet import journey
 from schemas.events.base import Need
+from schemas.measures import _ITEM_NAMES, _SCALES, MAX_WEEKLY_MINUTES, Measure
 from services.intake.requests import ReferralRequest
 from services.outcomes.requests import MeasureName
 from services.routing.api import Declining
@@ -27,6 +28,10 @@ NEEDS = [n.value for n in Need]
 URGENCIES: tuple[str, ...] = get_args(ReferralRequest.model_fields["urgency"].annotation)
 DECLINE_REASONS = Declining.model_fields["reason"].description or ""
 MEASURES: tuple[str, ...] = get_args(MeasureName)
+DONE = frozenset(
+    ("referred", "accepted", "contact", "session", "activity", "assessment", "close", "attendance")
+)
+"""What a form just did, as the referral page may say it (``?done=``)."""
 
 
 @router.get("/referrals")
@@ -112,6 +117,7 @@ async def referral(
     then says honestly that it is still arriving.
     """
     path = f"/referrals/{referral_id}"
+    done = done if done in DONE else None  # a word of ours, never text from a link
     if event is not None:
         answer = await page.api.wait_for(path, has_event(str(event)))
         arrived = has_event(str(event))(answer)
@@ -201,8 +207,6 @@ def outcome_summary(outcomes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def measure_form_items() -> list[dict[str, Any]]:
     """Each measure's inputs with their ranges, from ``schemas.measures`` (the validator's
     own table, so the form says what the API will accept)."""
-    from schemas.measures import _ITEM_NAMES, _SCALES, MAX_WEEKLY_MINUTES, Measure
-
     out: list[dict[str, Any]] = []
     for name in MEASURES:
         measure = Measure(name)
