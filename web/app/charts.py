@@ -32,14 +32,16 @@ def _svg(chart: pygal.graph.graph.Graph, label: str) -> str:
     return svg.replace("<svg", f'<svg role="img" aria-label="{html.escape(label)}"', 1)
 
 
-def _chart(kind: type[pygal.graph.graph.Graph], title: str, **options: object) -> pygal.Graph:
+def _chart(
+    kind: type[pygal.graph.graph.Graph], title: str, height: int = 360, **options: object
+) -> pygal.Graph:
     return kind(
         title=title,
         style=STYLE,
         js=[],  # no script from anywhere: the chart is a picture, the table has the numbers
         disable_xml_declaration=True,
         width=720,
-        height=360,
+        height=height,
         legend_at_bottom=True,
         print_values=False,
         **options,
@@ -60,6 +62,16 @@ def stacked_bars(
 def bars(title: str, values: dict[str, float | None], description: str) -> str:
     """One bar per key (None: no data, drawn as a gap)."""
     chart = _chart(pygal.Bar, title, x_label_rotation=20, show_legend=False)
+    chart.x_labels = list(values)
+    chart.add(title, list(values.values()))
+    return _svg(chart, description)
+
+
+def horizontal_bars(title: str, values: dict[str, float | None], description: str) -> str:
+    """One horizontal bar per key, for many or long labels (e.g. measure and band)."""
+    chart = _chart(
+        pygal.HorizontalBar, title, height=max(240, 60 + 24 * len(values)), show_legend=False
+    )
     chart.x_labels = list(values)
     chart.add(title, list(values.values()))
     return _svg(chart, description)

@@ -90,13 +90,13 @@ async def report_page(
             "Bar chart of referrals by the kind of organisation that referred; "
             "the numbers are in the table below.",
         ),
-        "outcomes": charts.bars(
+        "outcomes": charts.horizontal_bars(
             "Mean change per outcome measure (follow-up minus baseline)",
             {c["measure"]: c["mean_change"] for c in changes},
             "Bar chart of the mean change in each outcome measure; "
             "the numbers are in the table below.",
         ),
-        "bands": charts.bars(
+        "bands": charts.horizontal_bars(
             "Mean improvement by measure and baseline band",
             {
                 f"{b['measure']} {b['band']}": b["mean_improvement"]
