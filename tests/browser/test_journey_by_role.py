@@ -159,3 +159,11 @@ def test_every_role_in_the_browser(alliance: Alliance, tabs: Callable[[], Checke
     assert _figure(icb, "sessions") == before + 1
     expect(icb.page.locator("#outcome-changes")).to_contain_text("ucla3")
     icb.accessible("report")
+    csv = icb.page.request.get(icb.base_url + "/app/report.csv")
+    assert csv.headers["content-type"].startswith("text/csv")
+    assert f"sessions,{before + 1}" in csv.text().replace("totals,", "")
+    assert "sessions_by_kind_per_month" in csv.text()
+    icb.goto("/app/report?from=2025-02-01&to=2025-01-01")  # the API's 422, beside the field
+    expect(icb.page.locator("#f-to-error")).to_contain_text("must be after from")
+    expect(icb.page.get_by_label("From (inclusive)")).to_have_value("2025-02-01")
+    icb.accessible("report-errors")

@@ -69,6 +69,18 @@ def test_sign_in_cookie_expiry_csrf_and_sign_out(
     token = {role: alliance.tokens[org] for role, org in alliance.ids.items()}
     lw = tabs()
 
+    # keyboard only: the skip link comes first, then the form; Enter signs in
+    gp_keys = tabs()
+    gp_keys.goto("/app/sign-in")
+    gp_keys.page.keyboard.press("Tab")
+    expect(gp_keys.page.get_by_role("link", name="Skip to main content")).to_be_focused()
+    gp_keys.page.keyboard.press("Tab")
+    gp_keys.page.keyboard.press("Tab")
+    expect(gp_keys.page.get_by_label("Your organisation's token")).to_be_focused()
+    gp_keys.page.keyboard.type(token["referrer"])
+    gp_keys.page.keyboard.press("Enter")
+    expect(gp_keys.page).to_have_url(re.compile(r"/app/referrals$"))
+
     # a wrong token: said plainly, nothing kept
     lw.sign_in("rn_not-a-real-token")
     expect(lw.page.get_by_role("alert")).to_contain_text("not known")
