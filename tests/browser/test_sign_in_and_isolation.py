@@ -61,6 +61,10 @@ def test_no_page_shows_another_organisations_data(
             assert referral_id[:8] not in other.page.content()  # not in its list either
     gp.goto("/app/referrals/00000000-0000-4000-8000-000000000000")
     expect(gp.page.get_by_role("heading", level=1)).to_contain_text("Referral not found")
+    for nowhere in ("/app/referrals/not-an-id", "/app/no-such-page"):
+        gp.goto(nowhere)
+        expect(gp.page.get_by_role("heading", level=1)).to_contain_text("Page not found")
+    gp.accessible()
 
 
 def test_sign_in_cookie_expiry_csrf_and_sign_out(

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -43,6 +44,17 @@ def create_web_app(api: ASGIApp, home: Path) -> FastAPI:
             message="The form came without this sign-in's security code (it may be from an "
             "older page or another site). Nothing was changed. Go back, reload the page "
             "and try again.",
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_address(request: Request, _: RequestValidationError) -> HTMLResponse:
+        # e.g. /app/referrals/not-an-id: no such page (the API's 422s reach forms instead)
+        return render(
+            request,
+            "problem.html",
+            404,
+            title="Page not found",
+            message="This address names no page of the app: check the link.",
         )
 
     @app.exception_handler(StarletteHTTPException)
