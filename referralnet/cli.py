@@ -84,6 +84,7 @@ def up(
             ),
         )
         console.print(f"[bold]Referral Network[/] API        {system.base_url}  (OpenAPI: /docs)")
+        console.print(f"Web app for the partners  {system.base_url}/app/  (docs/webapp.md)")
         console.print(f"Kafka bootstrap servers   {system.bootstrap_servers}")
         console.print(f"PostgreSQL                {system.database_url}")
         console.print(f"Data directory            {settings.home}  (logs in logs/)")

@@ -7,6 +7,7 @@ import shutil
 import time
 from dataclasses import replace
 from importlib import resources
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -136,4 +137,27 @@ def run_demo(settings: Settings, *, referrals: int, concurrency: int, console: C
         )
         ops_render.replays(console, [replayed])
     console.print(f"demo wall time {time.monotonic() - started:.1f}s")
+    try_in_browser(console, home, tokens)
     return 1 if breaks or not replayed.matches else 0
+
+
+DEMO_ROLES = (
+    ("referrer (GP practice)", "gp-riverside"),
+    ("link-worker service", "lw-north"),
+    ("activity provider (walking groups)", "vg-walkers"),
+    ("commissioner", "icb-commissioner"),
+)
+"""One demo organisation per role of the web app (``web.app``)."""
+
+
+def try_in_browser(console: Console, home: Path, tokens: dict[str, str]) -> None:
+    """The web app's address and a sign-in token per role; the demo's data stays in
+    ``home`` for ``referralnet up`` to serve (docs/webapp.md)."""
+    console.print(
+        "\n[bold]Try it in your browser[/bold]: "
+        f"REFERRALNET_HOME={home} .venv/bin/referralnet up, then open "
+        "http://127.0.0.1:8000/app/ (the port `up` prints) and sign in with a token:"
+    )
+    for role, org in DEMO_ROLES:
+        if org in tokens:
+            console.print(f"  {role:<36} {org:<18} {tokens[org]}")

@@ -23,6 +23,7 @@ from services.routing.api import router as routing_router
 from views.api import router as views_router
 from web import errors, tokens
 from web.admission import AdmissionControl, max_in_flight_from_env
+from web.app import create_web_app
 from web.errors import ERROR_TEXTS
 from web.limits import RequestLimits
 from web.ops_guard import OpsGuard, ops_token
@@ -75,6 +76,7 @@ def create_app(
         return {"status": "ok"}
 
     ops_http.install(app, database_url)  # /metrics and /healthz/<worker>
+    app.mount("/app", create_web_app(app, home))  # the partners' web app (docs/webapp.md)
     limit = max_in_flight_from_env() if max_in_flight is None else max_in_flight
     app.add_middleware(OpsGuard, token=ops_token(home))  # /metrics, /healthz/<worker>
     app.add_middleware(AdmissionControl, limit=limit)

@@ -130,6 +130,14 @@ class Settings:
         "REFERRALNET_ANCHOR_FILE", None, "the signed checkpoints (append-only)",
         "`$REFERRALNET_HOME/anchors/checkpoints.jsonl`",
     )  # fmt: skip
+    web_key: SecretStr | None = env(
+        "REFERRALNET_WEB_KEY", None, "Fernet key of the web app's session cookies",
+        "generated in `$REFERRALNET_HOME/keys`",
+    )  # fmt: skip
+    web_session_seconds: int = env(
+        "REFERRALNET_WEB_SESSION_SECONDS", 8 * 3600,
+        "how long a web-app sign-in lasts (`docs/webapp.md`)", "`28800` (8 h)", ge=60,
+    )  # fmt: skip
     checkpoint_seconds: float = env(
         "REFERRALNET_CHECKPOINT_SECONDS", 1.0,
         "the relay worker signs a checkpoint this often (0: never)", "`1`", ge=0,
