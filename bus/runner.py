@@ -91,6 +91,7 @@ class TrackedRunner:
         self._client_id = client_id
         self._linger = linger_seconds
         self._projections: dict[str, Projection] = {}
+        self._tracked: set[str] = set()
         self._probe = OffsetProbe(bootstrap_servers)
         self.stats = RunnerStats()
 
@@ -160,8 +161,10 @@ class TrackedRunner:
         if wanted.keys() == self._projections.keys():
             return
         async with self._pool.connection() as conn:
-            for projection in wanted.values():
-                await create_tracking(conn, projection.schema)
+            for topic, projection in wanted.items():
+                if topic not in self._tracked:  # DDL once per topic, not per reassignment
+                    await create_tracking(conn, projection.schema)
+                    self._tracked.add(topic)
             partitions: list[TopicPartition] = []
             seeks: dict[TopicPartition, int] = {}
             for topic, projection in wanted.items():

@@ -48,6 +48,7 @@ from eventstore.records import StoredEvent
 from eventstore.store import EventStore
 from referralnet.lag import STORES, consumers
 from referralnet.ops import log
+from referralnet.services_table import BUS_CONSUMERS
 from schemas.envelope import to_kafka
 
 BROKER_ERRORS = (AIOKafkaError, KafkaError, OSError, TimeoutError)
@@ -64,7 +65,7 @@ class RepublishFailed(RuntimeError):
 
 Progress = Callable[[int, int], None]
 
-BUS_CONSUMER_SCHEMAS = ("routing", "distributor", "outcomes")
+BUS_CONSUMER_SCHEMAS = tuple(s.schema for s in BUS_CONSUMERS)
 """Schemas whose consumers read ``referral-events`` (and keep positions there)."""
 
 

@@ -1,0 +1,172 @@
+"""Which instances of a worker kind are alive, and how they share work: PostgreSQL leases.
+
+Each instance of a sharing worker kind (the views worker) keeps a row in
+``runtime.members`` fresh: a heartbeat every ``HEARTBEAT_SECONDS``, judged by the
+database's clock. Rows older than ``LEASE_SECONDS`` belong to dead instances (a kill -9
+leaves its row behind; a clean stop deletes it). Every instance reads the same live set
+and computes the same split with rendezvous hashing (``owner``): each item goes to the
+live member with the highest hash of (item, member), so when a member dies only its
+items move, spread over the survivors, and when one joins it takes a fair share from
+each.
+
+This is work sharing, not mutual exclusion. Around a change of membership two instances
+may briefly both consume an item; that is safe because every consumer stores its
+position in the same transaction as its writes and locks that position row first
+(``bus.tracking``): the second transaction waits, then sees the records as already
+applied. So no event is lost or applied twice across a hand-over, whatever the timing.
+
+``leader`` is the other pattern, for kinds where one active instance suffices (the
+relay's outboxes, outcomes): a session advisory lock, released by PostgreSQL the moment
+the holder's connection drops, so a standby takes over within its polling interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import socket
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import uuid4
+
+import structlog
+from psycopg import AsyncConnection, OperationalError
+from psycopg_pool import AsyncConnectionPool
+
+log = structlog.get_logger(__name__)
+
+HEARTBEAT_SECONDS = 1.0
+LEASE_SECONDS = 4.0
+"""A member silent this long is dead: its share moves within this plus one refresh."""
+
+MEMBERSHIP_DDL = """
+CREATE SCHEMA IF NOT EXISTS runtime;
+CREATE TABLE IF NOT EXISTS runtime.members (
+    kind         text        NOT NULL,
+    member       text        NOT NULL,
+    heartbeat_at timestamptz NOT NULL DEFAULT now(),
+    started_at   timestamptz NOT NULL DEFAULT now(),
+    pid          integer     NOT NULL,
+    host         text        NOT NULL,
+    owned        integer     NOT NULL DEFAULT 0,
+    PRIMARY KEY (kind, member)
+);
+"""
+
+
+async def create_membership(conn: AsyncConnection[Any]) -> None:
+    """Create ``runtime.members`` (idempotent)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext('referralnet-ddl'))")
+        await conn.execute(MEMBERSHIP_DDL)
+
+
+def _score(item: str, member: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{item}\0{member}".encode(), digest_size=8).digest())
+
+
+def owner(item: str, members: Sequence[str]) -> str:
+    """The member that owns ``item`` among ``members`` (rendezvous hashing)."""
+    return max(members, key=lambda m: _score(item, m))
+
+
+def share(items: Iterable[str], members: Sequence[str], me: str) -> list[str]:
+    """The items ``me`` owns. With no live member listed (not yet heartbeaten), all."""
+    if not members:
+        return list(items)
+    return [i for i in items if owner(i, members) == me]
+
+
+@dataclass
+class Membership:
+    """This process's seat among the live instances of ``kind``.
+
+    ``members`` is the live set as of the last heartbeat (sorted, this member included
+    once its first heartbeat is written).
+    """
+
+    pool: AsyncConnectionPool[AsyncConnection[Any]]
+    kind: str
+    member: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-"
+                        f"{uuid4().hex[:6]}")  # fmt: skip
+    lease_seconds: float = LEASE_SECONDS
+    members: list[str] = field(default_factory=list)
+    owned: int = 0
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def heartbeat(self) -> list[str]:
+        """Renew this member's row; return the live members (and remember them)."""
+        async with self.pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO runtime.members (kind, member, pid, host, owned) "
+                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (kind, member) DO UPDATE "
+                "SET heartbeat_at = now(), owned = EXCLUDED.owned",
+                (self.kind, self.member, os.getpid(), socket.gethostname(), self.owned),
+            )
+            cur = await conn.execute(
+                "SELECT member FROM runtime.members WHERE kind = %s "
+                "AND heartbeat_at > now() - make_interval(secs => %s) ORDER BY member",
+                (self.kind, self.lease_seconds),
+            )
+            live = [r[0] for r in await cur.fetchall()]
+        if live != self.members:
+            log.info("members_changed", kind=self.kind, me=self.member, members=live)
+            self.members = live
+            self.changed.set()
+        return live
+
+    async def leave(self) -> None:
+        """Delete this member's row: the others take its share at their next heartbeat."""
+        with contextlib.suppress(OperationalError):
+            async with self.pool.connection() as conn:
+                await conn.execute(
+                    "DELETE FROM runtime.members WHERE kind = %s AND member = %s",
+                    (self.kind, self.member),
+                )
+
+    async def run(self, stop: asyncio.Event, interval: float = HEARTBEAT_SECONDS) -> None:
+        """Heartbeat until ``stop``, then leave. A failed heartbeat is retried."""
+        try:
+            while not stop.is_set():
+                try:
+                    await self.heartbeat()
+                except OperationalError as exc:  # the database is away: keep trying
+                    log.warning("heartbeat_failed", kind=self.kind, error=str(exc))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=interval)
+        finally:
+            await self.leave()
+
+    def mine(self, items: Iterable[str]) -> list[str]:
+        """The items this member owns now."""
+        return share(items, self.members, self.member)
+
+
+@asynccontextmanager
+async def leader(
+    conninfo: str, key: str, stop: asyncio.Event, poll_seconds: float = 0.5
+) -> AsyncIterator[bool]:
+    """Wait until this process holds the advisory lock ``key`` (or ``stop``).
+
+    Yields True while leading (False if stopped before). The lock is held by a
+    connection of its own for the whole block; PostgreSQL drops it when that connection
+    ends, a kill -9 included, so a standby polling every ``poll_seconds`` takes over.
+    """
+    conn = await AsyncConnection.connect(conninfo, autocommit=True)
+    try:
+        while not stop.is_set():
+            cur = await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
+            row = await cur.fetchone()
+            if row and row[0]:
+                log.info("leading", key=key)
+                yield True
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=poll_seconds)
+        yield False
+    finally:
+        await conn.close()
