@@ -93,6 +93,7 @@ class Membership:
     kind: str
     member: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-"
                         f"{uuid4().hex[:6]}")  # fmt: skip
+    """Unique per process start; ``runtime.members.pid`` and ``host`` say which it is."""
     lease_seconds: float = LEASE_SECONDS
     members: list[str] = field(default_factory=list)
     owned: int = 0
@@ -148,15 +149,19 @@ class Membership:
 
 @asynccontextmanager
 async def leader(
-    conninfo: str, key: str, stop: asyncio.Event, poll_seconds: float = 0.5
+    conninfo: str, key: str, stop: asyncio.Event, instance: str = "", poll_seconds: float = 0.5
 ) -> AsyncIterator[bool]:
     """Wait until this process holds the advisory lock ``key`` (or ``stop``).
 
     Yields True while leading (False if stopped before). The lock is held by a
     connection of its own for the whole block; PostgreSQL drops it when that connection
     ends, a kill -9 included, so a standby polling every ``poll_seconds`` takes over.
+    The connection's ``application_name`` is ``lock_holder_name(instance, key)``, so
+    ``pg_stat_activity`` joined with ``pg_locks`` shows who leads.
     """
-    conn = await AsyncConnection.connect(conninfo, autocommit=True)
+    conn = await AsyncConnection.connect(
+        conninfo, autocommit=True, application_name=lock_holder_name(instance, key)
+    )
     try:
         while not stop.is_set():
             cur = await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (key,))
@@ -170,3 +175,8 @@ async def leader(
         yield False
     finally:
         await conn.close()
+
+
+def lock_holder_name(instance: str, key: str) -> str:
+    """``application_name`` of a connection holding a leadership lock (63 bytes at most)."""
+    return f"{instance or os.getpid()}|{key}"[:63]

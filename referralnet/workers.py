@@ -47,6 +47,11 @@ def _endpoints() -> tuple[Settings, str, str, Topics]:
     return settings, settings.kafka_bootstrap_servers, settings.database_url, topics
 
 
+def _instance() -> str:
+    """This process's name in the supervisor (``views-2``), or "" when run by hand."""
+    return os.environ.get("REFERRALNET_INSTANCE", "")
+
+
 async def _until_signalled(body: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -72,7 +77,8 @@ async def relay(stop: asyncio.Event) -> None:
     await producer.start()
     try:
         relays = [
-            OutboxRelay(store, database_url, producer, topics.referral_events) for store in STORES
+            OutboxRelay(store, database_url, producer, topics.referral_events, instance=_instance())
+            for store in STORES
         ]
         await asyncio.gather(*(r.run(stop) for r in relays), _checkpoints(settings, stop))
     finally:
@@ -85,7 +91,7 @@ async def _checkpoints(settings: Settings, stop: asyncio.Event) -> None:
 
     interval = float(os.environ.get("REFERRALNET_CHECKPOINT_SECONDS", "1"))
     if interval > 0 and settings.database_url:
-        async with leader(settings.database_url, "relay:checkpoints", stop) as leading:
+        async with leader(settings.database_url, "relay:checkpoints", stop, _instance()) as leading:
             if leading:
                 await checkpoint_periodically(settings.database_url, settings.home, stop, interval)
 
@@ -96,7 +102,7 @@ async def outcomes(stop: asyncio.Event) -> None:
     Several instances: one leads (an advisory lock), the others wait as hot standbys
     and take over within a second of its death, from the positions it stored."""
     _, bootstrap, database_url, topics = _endpoints()
-    async with leader(database_url, "outcomes:consumer", stop) as leading:
+    async with leader(database_url, "outcomes:consumer", stop, _instance()) as leading:
         if leading:
             await _outcomes(bootstrap, database_url, topics, stop)
 
