@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
 from bus import dead_letters
@@ -30,7 +30,6 @@ from bus.tracking import (
     create_tracking,
     move_positions,
     record_of,
-    stored_positions,
 )
 from schemas.envelope import to_kafka
 
@@ -81,6 +80,7 @@ class TrackedRunner:
         max_records: int = 2000,
         client_id: str = "referralnet-runner",
         linger_seconds: float = LINGER_SECONDS,
+        tracking_created: bool = False,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._pool = pool
@@ -92,6 +92,7 @@ class TrackedRunner:
         self._linger = linger_seconds
         self._projections: dict[str, Projection] = {}
         self._tracked: set[str] = set()
+        self._tracking_created = tracking_created  # the source made every tracking table
         self._probe = OffsetProbe(bootstrap_servers)
         self.stats = RunnerStats()
 
@@ -162,14 +163,15 @@ class TrackedRunner:
             return
         async with self._pool.connection() as conn:
             for topic, projection in wanted.items():
-                if topic not in self._tracked:  # DDL once per topic, not per reassignment
-                    await create_tracking(conn, projection.schema)
+                if topic not in self._tracked and not self._tracking_created:
+                    await create_tracking(conn, projection.schema)  # once, not per reassign
                     self._tracked.add(topic)
             partitions: list[TopicPartition] = []
             seeks: dict[TopicPartition, int] = {}
-            for topic, projection in wanted.items():
+            positions = await positions_of(conn, wanted)
+            for topic in wanted:
                 parts = await _partitions_for(consumer, topic)
-                stored = await stored_positions(conn, projection.schema, projection.consumer)
+                stored = positions[topic]
                 for p in parts:
                     tp = TopicPartition(topic, p)
                     partitions.append(tp)
@@ -190,8 +192,9 @@ class TrackedRunner:
         """
         assigned = consumer.assignment()
         async with self._pool.connection() as conn:
+            positions = await positions_of(conn, self._projections)
             for topic, projection in self._projections.items():
-                stored = await stored_positions(conn, projection.schema, projection.consumer)
+                stored = positions[topic]
                 for (t, p), offset in stored.items():
                     tp = TopicPartition(t, p)
                     if t != topic or tp not in assigned:
@@ -248,6 +251,39 @@ class TrackedRunner:
                 consumer.seek(tp, result.seek_to)
             elif result.next_offset is not None:
                 self.stats.positions[(topic, p)] = result.next_offset
+
+
+POSITIONS_PER_QUERY = 250
+
+
+async def positions_of(
+    conn: AsyncConnection[Any], projections: Mapping[str, Projection]
+) -> dict[str, dict[tuple[str, int], int]]:
+    """``stored_positions`` of every projection, keyed by its topic, a few queries in all.
+
+    Each partner's positions live in its own schema: one query per schema was 2,000
+    round trips a refresh for a view worker hosting 2,000 partners (docs/capacity.md),
+    so they are read ``POSITIONS_PER_QUERY`` schemas at a time with ``UNION ALL``.
+    """
+    result: dict[str, dict[tuple[str, int], int]] = {t: {} for t in projections}
+    items = list(projections.items())
+    for start in range(0, len(items), POSITIONS_PER_QUERY):
+        chunk = items[start : start + POSITIONS_PER_QUERY]
+        query = sql.SQL(" UNION ALL ").join(
+            sql.SQL(
+                "SELECT {key}::text, topic, partition, next_offset FROM {schema}.positions "
+                "WHERE consumer = {consumer}"
+            ).format(
+                key=sql.Literal(topic),
+                schema=sql.Identifier(p.schema),
+                consumer=sql.Literal(p.consumer),
+            )
+            for topic, p in chunk
+        )
+        cur = await conn.execute(query)
+        for key, t, part, offset in await cur.fetchall():
+            result[key][(t, part)] = offset
+    return result
 
 
 async def _partitions_for(consumer: AIOKafkaConsumer, topic: str) -> list[int]:

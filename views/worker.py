@@ -27,9 +27,30 @@ from bus.topics import Topics
 from bus.tracking import Projection
 from eventstore.pool import connection_pool
 from views.projection import ViewProjection
-from views.schema import create_view, schema_name
+from views.schema import VIEW_TABLES, create_view, schema_name
 
 KIND = "views"
+
+TABLES = (*VIEW_TABLES, "positions", "applied", "held", "dead_letter_outbox")
+"""What ``create_view`` makes in a view schema (view tables, then ``bus.tracking``'s)."""
+
+
+async def complete_views(conn: AsyncConnection[Any], schemas: list[str]) -> set[str]:
+    """The ``schemas`` that already hold every table of ``TABLES``, in one query.
+
+    Running ``create_view`` (a dozen ``CREATE ... IF NOT EXISTS``) again for each of
+    2,000 partners cost ~50 ms apiece at every start of a view worker (measured:
+    docs/capacity.md); registration already created them.
+    """
+    if not schemas:
+        return set()
+    cur = await conn.execute(
+        "SELECT n.nspname FROM pg_namespace n JOIN pg_class c ON c.relnamespace = n.oid "
+        "WHERE n.nspname = ANY(%s) AND c.relkind = 'r' AND c.relname = ANY(%s) "
+        "GROUP BY n.nspname HAVING count(*) = %s",
+        (schemas, list(TABLES), len(TABLES)),
+    )
+    return {r[0] for r in await cur.fetchall()}
 
 
 class ViewCatalogue:
@@ -56,8 +77,10 @@ class ViewCatalogue:
             orgs = [r[0] for r in await cur.fetchall()]
             mine = self._membership.mine(orgs) if self._membership else orgs
             new = [o for o in mine if o not in self._ready]
+            complete = await complete_views(conn, [schema_name(o) for o in new])
             for org in new:
-                await create_view(conn, schema_name(org))
+                if schema_name(org) not in complete:  # registration normally made it
+                    await create_view(conn, schema_name(org))
         if new:
             layout = self._topics.layout(self._topics.org(o) for o in new)
             await asyncio.to_thread(ensure_topics, self._bootstrap, layout)
@@ -89,5 +112,6 @@ async def run(
             dead_letter_topic=topics.dead_letters,
             client_id="referralnet-views",
             refresh_seconds=refresh_seconds,
+            tracking_created=True,  # create_view made the tracking tables
         )
         await asyncio.gather(runner.run(stop), membership.run(stop))
