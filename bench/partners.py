@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import threading
 import time
@@ -31,16 +32,21 @@ from typing import Any
 import httpx
 import psutil
 import psycopg
+from psycopg import sql
 
 from bench.common import bench_stack, console
+from bus.runner import positions_of
 from bus.topics import Topics
+from bus.tracking import Projection
 from directory.model import DirectoryFile, LinkWorkerCapacity, Organisation, OrgKind
 from infra.settings import Settings
 from referralnet.bootstrap import create_schemas, create_topics
-from referralnet.lag import consumer_lags, wait_caught_up
+from referralnet.lag import consumer_lags, highwaters, outbox_backlog
 from referralnet.registration import register
+from referralnet.services_table import BUS_CONSUMERS
 from referralnet.system import running_system
 from schemas.events import Need
+from views.projection import ViewProjection
 from views.schema import schema_name
 
 AREAS_PER_LINK_WORKER_SERVICE = 1
@@ -127,6 +133,57 @@ def _poll(check: Any, timeout: float) -> float:
     return time.monotonic() - started
 
 
+async def total_lag(
+    url: str, bootstrap: str, topics: Topics, org_ids: list[str]
+) -> tuple[int, int, float]:
+    """(events behind over every consumer, outbox backlog, seconds the reading took).
+
+    Positions are read ``POSITIONS_PER_QUERY`` view schemas per query (as the views
+    runner does), high watermarks from fetch responses (``referralnet.lag.highwaters``).
+    """
+    started = time.monotonic()
+    wanted: dict[str, Projection] = {
+        topics.org(o): ViewProjection(o, schema_name(o)) for o in org_ids
+    }
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        backlog = sum((await outbox_backlog(conn)).values())
+        positions = await positions_of(conn, wanted)
+        for s in BUS_CONSUMERS:
+            cur = await conn.execute(
+                sql.SQL("SELECT topic, partition, next_offset FROM {}.positions "
+                        "WHERE consumer = %s").format(sql.Identifier(s.schema)),
+                (s.consumer,),
+            )  # fmt: skip
+            positions[f"{s.name}:"] = {(t, p): o for t, p, o in await cur.fetchall()}
+    hw = await highwaters(bootstrap, [topics.referral_events, *wanted])
+    behind = 0
+    for key, stored in positions.items():
+        topic = topics.referral_events if key.endswith(":") else key
+        for (t, p), high in hw.items():
+            if t == topic:
+                behind += max(0, high - stored.get((t, p), 0))
+    return behind, backlog, time.monotonic() - started
+
+
+def caught_up(
+    url: str, bootstrap: str, topics: Topics, org_ids: list[str], timeout: float
+) -> float:
+    """Seconds until nothing is behind anywhere, twice in a row (polling, with a deadline)."""
+    started = time.monotonic()
+    quiet = 0
+    while quiet < 2:
+        lag, backlog, _ = asyncio.run(total_lag(url, bootstrap, topics, org_ids))
+        quiet = quiet + 1 if lag + backlog == 0 else 0
+        if time.monotonic() - started > timeout:
+            raise TimeoutError(f"lag {lag}, outbox {backlog} after {timeout:.0f}s")
+    return time.monotonic() - started
+
+
+async def status_lags(url: str, bootstrap: str, topics: Topics) -> int:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        return sum(x.lag for x in await consumer_lags(conn, bootstrap, topics))
+
+
 def _mb(rss: int) -> str:
     return f"{rss / 2**20:.0f}"
 
@@ -196,7 +253,7 @@ def run(args: argparse.Namespace) -> dict[str, str]:
                  " ".join(_mb(p.memory_info().rss) for p in views))  # fmt: skip
 
             # Idle: every partner's consumer hosted, nothing flowing.
-            asyncio.run(wait_caught_up(url, bootstrap, topics, wait_seconds=args.timeout))
+            caught_up(url, bootstrap, topics, [o.id for o in parsed.organisations], args.timeout)
             tansu = stack.broker._child.proc  # the embedded broker's process
             broker = psutil.Process(tansu.pid) if tansu is not None else None
             watched = [*views, *([broker] if broker else [])]
@@ -219,7 +276,8 @@ def run(args: argparse.Namespace) -> dict[str, str]:
             def sample() -> None:
                 while sampling.is_set():
                     for i, p in enumerate(views):
-                        peak[i] = max(peak[i], p.memory_info().rss)
+                        with contextlib.suppress(psutil.Error):  # stopped meanwhile
+                            peak[i] = max(peak[i], p.memory_info().rss)
                     time.sleep(0.2)  # a sampling interval
 
             sampler = threading.Thread(target=sample, daemon=True)
@@ -236,19 +294,17 @@ def run(args: argparse.Namespace) -> dict[str, str]:
             show("burst_referrals", len(burst))
             show("burst_post_seconds", f"{posted:.1f}")
 
-            async def lag_now() -> tuple[int, float]:
-                async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-                    started = time.monotonic()
-                    lags = await consumer_lags(conn, bootstrap, topics)
-                    return sum(x.lag for x in lags), time.monotonic() - started
-
-            lag, reading = asyncio.run(lag_now())
-            show("lag_events_right_after_burst", lag)
-            show("lag_reading_seconds_over_all_consumers", f"{reading:.1f}")
-            t2 = time.monotonic()
-            asyncio.run(wait_caught_up(url, bootstrap, topics, wait_seconds=args.timeout))
-            show("caught_up_seconds_after_burst_posted", f"{time.monotonic() - t2:.1f}")
+            org_ids = [o.id for o in parsed.organisations]
+            lag, backlog, reading = asyncio.run(total_lag(url, bootstrap, topics, org_ids))
+            show("lag_events_right_after_burst (+ outbox backlog)", f"{lag} (+ {backlog})")
+            show("lag_reading_seconds (batched positions)", f"{reading:.1f}")
+            waited = caught_up(url, bootstrap, topics, org_ids, args.timeout)
+            show("caught_up_seconds_after_burst_posted", f"{waited:.1f}")
             show("burst_to_caught_up_seconds", f"{time.monotonic() - t:.1f}")
+            t2 = time.monotonic()
+            asyncio.run(status_lags(url, bootstrap, topics))
+            show("status_lag_reading_seconds (referralnet.lag.consumer_lags)",
+                 f"{time.monotonic() - t2:.1f}")  # fmt: skip
             sampling.clear()
             sampler.join()
             show("rss_mb_per_view_instance_peak", " ".join(_mb(r) for r in peak))

@@ -48,6 +48,7 @@ class RunnerStats:
     held: int = 0
     seeks: int = 0
     batches: int = 0
+    assigned: int = 0  # partitions assigned at the last reassignment
     highwater: dict[tuple[str, int], int] = field(default_factory=dict)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -180,6 +181,7 @@ class TrackedRunner:
         for tp, offset in seeks.items():
             consumer.seek(tp, offset)
         self._projections = wanted
+        self.stats.assigned = len(partitions)
         log.info("runner_assigned", topics=len(wanted), partitions=len(partitions))
 
     async def _follow_stored_positions(self, consumer: AIOKafkaConsumer) -> None:
