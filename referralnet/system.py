@@ -153,6 +153,9 @@ def running_system(
             settings, bootstrap, database_url, topics, supervisor, broker, database, timings
         )
         if "api" in supervisor.names:
-            supervisor.wait_api(system.base_url)
+            # Every extra instance is another interpreter importing the whole stack on
+            # the same cores while the API starts: give each some time.
+            extra = len(supervisor.instances) - len(supervisor.names)
+            supervisor.wait_api(system.base_url, timeout=60.0 + 10.0 * extra)
         timings["workers"] = time.monotonic() - t
         yield system
