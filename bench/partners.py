@@ -35,6 +35,7 @@ import psycopg
 from psycopg import sql
 
 from bench.common import bench_stack, console
+from bus.membership import owner
 from bus.runner import positions_of
 from bus.topics import Topics
 from bus.tracking import Projection
@@ -44,7 +45,7 @@ from referralnet.bootstrap import create_schemas, create_topics
 from referralnet.lag import consumer_lags, highwaters, outbox_backlog
 from referralnet.registration import register
 from referralnet.services_table import BUS_CONSUMERS
-from referralnet.system import running_system
+from referralnet.system import RunningSystem, running_system
 from schemas.events import Need
 from views.projection import ViewProjection
 from views.schema import schema_name
@@ -163,6 +164,35 @@ async def total_lag(
             if t == topic:
                 behind += max(0, high - stored.get((t, p), 0))
     return behind, backlog, time.monotonic() - started
+
+
+def takeover(
+    system: RunningSystem,
+    url: str,
+    parsed: DirectoryFile,
+    tokens: dict[str, str],
+    timeout: float,
+) -> float:
+    """Seconds from killing the last views instance (SIGKILL, not restarted) until a new
+    referral from one of the practices it hosted is in that practice's view."""
+    victim = system.supervisor.of_kind("views")[-1]
+    with psycopg.connect(url) as conn:
+        members = conn.execute(
+            "SELECT member, pid FROM runtime.members WHERE kind = 'views' "
+            "AND heartbeat_at > now() - interval '4 seconds'"
+        ).fetchall()
+    live = sorted(m for m, _ in members)
+    mine = next(m for m, pid in members if pid == victim.proc.pid)
+    gp = next(
+        o
+        for o in reversed(parsed.organisations)
+        if o.kind == OrgKind("gp-practice") and owner(o.id, live) == mine
+    )
+    started = time.monotonic()
+    system.supervisor.retire(victim.name)
+    rid = _post(system.base_url, tokens[gp.id], gp.areas[0])
+    _poll(lambda: _in_view(url, gp.id, rid), timeout=timeout)
+    return time.monotonic() - started
 
 
 def caught_up(
@@ -317,6 +347,10 @@ def run(args: argparse.Namespace) -> dict[str, str]:
             with psycopg.connect(url) as conn:
                 row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
                 show("database_mb_after_burst", _mb(int(row[0])) if row else "?")
+            if args.views > 1:
+                show("takeover_seconds (kill -9 of a views instance until a referral from "
+                     "one of its partners is in that partner's view)",
+                     f"{takeover(system, url, parsed, tokens, args.timeout):.1f}")  # fmt: skip
     return figures
 
 
