@@ -179,7 +179,7 @@ def takeover(
     with psycopg.connect(url) as conn:
         members = conn.execute(
             "SELECT member, pid FROM runtime.members WHERE kind = 'views' "
-            "AND heartbeat_at > now() - interval '4 seconds'"
+            "AND heartbeat_at > now() - interval '6 seconds'"
         ).fetchall()
     live = sorted(m for m, _ in members)
     mine = next(m for m, pid in members if pid == victim.proc.pid)
@@ -271,7 +271,7 @@ def run(args: argparse.Namespace) -> dict[str, str]:
                 with psycopg.connect(url) as conn:
                     rows = conn.execute(
                         "SELECT owned FROM runtime.members WHERE kind = 'views' "
-                        "AND heartbeat_at > now() - interval '4 seconds' ORDER BY member"
+                        "AND heartbeat_at > now() - interval '6 seconds' ORDER BY member"
                     ).fetchall()
                 return [int(r[0]) for r in rows]
 

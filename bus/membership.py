@@ -1,13 +1,13 @@
 """Which instances of a worker kind are alive, and how they share work: PostgreSQL leases.
 
 Each instance of a sharing worker kind (the views worker) keeps a row in
-``runtime.members`` fresh: a heartbeat every ``HEARTBEAT_SECONDS``, judged by the
-database's clock. Rows older than ``LEASE_SECONDS`` belong to dead instances (a kill -9
-leaves its row behind; a clean stop deletes it). Every instance reads the same live set
-and computes the same split with rendezvous hashing (``owner``): each item goes to the
-live member with the highest hash of (item, member), so when a member dies only its
-items move, spread over the survivors, and when one joins it takes a fair share from
-each.
+``runtime.members`` fresh: a heartbeat every ``HEARTBEAT_SECONDS`` from a thread of
+its own, judged by the database's clock. Rows older than ``LEASE_SECONDS`` belong to
+dead instances (a kill -9 leaves its row behind; a clean stop deletes it). Every
+instance reads the same live set and computes the same split with rendezvous hashing
+(``owner``): each item goes to the live member with the highest hash of (item,
+member), so when a member dies only its items move, spread over the survivors, and
+when one joins it takes a fair share from each.
 
 This is work sharing, not mutual exclusion. Around a change of membership two instances
 may briefly both consume an item; that is safe because every consumer stores its
@@ -27,6 +27,7 @@ import contextlib
 import hashlib
 import os
 import socket
+import threading
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -34,13 +35,13 @@ from typing import Any
 from uuid import uuid4
 
 import structlog
-from psycopg import AsyncConnection, OperationalError
+from psycopg import AsyncConnection, Connection, OperationalError
 from psycopg_pool import AsyncConnectionPool
 
 log = structlog.get_logger(__name__)
 
 HEARTBEAT_SECONDS = 1.0
-LEASE_SECONDS = 4.0
+LEASE_SECONDS = 6.0
 """A member silent this long is dead: its share moves within this plus one refresh."""
 
 MEMBERSHIP_DDL = """
@@ -97,28 +98,39 @@ class Membership:
     lease_seconds: float = LEASE_SECONDS
     members: list[str] = field(default_factory=list)
     owned: int = 0
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def _renewal(self) -> tuple[str, tuple[object, ...]]:
+        return (
+            "INSERT INTO runtime.members (kind, member, pid, host, owned) "
+            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (kind, member) DO UPDATE "
+            "SET heartbeat_at = now(), owned = EXCLUDED.owned",
+            (self.kind, self.member, os.getpid(), socket.gethostname(), self.owned),
+        )
+
+    def _live(self) -> tuple[str, tuple[object, ...]]:
+        return (
+            "SELECT member FROM runtime.members WHERE kind = %s "
+            "AND heartbeat_at > now() - make_interval(secs => %s) ORDER BY member",
+            (self.kind, self.lease_seconds),
+        )
 
     async def heartbeat(self) -> list[str]:
         """Renew this member's row; return the live members (and remember them)."""
         async with self.pool.connection() as conn:
-            await conn.execute(
-                "INSERT INTO runtime.members (kind, member, pid, host, owned) "
-                "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (kind, member) DO UPDATE "
-                "SET heartbeat_at = now(), owned = EXCLUDED.owned",
-                (self.kind, self.member, os.getpid(), socket.gethostname(), self.owned),
-            )
-            cur = await conn.execute(
-                "SELECT member FROM runtime.members WHERE kind = %s "
-                "AND heartbeat_at > now() - make_interval(secs => %s) ORDER BY member",
-                (self.kind, self.lease_seconds),
-            )
+            await conn.execute(*self._renewal())
+            cur = await conn.execute(*self._live())
             live = [r[0] for r in await cur.fetchall()]
+        self._saw(live)
+        return live
+
+    def _heartbeat_blocking(self, conn: Connection[Any]) -> None:
+        conn.execute(*self._renewal())
+        self._saw([r[0] for r in conn.execute(*self._live()).fetchall()])
+
+    def _saw(self, live: list[str]) -> None:
         if live != self.members:
             log.info("members_changed", kind=self.kind, me=self.member, members=live)
-            self.members = live
-            self.changed.set()
-        return live
+            self.members = live  # one assignment: the event loop reads it between awaits
 
     async def leave(self) -> None:
         """Delete this member's row: the others take its share at their next heartbeat."""
@@ -129,18 +141,43 @@ class Membership:
                     (self.kind, self.member),
                 )
 
-    async def run(self, stop: asyncio.Event, interval: float = HEARTBEAT_SECONDS) -> None:
-        """Heartbeat until ``stop``, then leave. A failed heartbeat is retried."""
+    async def run(
+        self, stop: asyncio.Event, conninfo: str, interval: float = HEARTBEAT_SECONDS
+    ) -> None:
+        """Heartbeat until ``stop``, then leave. A failed heartbeat is retried.
+
+        The heartbeats run in a thread on a connection of their own: a worker's event
+        loop can be busy for seconds (assigning 2,000 partitions, decoding a large
+        fetch), and a heartbeat waiting for it made the others take its partners while
+        it was alive, then hand them back: partners flapped between instances under
+        load (measured at 2,000 partners, docs/capacity.md).
+        """
+        halt = threading.Event()
+        beating = asyncio.create_task(asyncio.to_thread(self._beat, conninfo, halt, interval))
         try:
-            while not stop.is_set():
+            await stop.wait()
+        finally:
+            halt.set()
+            await beating
+            await self.leave()
+
+    def _beat(self, conninfo: str, halt: threading.Event, interval: float) -> None:
+        conn: Connection[Any] | None = None
+        try:
+            while not halt.is_set():
                 try:
-                    await self.heartbeat()
+                    if conn is None or conn.closed:
+                        conn = Connection.connect(conninfo, autocommit=True, connect_timeout=5)
+                    self._heartbeat_blocking(conn)
                 except OperationalError as exc:  # the database is away: keep trying
                     log.warning("heartbeat_failed", kind=self.kind, error=str(exc))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=interval)
+                    if conn is not None:
+                        conn.close()
+                        conn = None
+                halt.wait(interval)
         finally:
-            await self.leave()
+            if conn is not None:
+                conn.close()
 
     def mine(self, items: Iterable[str]) -> list[str]:
         """The items this member owns now."""

@@ -114,4 +114,4 @@ async def run(
             refresh_seconds=refresh_seconds,
             tracking_created=True,  # create_view made the tracking tables
         )
-        await asyncio.gather(runner.run(stop), membership.run(stop))
+        await asyncio.gather(runner.run(stop), membership.run(stop, database_url))

@@ -61,7 +61,7 @@ def live_view_members(system: RunningSystem) -> dict[int, int]:
         _rows(
             system.database_url,
             "SELECT pid, owned FROM runtime.members WHERE kind = 'views' "
-            "AND heartbeat_at > now() - interval '4 seconds'",
+            "AND heartbeat_at > now() - interval '6 seconds'",
         )
     )
 

@@ -103,7 +103,7 @@ async def test_partners_shared_by_two_view_workers_and_taken_over(
             tracking_created=True,
         )
         stop = asyncio.Event()
-        running = asyncio.gather(runner.run(stop), a.run(stop))
+        running = asyncio.gather(runner.run(stop), a.run(stop, url))
         try:
             started = time.monotonic()
             while runner.stats.assigned != PARTNERS:
