@@ -36,7 +36,7 @@ from tests.conftest import Stack, stack_home
 from views.worker import KIND, ViewCatalogue
 
 REGIONAL = 2000
-PARTNERS = 300
+PARTNERS = 120
 
 
 def test_rendezvous_split_of_2000_partners_is_complete_fair_and_stable() -> None:
