@@ -1,8 +1,14 @@
 """Outbox relay: publishes a store's outbox to ``referral-events`` and only then forgets it.
 
 Rows are deleted after the broker acknowledged them (acks=all), so a crash or a broker
-outage means "publish again", never "lost". One relay per store holds an advisory lock,
-so a second relay process is a hot standby rather than a source of reordering.
+outage means "publish again", never "lost". One relay per store holds an advisory lock
+(session level, on a connection named ``<instance>|relay:<store>``), so further relay
+processes are hot standbys rather than a source of reordering: while the leader lives,
+nobody else publishes that store; when it dies (kill -9 included) PostgreSQL releases
+its lock with its connection and a standby takes over within a second, starting from
+the outbox rows the leader had not deleted. What the dead leader had published but not
+yet deleted is published again, in the same order: consumers drop such re-deliveries
+by stream version (``bus.ordering``), so "twice on the bus" never means "applied twice".
 
 Each batch runs in a transaction holding ``FENCE`` shared. ``republish`` takes it
 exclusively while it refills the bus: it waits for the batches in flight, and no relay
@@ -23,6 +29,7 @@ from aiokafka.errors import KafkaError
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
+from bus.membership import lock_holder_name
 from bus.topics import PARTITIONS
 from eventstore.records import StoredEvent
 from eventstore.store import EVENT_COLUMNS, EventStore, stored_event
@@ -76,8 +83,10 @@ class OutboxRelay:
         batch: int = 1000,
         linger_seconds: float = 0.02,
         partitions: int | None = PARTITIONS,
+        instance: str = "",
     ) -> None:
         self.store = store
+        self.instance = instance  # the supervisor's name for this process (lock holder)
         self._partitions = partitions
         self._conninfo = conninfo
         self._producer = producer
@@ -160,8 +169,10 @@ class OutboxRelay:
 
     async def run(self, stop: asyncio.Event, idle_seconds: float = 0.5) -> None:
         """Relay until ``stop``: wake on NOTIFY from appends, or every ``idle_seconds``."""
-        async with await AsyncConnection.connect(self._conninfo, autocommit=True) as conn:
-            lock = f"relay:{self.store.schema}"
+        lock = f"relay:{self.store.schema}"
+        async with await AsyncConnection.connect(
+            self._conninfo, autocommit=True, application_name=lock_holder_name(self.instance, lock)
+        ) as conn:
             while not stop.is_set():
                 cur = await conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))", (lock,))
                 row = await cur.fetchone()

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
 from bus import dead_letters
@@ -30,7 +30,6 @@ from bus.tracking import (
     create_tracking,
     move_positions,
     record_of,
-    stored_positions,
 )
 from infra.kafka_security import client_kwargs
 from schemas.envelope import to_kafka
@@ -50,6 +49,7 @@ class RunnerStats:
     held: int = 0
     seeks: int = 0
     batches: int = 0
+    assigned: int = 0  # partitions assigned at the last reassignment
     highwater: dict[tuple[str, int], int] = field(default_factory=dict)
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
@@ -82,6 +82,7 @@ class TrackedRunner:
         max_records: int = 2000,
         client_id: str = "referralnet-runner",
         linger_seconds: float = LINGER_SECONDS,
+        tracking_created: bool = False,
     ) -> None:
         self._bootstrap = bootstrap_servers
         self._pool = pool
@@ -92,6 +93,8 @@ class TrackedRunner:
         self._client_id = client_id
         self._linger = linger_seconds
         self._projections: dict[str, Projection] = {}
+        self._tracked: set[str] = set()
+        self._tracking_created = tracking_created  # the source made every tracking table
         self._probe = OffsetProbe(bootstrap_servers)
         self.stats = RunnerStats()
 
@@ -163,13 +166,17 @@ class TrackedRunner:
         if wanted.keys() == self._projections.keys():
             return
         async with self._pool.connection() as conn:
-            for projection in wanted.values():
-                await create_tracking(conn, projection.schema)
+            for topic, projection in wanted.items():
+                if topic not in self._tracked and not self._tracking_created:
+                    await create_tracking(conn, projection.schema)  # once, not per reassign
+                    self._tracked.add(topic)
             partitions: list[TopicPartition] = []
             seeks: dict[TopicPartition, int] = {}
-            for topic, projection in wanted.items():
+            positions = await positions_of(conn, wanted)
+            await _learn_topics(consumer, list(wanted))
+            for topic in wanted:
                 parts = await _partitions_for(consumer, topic)
-                stored = await stored_positions(conn, projection.schema, projection.consumer)
+                stored = positions[topic]
                 for p in parts:
                     tp = TopicPartition(topic, p)
                     partitions.append(tp)
@@ -178,6 +185,7 @@ class TrackedRunner:
         for tp, offset in seeks.items():
             consumer.seek(tp, offset)
         self._projections = wanted
+        self.stats.assigned = len(partitions)
         log.info("runner_assigned", topics=len(wanted), partitions=len(partitions))
 
     async def _follow_stored_positions(self, consumer: AIOKafkaConsumer) -> None:
@@ -190,8 +198,9 @@ class TrackedRunner:
         """
         assigned = consumer.assignment()
         async with self._pool.connection() as conn:
+            positions = await positions_of(conn, self._projections)
             for topic, projection in self._projections.items():
-                stored = await stored_positions(conn, projection.schema, projection.consumer)
+                stored = positions[topic]
                 for (t, p), offset in stored.items():
                     tp = TopicPartition(t, p)
                     if t != topic or tp not in assigned:
@@ -248,6 +257,56 @@ class TrackedRunner:
                 consumer.seek(tp, result.seek_to)
             elif result.next_offset is not None:
                 self.stats.positions[(topic, p)] = result.next_offset
+
+
+POSITIONS_PER_QUERY = 250
+
+
+async def positions_of(
+    conn: AsyncConnection[Any], projections: Mapping[str, Projection]
+) -> dict[str, dict[tuple[str, int], int]]:
+    """``stored_positions`` of every projection, keyed by its topic, a few queries in all.
+
+    Each partner's positions live in its own schema: one query per schema was 2,000
+    round trips a refresh for a view worker hosting 2,000 partners (docs/capacity.md),
+    so they are read ``POSITIONS_PER_QUERY`` schemas at a time with ``UNION ALL``.
+    """
+    result: dict[str, dict[tuple[str, int], int]] = {t: {} for t in projections}
+    items = list(projections.items())
+    for start in range(0, len(items), POSITIONS_PER_QUERY):
+        chunk = items[start : start + POSITIONS_PER_QUERY]
+        query = sql.SQL(" UNION ALL ").join(
+            sql.SQL(
+                "SELECT {key}::text, topic, partition, next_offset FROM {schema}.positions "
+                "WHERE consumer = {consumer}"
+            ).format(
+                key=sql.Literal(topic),
+                schema=sql.Identifier(p.schema),
+                consumer=sql.Literal(p.consumer),
+            )
+            for topic, p in chunk
+        )
+        cur = await conn.execute(query)
+        for key, t, part, offset in await cur.fetchall():
+            result[key][(t, part)] = offset
+    return result
+
+
+async def _learn_topics(consumer: AIOKafkaConsumer, topics: list[str]) -> None:
+    """One metadata request for every topic the consumer does not know yet.
+
+    Learning them one at a time (``_partitions_for``) costs a metadata round trip and a
+    back-off each: a views instance taking over 1,000 partners of a dead one spent
+    minutes there (measured at 2,000 partners, docs/capacity.md).
+    """
+    unknown = [t for t in topics if not consumer.partitions_for_topic(t)]
+    if not unknown:
+        return
+    client = consumer._client
+    try:
+        await client.set_topics([*client._topics, *unknown])
+    except KafkaError as exc:  # _partitions_for tries each again
+        log.warning("metadata_refresh_failed", topics=len(unknown), error=str(exc))
 
 
 async def _partitions_for(consumer: AIOKafkaConsumer, topic: str) -> list[int]:

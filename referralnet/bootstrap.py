@@ -7,24 +7,21 @@ from typing import Any
 from psycopg import AsyncConnection
 
 from bus.admin import ensure_topics
+from bus.membership import create_membership
 from bus.topics import Topics
-from directory import store as directory
-from services.distributor import store as distributor
-from services.intake import store as intake
-from services.outcomes import store as outcomes
-from services.routing import store as routing
+from referralnet.services_table import CREATE_DIRECTORY, SERVICES
 from services.routing.store import sync_capacity
 
 
 async def create_schemas(database_url: str) -> None:
-    """Directory, the three service stores, the distributor's bookkeeping (idempotent)."""
+    """The directory, every service's schema (``services_table.SERVICES``) and the worker
+    membership table (idempotent)."""
     conn: AsyncConnection[Any]
     async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await directory.create(conn)
-        await intake.create(conn)
-        await routing.create(conn)
-        await outcomes.create(conn)
-        await distributor.create(conn)
+        await CREATE_DIRECTORY(conn)
+        for service in SERVICES:
+            await service.create(conn)
+        await create_membership(conn)
         await sync_capacity(conn)
 
 

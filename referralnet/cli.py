@@ -64,19 +64,31 @@ async def _connect(url: str) -> AsyncConnection[Any]:
 @app.command()
 def up(
     port: Annotated[int | None, typer.Option(help="API port (default 8000)")] = None,
+    scale: Annotated[
+        str,
+        typer.Option(
+            help="instances per worker kind, e.g. views=2,routing=2 (kinds: api, relay, "
+            "routing, distributor, outcomes, views; default 1 each)"
+        ),
+    ] = "",
 ) -> None:
     """Start broker, database and services; serve the API on 127.0.0.1:8000 until Ctrl-C."""
     from dataclasses import replace
 
+    from referralnet.supervisor import BadScale, parse_scale
     from referralnet.system import running_system
 
+    try:
+        instances = parse_scale(scale)
+    except BadScale as exc:
+        raise UsageProblem(str(exc)) from None
     settings = _settings()
     if port is not None:
         settings = replace(settings, api_port=port)
     # The default port taken (another stack on this machine): take a free one, printed
     # below; a port the user chose is kept, or refused (exit 1) if it is in use.
     chosen = port is not None or settings.given("api_port")
-    with running_system(settings, any_port_if_taken=not chosen) as system:
+    with running_system(settings, any_port_if_taken=not chosen, scale=instances) as system:
         endpoints.record(
             settings.home,
             endpoints.Recorded(
@@ -88,6 +100,9 @@ def up(
         console.print(f"Kafka bootstrap servers   {system.bootstrap_servers}")
         console.print(f"PostgreSQL                {system.database_url}")
         console.print(f"Data directory            {settings.home}  (logs in logs/)")
+        if instances:
+            counts = ", ".join(f"{k}={n}" for k, n in instances.items())
+            console.print(f"Scaled out                {counts}")
         console.print("Load partners with `referralnet directory load FILE`. Ctrl-C stops.")
         try:
             threading.Event().wait()  # the supervisor's watchdog restarts dead workers

@@ -18,12 +18,9 @@ from psycopg import AsyncConnection, sql
 
 from bus.topics import Topics
 from infra.kafka_security import client_kwargs
-from services.intake.store import STORE as INTAKE
-from services.outcomes.store import STORE as OUTCOMES
-from services.routing.store import STORE as ROUTING
+from referralnet.services_table import BUS_CONSUMERS
+from referralnet.services_table import STORES as STORES  # re-exported (status, verify, ...)
 from views.schema import schema_name
-
-STORES = (INTAKE, ROUTING, OUTCOMES)
 
 
 @dataclass(frozen=True)
@@ -45,11 +42,7 @@ class ConsumerLag:
 
 async def consumers(conn: AsyncConnection[Any], topics: Topics) -> list[tuple[str, str, str]]:
     """(consumer, schema, topic) for every consumer that keeps positions in Postgres."""
-    fixed = [
-        ("routing", "routing", topics.referral_events),
-        ("distributor", "distributor", topics.referral_events),
-        ("outcomes", "outcomes", topics.referral_events),
-    ]
+    fixed = [(s.consumer or s.name, s.schema, topics.referral_events) for s in BUS_CONSUMERS]
     cur = await conn.execute("SELECT id FROM directory.organisations ORDER BY id")
     views = [(f"view.{o}", schema_name(o), topics.org(o)) for (o,) in await cur.fetchall()]
     return fixed + views

@@ -91,6 +91,11 @@ class Settings:
         "internal: the listening socket `referralnet up` hands its API worker", "unset",
         ge=0,
     )  # fmt: skip
+    instance: str = env(
+        "REFERRALNET_INSTANCE", "",
+        "a worker process's name (`views-2`): set by the supervisor of `referralnet up "
+        "--scale`; names its leadership locks' connections (`application_name`)", "empty",
+    )  # fmt: skip
     timezone: str = env(
         "REFERRALNET_TIMEZONE", "Europe/London",
         "the alliance's IANA time zone: ages, report dates and months, the SLA's days "

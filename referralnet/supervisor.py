@@ -1,5 +1,9 @@
 """Starts the system's processes, restarts any that die, stops them all on exit.
 
+Each worker kind (``services_table.WORKER_KINDS``) runs as one process or, scaled out
+(``referralnet up --scale views=2,routing=2``), as several instances: the first is named
+after its kind (``views``), the others ``views-2``, ``views-3`` ... with a log each.
+
 Every child is tied to this process (PR_SET_PDEATHSIG), so even a kill -9 of the
 supervisor leaves no worker behind.
 """
@@ -12,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,10 +26,50 @@ import structlog
 
 from infra.processes import listens_on, spawn
 from referralnet.ops.restarts import record_restart
+from referralnet.services_table import WORKERS as WORKERS  # re-exported: tests, bench
 
 log = structlog.get_logger(__name__)
 
-WORKERS = ("api", "relay", "routing", "distributor", "outcomes", "views")
+MAX_INSTANCES = 16
+"""Per worker kind: more than this on one machine is a typo (and 2 cores' worth)."""
+
+
+class BadScale(ValueError):
+    """A ``--scale`` value that names no worker kind or no sensible count."""
+
+
+def parse_scale(text: str) -> dict[str, int]:
+    """``"views=2,routing=2"`` → ``{"views": 2, "routing": 2}`` (kinds not named: 1).
+
+    Raises ``BadScale`` (one line saying what is wrong) for an unknown kind, a count
+    that is not an integer from 1 to ``MAX_INSTANCES``, or a kind named twice.
+    """
+    scale: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        kind, sep, count = part.partition("=")
+        kind = kind.strip()
+        if not sep or kind not in WORKERS:
+            raise BadScale(
+                f"--scale takes KIND=N[,KIND=N...] with KIND one of {', '.join(WORKERS)}; "
+                f"got {part!r}"
+            )
+        if kind in scale:
+            raise BadScale(f"--scale names {kind} twice")
+        if not count.strip().isdigit() or not 1 <= int(count) <= MAX_INSTANCES:
+            raise BadScale(f"--scale {kind}: the count must be 1 to {MAX_INSTANCES}, not {count!r}")
+        scale[kind] = int(count)
+    return scale
+
+
+def instance_names(kinds: Iterable[str], scale: Mapping[str, int]) -> list[tuple[str, str]]:
+    """(instance name, kind) for every process: ``views``, ``views-2``, ..."""
+    return [
+        (kind if i == 1 else f"{kind}-{i}", kind)
+        for kind in kinds
+        for i in range(1, scale.get(kind, 1) + 1)
+    ]
 
 
 @dataclass
@@ -35,15 +79,24 @@ class Child:
     started: float
     restarts: int = 0
     kills: list[float] = field(default_factory=list)
+    kind: str = ""
+    retired: bool = False  # killed on purpose and not to be restarted (tests)
 
 
 class Supervisor:
     """Owns the worker processes of one running system."""
 
-    def __init__(self, home: Path, env: dict[str, str], names: Iterable[str] = WORKERS) -> None:
+    def __init__(
+        self,
+        home: Path,
+        env: dict[str, str],
+        names: Iterable[str] = WORKERS,
+        scale: Mapping[str, int] | None = None,
+    ) -> None:
         self.home = home
         self.env = env
         self.names = tuple(names)
+        self.instances = instance_names(self.names, scale or {})
         self.children: dict[str, Child] = {}
         self._stopping = threading.Event()
         self._watchdog: threading.Thread | None = None
@@ -52,8 +105,9 @@ class Supervisor:
         self.workdir = home / "run" / "workers"
         self.workdir.mkdir(parents=True, exist_ok=True)
 
-    def _spawn(self, name: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, kind: str) -> subprocess.Popen[bytes]:
         os.environ.update(self.env)  # spawn() inherits our environment
+        os.environ["REFERRALNET_INSTANCE"] = name  # in the worker's logs and membership
         output = (self.home / "logs" / f"{name}.log").open("ab")
         try:
             # -P: never put the caller's directory on the import path (an empty bus.py
@@ -61,20 +115,20 @@ class Supervisor:
             # writes relative to it (faust's <app>-data) lands under REFERRALNET_HOME.
             api_fd = self.env.get("REFERRALNET_API_FD")  # the API's socket, bound by us
             return spawn(
-                [sys.executable, "-P", "-m", "referralnet.workers", name],
+                [sys.executable, "-P", "-m", "referralnet.workers", kind],
                 output=output,
                 death_signal=signal.SIGTERM,
                 run_as=None,
                 cwd=self.workdir,
-                pass_fds=(int(api_fd),) if name == "api" and api_fd else (),
+                pass_fds=(int(api_fd),) if kind == "api" and api_fd else (),
             )
         finally:
             output.close()
 
     def start(self) -> None:
-        for name in self.names:
-            self.children[name] = Child(name, self._spawn(name), time.monotonic())
-        log.info("workers_started", workers=list(self.names))
+        for name, kind in self.instances:
+            self.children[name] = Child(name, self._spawn(name, kind), time.monotonic(), kind=kind)
+        log.info("workers_started", workers=[n for n, _ in self.instances])
 
     def restart_dead(self) -> list[str]:
         """Restart every child that exited; return their names."""
@@ -83,9 +137,9 @@ class Supervisor:
             children = list(self.children.values()) if not self._stopping.is_set() else []
         for child in children:
             code = child.proc.poll()
-            if code is not None:
+            if code is not None and not child.retired:
                 log.warning("worker_exited", worker=child.name, code=code)
-                child.proc = self._spawn(child.name)
+                child.proc = self._spawn(child.name, child.kind)
                 child.started = time.monotonic()
                 child.restarts += 1
                 record_restart(self.home, child.name)  # for `status`, in another process
@@ -110,6 +164,16 @@ class Supervisor:
         proc.send_signal(sig)
         proc.wait()
         child.kills.append(time.monotonic())
+
+    def retire(self, name: str) -> None:
+        """Kill one instance with SIGKILL for good: the watchdog leaves it dead, so the
+        other instances of its kind must take over its work (fault injection)."""
+        self.children[name].retired = True
+        self.kill(name)
+
+    def of_kind(self, kind: str) -> list[Child]:
+        """The instances of ``kind``, first one first."""
+        return [c for c in self.children.values() if c.kind == kind]
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM everyone, wait, then SIGKILL stragglers; always reap."""
@@ -149,10 +213,13 @@ class Supervisor:
 
 @contextmanager
 def supervised(
-    home: Path, env: dict[str, str], names: Iterable[str] = WORKERS
+    home: Path,
+    env: dict[str, str],
+    names: Iterable[str] = WORKERS,
+    scale: Mapping[str, int] | None = None,
 ) -> Iterator[Supervisor]:
-    """Run the workers for the duration of a ``with`` block."""
-    sup = Supervisor(home, env, names)
+    """Run the workers (``scale``: instances per kind, default 1) during a ``with`` block."""
+    sup = Supervisor(home, env, names, scale)
     sup.start()
     sup.watch()
     try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -21,8 +21,9 @@ from bus.topics import Topics
 from infra.embedded import EmbeddedBroker, EmbeddedPostgres, _sigterm_exits
 from infra.processes import EmbeddedStartError
 from referralnet.bootstrap import create_schemas, create_topics
+from referralnet.services_table import WORKERS
 from referralnet.settings import Settings
-from referralnet.supervisor import WORKERS, Supervisor, supervised
+from referralnet.supervisor import Supervisor, supervised
 
 log = structlog.get_logger(__name__)
 
@@ -95,8 +96,10 @@ def running_system(
     workers: Iterable[str] = WORKERS,
     pick_free_port: bool = False,
     any_port_if_taken: bool = False,
+    scale: Mapping[str, int] | None = None,
 ) -> Iterator[RunningSystem]:
-    """Start what the settings leave unset, prepare schemas and topics, run the workers.
+    """Start what the settings leave unset, prepare schemas and topics, run the workers
+    (``scale``: instances per worker kind, ``supervisor.parse_scale``; default one each).
 
     The API listens on ``settings.api_port`` (any free port if ``pick_free_port``, or if
     it is taken and ``any_port_if_taken``); ``RunningSystem.base_url`` says where.
@@ -145,11 +148,14 @@ def running_system(
         if listener is not None:
             env["REFERRALNET_API_FD"] = str(listener.fileno())
         t = time.monotonic()
-        supervisor = stack.enter_context(supervised(settings.home, env, workers))
+        supervisor = stack.enter_context(supervised(settings.home, env, workers, scale))
         system = RunningSystem(
             settings, bootstrap, database_url, topics, supervisor, broker, database, timings
         )
         if "api" in supervisor.names:
-            supervisor.wait_api(system.base_url)
+            # Every extra instance is another interpreter importing the whole stack on
+            # the same cores while the API starts: give each some time.
+            extra = len(supervisor.instances) - len(supervisor.names)
+            supervisor.wait_api(system.base_url, timeout=60.0 + 10.0 * extra)
         timings["workers"] = time.monotonic() - t
         yield system

@@ -1,8 +1,10 @@
 """Entry points of the long-running processes: ``python -m referralnet.workers NAME``.
 
-Each process reads its endpoints from the environment (the supervisor sets them) and
-stops cleanly on SIGTERM or SIGINT. Being separate processes, any one of them can be
-killed -9 and restarted without the others noticing more than a pause.
+One per worker kind of ``services_table.WORKER_KINDS``. Each process reads its endpoints
+from the environment (the supervisor sets them) and stops cleanly on SIGTERM or SIGINT.
+Being separate processes, any one of them can be killed -9 and restarted without the
+others noticing more than a pause; and any kind can run as several instances, sharing
+its work as its ``WorkerKind.sharing`` says.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import uvicorn
 import uvloop
 from aiokafka import AIOKafkaProducer
 
+from bus.membership import leader
 from bus.relay import OutboxRelay
 from bus.runner import TrackedRunner
 from bus.topics import Topics
@@ -27,12 +30,10 @@ from eventstore.pool import connection_pool
 from infra.kafka_security import client_kwargs
 from infra.logging import configure_logging
 from referralnet.gateway import create_app
+from referralnet.services_table import STORES, WORKERS
 from referralnet.settings import Settings, check_or_exit
-from services.intake.store import STORE as INTAKE
 from services.outcomes.projection import CaseProjection
 from services.outcomes.sla import flag_overdue
-from services.outcomes.store import STORE as OUTCOMES
-from services.routing.store import STORE as ROUTING
 from views import worker as view_worker
 
 log = structlog.get_logger(__name__)
@@ -46,6 +47,11 @@ def _endpoints() -> tuple[Settings, str, str, Topics]:
     return settings, settings.kafka_bootstrap_servers, settings.database_url, topics
 
 
+def _instance() -> str:
+    """This process's name in the supervisor (``views-2``), or "" when run by hand."""
+    return Settings.from_env().instance
+
+
 async def _until_signalled(body: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -55,8 +61,12 @@ async def _until_signalled(body: Callable[[asyncio.Event], Awaitable[None]]) -> 
 
 
 async def relay(stop: asyncio.Event) -> None:
-    """Relay the outboxes of all three service stores onto ``referral-events``, and
-    checkpoint the stores' chains into the signed anchor beside it (tamper evidence)."""
+    """Relay the outboxes of the service stores onto ``referral-events``, and checkpoint
+    the stores' chains into the signed anchor beside it (tamper evidence).
+
+    Several relay instances: each store's outbox is relayed by whichever instance holds
+    its advisory lock (``OutboxRelay.run``), the checkpoints by the holder of another, so
+    one instance at a time publishes a store's events, in outbox order."""
     settings, bootstrap, database_url, topics = _endpoints()
     # linger_ms=20: the three relays' sends share one record batch per partition. The
     # embedded broker's fetch cost grows with the number of batches a partition holds,
@@ -71,8 +81,8 @@ async def relay(stop: asyncio.Event) -> None:
     await producer.start()
     try:
         relays = [
-            OutboxRelay(store, database_url, producer, topics.referral_events)
-            for store in (INTAKE, ROUTING, OUTCOMES)
+            OutboxRelay(store, database_url, producer, topics.referral_events, instance=_instance())
+            for store in STORES
         ]
         await asyncio.gather(*(r.run(stop) for r in relays), _checkpoints(settings, stop))
     finally:
@@ -85,12 +95,23 @@ async def _checkpoints(settings: Settings, stop: asyncio.Event) -> None:
 
     interval = settings.checkpoint_seconds
     if interval > 0 and settings.database_url:
-        await checkpoint_periodically(settings.database_url, settings.home, stop, interval)
+        async with leader(settings.database_url, "relay:checkpoints", stop, _instance()) as leading:
+            if leading:
+                await checkpoint_periodically(settings.database_url, settings.home, stop, interval)
 
 
 async def outcomes(stop: asyncio.Event) -> None:
-    """Keep ``outcomes.cases`` in step with routing's events."""
+    """Keep ``outcomes.cases`` in step with routing's events.
+
+    Several instances: one leads (an advisory lock), the others wait as hot standbys
+    and take over within a second of its death, from the positions it stored."""
     _, bootstrap, database_url, topics = _endpoints()
+    async with leader(database_url, "outcomes:consumer", stop, _instance()) as leading:
+        if leading:
+            await _outcomes(bootstrap, database_url, topics, stop)
+
+
+async def _outcomes(bootstrap: str, database_url: str, topics: Topics, stop: asyncio.Event) -> None:
     projection = CaseProjection()
 
     async def projections() -> dict[str, CaseProjection]:
@@ -120,7 +141,7 @@ async def _sla_timer(pool: Any, stop: asyncio.Event) -> None:
 
 
 async def views(stop: asyncio.Event) -> None:
-    """Every partner's view consumer, in one process."""
+    """This instance's share of the partners' view consumers (``views.worker``)."""
     _, bootstrap, database_url, topics = _endpoints()
     await view_worker.run(bootstrap, database_url, topics, stop)
 
@@ -162,7 +183,8 @@ SYNC_WORKERS: dict[str, Callable[[], None]] = {
     "routing": routing,
     "distributor": distributor,
 }
-NAMES = (*SYNC_WORKERS, *ASYNC_WORKERS)
+NAMES = WORKERS
+assert set(NAMES) == {*SYNC_WORKERS, *ASYNC_WORKERS}, "services_table.WORKERS and entry points"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -49,6 +49,7 @@ from eventstore.store import EventStore
 from infra.kafka_security import client_kwargs
 from referralnet.lag import STORES, consumers
 from referralnet.ops import log
+from referralnet.services_table import BUS_CONSUMERS
 from schemas.envelope import to_kafka
 
 BROKER_ERRORS = (AIOKafkaError, KafkaError, OSError, TimeoutError)
@@ -65,7 +66,7 @@ class RepublishFailed(RuntimeError):
 
 Progress = Callable[[int, int], None]
 
-BUS_CONSUMER_SCHEMAS = ("routing", "distributor", "outcomes")
+BUS_CONSUMER_SCHEMAS = tuple(s.schema for s in BUS_CONSUMERS)
 """Schemas whose consumers read ``referral-events`` (and keep positions there)."""
 
 

@@ -37,8 +37,9 @@ from referralnet.lag import STORES, consumer_lags, consumers
 from referralnet.ops import log
 from referralnet.ops.dead_letters import pending_counts
 from referralnet.ops.restarts import restarts_within
+from referralnet.services_table import BUS_CONSUMERS, SERVICES
 
-SERVICE_OF_CONSUMER = {"routing": "routing", "distributor": "distributor", "outcomes": "outcomes"}
+SERVICE_OF_CONSUMER = {s.consumer: s.name for s in BUS_CONSUMERS if s.consumer is not None}
 
 
 @dataclass(frozen=True)
@@ -103,24 +104,17 @@ class Problem:
 
 
 SERVICE_COMPONENTS: dict[str, tuple[str, ...]] = {
-    "api": ("database",),
-    "intake": ("database", "broker", "store:intake"),
-    "routing": ("database", "broker", "store:routing", "consumer:routing"),
-    "outcomes": ("database", "broker", "store:outcomes", "consumer:outcomes"),
-    "distributor": ("database", "broker", "consumer:distributor"),
-    "relay": ("database", "broker", "store:"),
-    "views": ("database", "broker", "consumer:view."),
+    "api": ("database", "worker:api"),
+    "relay": ("database", "broker", "store:", "worker:relay"),
+    "views": ("database", "broker", "consumer:view.", "worker:views"),
 }
-for _service, _workers in {
-    "api": ("api",),
-    "intake": ("api", "relay"),
-    "routing": ("routing", "relay"),
-    "outcomes": ("outcomes", "relay"),
-    "distributor": ("distributor",),
-    "relay": ("relay",),
-    "views": ("views",),
-}.items():
-    SERVICE_COMPONENTS[_service] += tuple(f"worker:{w}" for w in _workers)
+for _s in SERVICES:
+    SERVICE_COMPONENTS[_s.name] = (
+        ("database", "broker")
+        + ((f"store:{_s.name}",) if _s.store is not None else ())
+        + ((f"consumer:{_s.consumer}",) if _s.consumer is not None else ())
+        + tuple(f"worker:{w}" for w in _s.workers)
+    )
 """Which components each worker process answers for (prefixes), for ``/healthz/<name>``."""
 
 
