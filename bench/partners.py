@@ -40,11 +40,11 @@ from bus.runner import positions_of
 from bus.topics import Topics
 from bus.tracking import Projection
 from directory.model import DirectoryFile, LinkWorkerCapacity, Organisation, OrgKind
-from infra.settings import Settings
 from referralnet.bootstrap import create_schemas, create_topics
 from referralnet.lag import consumer_lags, highwaters, outbox_backlog
 from referralnet.registration import register
 from referralnet.services_table import BUS_CONSUMERS
+from referralnet.settings import Settings
 from referralnet.system import RunningSystem, running_system
 from schemas.events import Need
 from views.projection import ViewProjection

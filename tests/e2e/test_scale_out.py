@@ -24,10 +24,10 @@ import psycopg
 import pytest
 
 from bus.membership import owner
-from infra.settings import Settings
 from referralnet.lag import wait_caught_up
 from referralnet.ops.replay import replay_view
 from referralnet.services_table import WORKERS
+from referralnet.settings import Settings
 from referralnet.system import RunningSystem, running_system
 from tests.conftest import Alliance, alliance_yaml, register_alliance, stack_home, wait_until
 from tests.e2e.test_crash_safety import Flow, check_views_match_the_stores
