@@ -167,6 +167,11 @@ def client_kwargs(kind: ClientKind, env: Mapping[str, str] | None = None) -> dic
     variables; a bad value raises ``KafkaSecurityError``. Every constructor goes through
     here (``tests/deploy/test_client_security.py`` checks the source for strays).
     """
+    if env is None:
+        # Imported here: the settings module checks its Kafka variables with this one.
+        from referralnet.settings import settings
+
+        env = settings().kafka_variables()
     security = KafkaSecurity.from_env(env)
     if kind == "kafka-python":
         return security.kafka_python()
