@@ -1,0 +1,158 @@
+"""Outcomes' PostgreSQL side: the case table read and written beside the stream.
+
+The case table (``outcomes.cases`` + ``outcomes.activity_links``) is a projection: the
+columns routing's answers set come from the journey log (``projection.CaseProjection``),
+the rest from outcomes' own stream, written here in the append's transaction by folding
+the new events with ``domain.evolve``, so the table equals the fold by construction;
+``referralnet projections verify`` checks it against the stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from psycopg import AsyncConnection
+from psycopg.rows import dict_row
+
+from directory import store as directory
+from directory.model import Activity
+from eventstore.recorder import PostgresRecorder
+from eventstore.records import NewEvent, StoredEvent
+from schemas.registry import decode
+from services.existence import known_to_intake, routing_holder
+from services.outcomes.domain import ActivityLink, Case, Rules, evolve
+from services.outcomes.store import STORE
+from services.outcomes.unit_of_work import Casework
+
+CASE = (
+    "SELECT c.referral_id, c.referrer_org, c.referred_at, c.service_org, c.status, "
+    "c.routed_at, c.accepted_at, c.first_contact_at, c.overdue_flagged, c.closed_at, "
+    "c.routed_seen_at, "
+    "coalesce((SELECT max(e.version) FROM outcomes.events e "
+    "WHERE e.stream_id = c.referral_id), 0) AS version, "
+    "coalesce((SELECT jsonb_object_agg(l.activity_id, jsonb_build_array(l.provider_org, "
+    "l.referred_at)) FROM outcomes.activity_links l "
+    "WHERE l.referral_id = c.referral_id), '{}') AS activities "
+    "FROM outcomes.cases c"
+)
+"""A case and its stream's head in one round trip (both primary-key lookups)."""
+
+WAITING = (
+    "SELECT referral_id FROM outcomes.cases "
+    "WHERE first_contact_at IS NULL AND closed_at IS NULL AND NOT overdue_flagged "
+    "AND status IN ('routed', 'accepted') "
+    "AND ((routed_at AT TIME ZONE %(zone)s) + make_interval(days => %(days)s)) "
+    "AT TIME ZONE %(zone)s < %(now)s "
+    "AND ((routed_seen_at AT TIME ZONE %(zone)s) + make_interval(days => %(days)s)) "
+    "AT TIME ZONE %(zone)s < %(now)s "
+    "ORDER BY routed_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED"
+)
+"""Candidates for the SLA timer, on the ``cases_waiting`` index. Days are added on the
+alliance's calendar, not the database session's TimeZone."""
+
+
+def case_from_row(row: dict[str, Any]) -> Case:
+    """A ``Case`` from a row of ``CASE``."""
+    links = {
+        activity: ActivityLink(provider, datetime.fromisoformat(at))
+        for activity, (provider, at) in row.pop("activities").items()
+    }
+    return Case(**row, activities=links)
+
+
+async def read_case(conn: AsyncConnection[Any], referral_id: UUID, lock: bool) -> Case | None:
+    """The case, locked for this transaction if ``lock``: the lock serialises outcomes'
+    writers of the referral (and keeps the SLA timer's ``SKIP LOCKED`` off it)."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(
+            CASE + " WHERE c.referral_id = %s" + (" FOR UPDATE OF c" if lock else ""),
+            (referral_id,),
+        )
+        row = await cur.fetchone()
+    return case_from_row(row) if row else None
+
+
+async def write_case(conn: AsyncConnection[Any], before: Case, after: Case) -> None:
+    """Write what outcomes' own events changed from ``before`` to ``after``."""
+    own = ("first_contact_at", "overdue_flagged", "closed_at", "status")
+    if any(getattr(before, k) != getattr(after, k) for k in own):
+        await conn.execute(
+            "UPDATE outcomes.cases SET first_contact_at = %s, overdue_flagged = %s, "
+            "closed_at = %s, status = %s WHERE referral_id = %s",
+            (
+                after.first_contact_at,
+                after.overdue_flagged,
+                after.closed_at,
+                after.status,
+                after.referral_id,
+            ),
+        )
+    for activity_id, link in after.activities.items():
+        if activity_id not in before.activities:
+            await conn.execute(
+                "INSERT INTO outcomes.activity_links (referral_id, activity_id, provider_org, "
+                "referred_at) VALUES (%s, %s, %s, %s)",
+                (after.referral_id, activity_id, link.provider_org, link.referred_at),
+            )
+
+
+def fold(case: Case, events: Sequence[StoredEvent]) -> Case:
+    """``case`` after outcomes' stored ``events`` (decoded and upcast first)."""
+    return evolve(case, [decode(e.type, e.schema_version, e.data) for e in events])
+
+
+class PostgresCasework:
+    """``Casework`` on one connection (in the unit's transaction when writing)."""
+
+    def __init__(self, conn: AsyncConnection[Any]) -> None:
+        self.conn = conn
+        self.recorder = PostgresRecorder(STORE, conn)
+
+    async def case(self, referral_id: UUID, *, lock: bool = False) -> Case | None:
+        return await read_case(self.conn, referral_id, lock)
+
+    async def record(self, case: Case, events: Sequence[NewEvent]) -> list[StoredEvent]:
+        stored = await self.recorder.append(case.referral_id, case.version, events)
+        await write_case(self.conn, case, fold(case, stored))
+        return stored
+
+    async def activity(self, activity_id: str) -> Activity | None:
+        return await directory.activity(self.conn, activity_id)
+
+    async def known_to_intake(self, referral_id: UUID) -> bool:
+        return await known_to_intake(self.conn, referral_id)
+
+    async def routing_holder(self, referral_id: UUID) -> tuple[str, str] | None:
+        return await routing_holder(self.conn, referral_id)
+
+    async def waiting(self, now: datetime, rules: Rules, limit: int) -> list[UUID]:
+        params = {"days": rules.sla_days, "zone": rules.zone.key, "now": now, "limit": limit}
+        cur = await self.conn.execute(WAITING, params)
+        return [row[0] for row in await cur.fetchall()]
+
+
+Connect = Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]]
+"""Where connections come from: ``pool.connection``, or one connection already held."""
+
+
+class PostgresUnitOfWork:
+    """``UnitOfWork`` over PostgreSQL: a connection per unit, a transaction if writing."""
+
+    def __init__(self, connect: Connect) -> None:
+        self.connect = connect
+
+    @asynccontextmanager
+    async def _unit(self, write: bool) -> AsyncIterator[Casework]:
+        async with self.connect() as conn:
+            if not write:
+                yield PostgresCasework(conn)
+                return
+            async with conn.transaction():
+                yield PostgresCasework(conn)
+
+    def begin(self, *, write: bool = True) -> AbstractAsyncContextManager[Casework]:
+        return self._unit(write)
