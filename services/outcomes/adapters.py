@@ -41,6 +41,8 @@ CASE = (
 )
 """A case and its stream's head in one round trip (both primary-key lookups)."""
 
+LOCK = "SELECT 1 FROM outcomes.cases WHERE referral_id = %s FOR UPDATE"
+
 WAITING = (
     "SELECT referral_id FROM outcomes.cases "
     "WHERE first_contact_at IS NULL AND closed_at IS NULL AND NOT overdue_flagged "
@@ -66,12 +68,20 @@ def case_from_row(row: dict[str, Any]) -> Case:
 
 async def read_case(conn: AsyncConnection[Any], referral_id: UUID, lock: bool) -> Case | None:
     """The case, locked for this transaction if ``lock``: the lock serialises outcomes'
-    writers of the referral (and keeps the SLA timer's ``SKIP LOCKED`` off it)."""
+    writers of the referral (and keeps the SLA timer's ``SKIP LOCKED`` off it).
+
+    The lock is taken by a statement of its own, before the read: a statement that waited
+    for a row lock still reads with the snapshot it started with, so a single
+    ``SELECT ... FOR UPDATE`` would see the stream's head and activities as they were
+    before the writer it waited for. Pipelined, the two cost one round trip.
+    """
     async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            CASE + " WHERE c.referral_id = %s" + (" FOR UPDATE OF c" if lock else ""),
-            (referral_id,),
-        )
+        if lock:
+            async with conn.pipeline():
+                await conn.execute(LOCK, (referral_id,))
+                await cur.execute(CASE + " WHERE c.referral_id = %s", (referral_id,))
+        else:
+            await cur.execute(CASE + " WHERE c.referral_id = %s", (referral_id,))
         row = await cur.fetchone()
     return case_from_row(row) if row else None
 
