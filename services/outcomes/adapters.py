@@ -15,16 +15,18 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from directory import store as directory
 from directory.model import Activity
 from eventstore.recorder import PostgresRecorder
 from eventstore.records import NewEvent, StoredEvent
+from schemas.events.base import EventModel
+from schemas.events.referral import ReferralCreated
 from schemas.registry import decode
 from services.existence import known_to_intake, routing_holder
-from services.outcomes.domain import ActivityLink, Case, Rules, evolve
+from services.outcomes.domain import ActivityLink, Case, Rules, evolve, hear, opened
 from services.outcomes.store import STORE
 from services.outcomes.unit_of_work import Casework
 
@@ -166,3 +168,98 @@ class PostgresUnitOfWork:
 
     def begin(self, *, write: bool = True) -> AbstractAsyncContextManager[Casework]:
         return self._unit(write)
+
+
+# --- the case table rebuilt from the stores (``referralnet projections``) ---------------
+
+
+async def _typed(
+    conn: AsyncConnection[Any], schema: str, models: Sequence[type[EventModel]] | None
+) -> list[tuple[UUID, datetime, EventModel]]:
+    """(stream, occurred_at, typed model) of the ``models`` (None: all) in ``schema``'s
+    store, each stream in version order."""
+    types = None if models is None else sorted({m.event_type for m in models})
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT stream_id, occurred_at, type, schema_version, data FROM {}.events "
+            "WHERE %s::text[] IS NULL OR type = ANY(%s) ORDER BY stream_id, version"
+        ).format(sql.Identifier(schema)),
+        (types, types),
+    )
+    return [(r[0], r[1], decode(r[2], r[3], r[4])) for r in await cur.fetchall()]
+
+
+def _handled(dispatch: Any) -> list[type[EventModel]]:
+    """The event classes a ``singledispatch`` fold has a clause for."""
+    return [k for k in dispatch.registry if k is not object and k is not EventModel]
+
+
+async def cases_from_stores(conn: AsyncConnection[Any]) -> dict[UUID, Case]:
+    """Every case as the stores say it must be: opened by intake's ``referral-created``,
+    moved by routing's answers (``domain.hear``), then outcomes' own events
+    (``domain.evolve``). ``routed_seen_at`` is when outcomes heard: not in any store."""
+    cases: dict[UUID, Case] = {}
+    for rid, _, created in await _typed(conn, "intake", [ReferralCreated]):
+        assert isinstance(created, ReferralCreated)
+        cases.setdefault(rid, opened(rid, created.referrer_org, created.referred_at))
+    for rid, at, model in await _typed(conn, "routing", _handled(hear)):
+        if rid in cases:
+            cases[rid] = hear(model, cases[rid], at)
+    own: dict[UUID, list[EventModel]] = {}
+    for rid, _, model in await _typed(conn, "outcomes", None):  # each one is a version
+        own.setdefault(rid, []).append(model)
+    for rid, models in own.items():
+        if rid in cases:
+            cases[rid] = evolve(cases[rid], models)
+    return cases
+
+
+async def cases_in_table(conn: AsyncConnection[Any]) -> dict[UUID, Case]:
+    """Every case as ``outcomes.cases`` and ``outcomes.activity_links`` hold it now."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(CASE + " ORDER BY c.referral_id")
+        return {row["referral_id"]: case_from_row(row) for row in await cur.fetchall()}
+
+
+async def write_cases(conn: AsyncConnection[Any], cases: dict[UUID, Case]) -> None:
+    """Make the case table say ``cases`` (in the caller's transaction), keeping each
+    row's ``routed_seen_at`` (new rows: the routing time). Writers wait meanwhile."""
+    await conn.execute("LOCK TABLE outcomes.cases, outcomes.activity_links IN EXCLUSIVE MODE")
+    await conn.execute("DELETE FROM outcomes.activity_links")
+    await conn.execute("DELETE FROM outcomes.cases WHERE NOT referral_id = ANY(%s)", (list(cases),))
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO outcomes.cases (referral_id, referrer_org, referred_at, service_org, "
+            "status, routed_at, routed_seen_at, accepted_at, first_contact_at, overdue_flagged, "
+            "closed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (referral_id) DO UPDATE SET referrer_org = EXCLUDED.referrer_org, "
+            "referred_at = EXCLUDED.referred_at, service_org = EXCLUDED.service_org, "
+            "status = EXCLUDED.status, routed_at = EXCLUDED.routed_at, "
+            "accepted_at = EXCLUDED.accepted_at, first_contact_at = EXCLUDED.first_contact_at, "
+            "overdue_flagged = EXCLUDED.overdue_flagged, closed_at = EXCLUDED.closed_at",
+            [
+                (
+                    c.referral_id,
+                    c.referrer_org,
+                    c.referred_at,
+                    c.service_org,
+                    c.status,
+                    c.routed_at,
+                    c.routed_at,
+                    c.accepted_at,
+                    c.first_contact_at,
+                    c.overdue_flagged,
+                    c.closed_at,
+                )
+                for c in cases.values()
+            ],
+        )
+        await cur.executemany(
+            "INSERT INTO outcomes.activity_links (referral_id, activity_id, provider_org, "
+            "referred_at) VALUES (%s, %s, %s, %s)",
+            [
+                (c.referral_id, activity, link.provider_org, link.referred_at)
+                for c in cases.values()
+                for activity, link in c.activities.items()
+            ],
+        )

@@ -4,19 +4,17 @@ case per backend)."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from eventstore.recorder import MemoryRecorder, PostgresRecorder, Recorder, VersionConflict
 from eventstore.records import NewEvent, hash_of
 from eventstore.store import ConcurrencyError, EventStore
-from tests.conftest import EXTERNAL_URL, Stack, _external_reachable
+from tests.services.databases import BACKENDS, fresh_database
 
 RecorderFactory = Callable[[], Recorder]
 """A fresh recorder over the same backing streams (a second writer, or a later reader)."""
@@ -33,33 +31,13 @@ def _event(n: int) -> NewEvent:
     )
 
 
-async def _database(kind: str, request: pytest.FixtureRequest) -> str:
-    name = f"r_{uuid.uuid4().hex[:10]}"
-    if kind == "embedded":
-        stack: Stack = request.getfixturevalue("stack")
-        return stack.database.create_database(name)
-    if not _external_reachable():
-        if os.environ.get("CI"):
-            pytest.fail(f"external PostgreSQL at {EXTERNAL_URL} is not reachable on CI")
-        pytest.skip(f"external PostgreSQL at {EXTERNAL_URL} is not reachable")
-    with psycopg.connect(EXTERNAL_URL, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    return EXTERNAL_URL.rsplit("/", 1)[0] + f"/{name}"
-
-
-@pytest.fixture(
-    params=[
-        "memory",
-        pytest.param("embedded", marks=pytest.mark.infra),
-        pytest.param("external", marks=pytest.mark.infra),
-    ]
-)
+@pytest.fixture(params=["memory", *BACKENDS])
 async def recorders(request: pytest.FixtureRequest) -> AsyncIterator[RecorderFactory]:
     if request.param == "memory":
         memory = MemoryRecorder()
         yield lambda: memory
         return
-    url = await _database(request.param, request)
+    url = fresh_database(request.param, request)
     store = EventStore("contract", "/services/contract")
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as first:
         await store.create(first)
