@@ -20,14 +20,14 @@ from zoneinfo import ZoneInfo
 
 from pydantic import ValidationError
 
+from domain import lifecycle
+from domain.lifecycle import Referral
 from eventstore.records import NewEvent, new_event
 from infra.local_time import add_local_days
 from schemas.events.activity import ActivityReferred
 from schemas.events.base import EventModel
-from schemas.events.contact import FirstContactMade, FirstContactOverdue
 from schemas.events.referral import (
     ReferralAccepted,
-    ReferralClosed,
     ReferralDeclined,
     ReferralEscalated,
     ReferralRouted,
@@ -113,38 +113,36 @@ class Case:
         }
 
 
-@singledispatch
-def apply(model: EventModel, case: Case) -> Case:
-    """What one of outcomes' own events changes in the case; most change nothing it
-    decides on (sessions, outcomes, attendance)."""
-    return case
-
-
-@apply.register
-def _(model: FirstContactMade, case: Case) -> Case:
-    return replace(case, first_contact_at=model.contacted_at)
-
-
-@apply.register
-def _(model: FirstContactOverdue, case: Case) -> Case:
-    return replace(case, overdue_flagged=True)
-
-
-@apply.register
-def _(model: ActivityReferred, case: Case) -> Case:
-    link = ActivityLink(model.provider_org, model.referred_at)
-    return replace(case, activities={**case.activities, model.activity_id: link})
-
-
-@apply.register
-def _(model: ReferralClosed, case: Case) -> Case:
-    return replace(case, status="closed", closed_at=model.closed_at)
-
-
 def evolve(case: Case, events: Iterable[EventModel]) -> Case:
-    """The case after outcomes' own ``events`` (typed, upcast), one version each."""
+    """The case after outcomes' own ``events`` (typed, upcast), one version each.
+
+    The milestones (first contact, the SLA flag, closing) are the referral lifecycle's
+    (``domain.lifecycle.apply``); only which activities the person was referred to, and
+    by whom they are provided, is outcomes' own bookkeeping.
+    """
     for model in events:
-        case = replace(apply(model, case), version=case.version + 1)
+        event = lifecycle.as_event(model)
+        own = lifecycle.apply(
+            Referral(
+                first_contact_at=case.first_contact_at,
+                overdue=case.overdue_flagged,
+                closed_at=case.closed_at,
+            ),
+            event,
+        )
+        activities = case.activities
+        if isinstance(event, ActivityReferred):
+            link = ActivityLink(event.provider_org, event.referred_at)
+            activities = {**activities, event.activity_id: link}
+        case = replace(
+            case,
+            first_contact_at=own.first_contact_at,
+            overdue_flagged=own.overdue,
+            closed_at=own.closed_at,
+            status="closed" if own.closed else case.status,
+            activities=activities,
+            version=case.version + 1,
+        )
     return case
 
 
