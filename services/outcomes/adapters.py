@@ -21,12 +21,12 @@ from psycopg.rows import dict_row
 from directory import store as directory
 from directory.model import Activity
 from eventstore.recorder import PostgresRecorder
-from eventstore.records import NewEvent, StoredEvent
+from eventstore.records import StoredEvent
 from schemas.events.base import EventModel
 from schemas.events.referral import ReferralCreated
 from schemas.registry import decode
 from services.existence import known_to_intake, routing_holder
-from services.outcomes.domain import ActivityLink, Case, Rules, evolve, hear, opened
+from services.outcomes.domain import ActivityLink, Case, Decision, Rules, evolve, hear, opened
 from services.outcomes.store import STORE
 from services.outcomes.unit_of_work import Casework
 
@@ -112,11 +112,6 @@ async def write_case(conn: AsyncConnection[Any], before: Case, after: Case) -> N
             )
 
 
-def fold(case: Case, events: Sequence[StoredEvent]) -> Case:
-    """``case`` after outcomes' stored ``events`` (decoded and upcast first)."""
-    return evolve(case, [decode(e.type, e.schema_version, e.data) for e in events])
-
-
 class PostgresCasework:
     """``Casework`` on one connection (in the unit's transaction when writing)."""
 
@@ -127,9 +122,9 @@ class PostgresCasework:
     async def case(self, referral_id: UUID, *, lock: bool = False) -> Case | None:
         return await read_case(self.conn, referral_id, lock)
 
-    async def record(self, case: Case, events: Sequence[NewEvent]) -> list[StoredEvent]:
-        stored = await self.recorder.append(case.referral_id, case.version, events)
-        await write_case(self.conn, case, fold(case, stored))
+    async def record(self, case: Case, decision: Decision) -> list[StoredEvent]:
+        stored = await self.recorder.append(case.referral_id, case.version, decision.events)
+        await write_case(self.conn, case, decision.after)
         return stored
 
     async def activity(self, activity_id: str) -> Activity | None:

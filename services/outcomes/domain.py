@@ -167,9 +167,16 @@ def may_still_become_yours(case: Case, org: str) -> bool:
     return not (ready or settled)
 
 
-def decide(
-    case: Case | None, command: Command, rules: Rules, now: datetime
-) -> list[NewEvent] | Refusal:
+@dataclass(frozen=True)
+class Decision:
+    """What a command decided: the events to append, and the case after them (so that
+    whoever records the events can write the case without reading them back)."""
+
+    events: list[NewEvent]
+    after: Case
+
+
+def decide(case: Case | None, command: Command, rules: Rules, now: datetime) -> Decision | Refusal:
     """The events ``command`` records on ``case`` (``now``: the server's clock), or the
     ``Refusal`` to answer with (404, 403, 409 with the case's state, 422 naming the field).
     """
@@ -179,7 +186,7 @@ def decide(
         return refusal
 
 
-def _decide(case: Case | None, command: Command, rules: Rules, now: datetime) -> list[NewEvent]:
+def _decide(case: Case | None, command: Command, rules: Rules, now: datetime) -> Decision:
     if isinstance(command, RecordAttendance):
         return _attendance(case, command, now)
     if isinstance(command, FlagOverdue):
@@ -231,10 +238,11 @@ def _build(event_type: str, data: dict[str, Any]) -> EventModel:
         raise Invalid(str(err["msg"]).removeprefix("Value error, "), field=where) from None
 
 
-def _events(case: Case, actor: str, at: datetime, *models: EventModel) -> list[NewEvent]:
-    return [
+def _events(case: Case, actor: str, at: datetime, *models: EventModel) -> Decision:
+    events = [
         new_event(m, actor=actor, occurred_at=at, correlation_id=case.referral_id) for m in models
     ]
+    return Decision(events, evolve(case, models))
 
 
 def _overdue(case: Case, due: datetime, rules: Rules) -> EventModel:
@@ -251,7 +259,7 @@ def _overdue(case: Case, due: datetime, rules: Rules) -> EventModel:
 
 def _first_contact(
     case: Case, command: RecordFirstContact, rules: Rules, now: datetime
-) -> list[NewEvent]:
+) -> Decision:
     _check_time(command.contacted_at, case, now, "contacted_at")
     if case.first_contact_at is not None:
         raise Conflict("first contact is already recorded", state=case.public())
@@ -269,7 +277,7 @@ def _first_contact(
     return _events(case, command.org, command.contacted_at, *models)
 
 
-def _session(case: Case, command: RecordSession, now: datetime) -> list[NewEvent]:
+def _session(case: Case, command: RecordSession, now: datetime) -> Decision:
     _check_time(command.held_at, case, now, "held_at")
     data: dict[str, Any] = {
         "referral_id": case.referral_id,
@@ -282,7 +290,7 @@ def _session(case: Case, command: RecordSession, now: datetime) -> list[NewEvent
     return _events(case, command.org, command.held_at, _build("session-held", data))
 
 
-def _refer(case: Case, command: ReferToActivity, now: datetime) -> list[NewEvent]:
+def _refer(case: Case, command: ReferToActivity, now: datetime) -> Decision:
     _check_time(command.referred_at, case, now, "referred_at")
     activity = command.activity
     if activity is None:
@@ -301,7 +309,7 @@ def _refer(case: Case, command: ReferToActivity, now: datetime) -> list[NewEvent
     return _events(case, command.org, command.referred_at, _build("activity-referred", data))
 
 
-def _attendance(case: Case | None, command: RecordAttendance, now: datetime) -> list[NewEvent]:
+def _attendance(case: Case | None, command: RecordAttendance, now: datetime) -> Decision:
     link = None if case is None else case.activities.get(command.activity_id)
     if case is None or link is None:
         raise NotFound(
@@ -344,13 +352,13 @@ def _outcome_model(
     return _build("outcome-recorded", data)
 
 
-def _outcome(case: Case, command: RecordOutcome, now: datetime) -> list[NewEvent]:
+def _outcome(case: Case, command: RecordOutcome, now: datetime) -> Decision:
     _check_time(command.recorded_at, case, now, "recorded_at")
     model = _outcome_model(case, command.taken, command.timepoint, command.recorded_at)
     return _events(case, command.org, command.recorded_at, model)
 
 
-def _assessment(case: Case, command: RecordAssessment, now: datetime) -> list[NewEvent]:
+def _assessment(case: Case, command: RecordAssessment, now: datetime) -> Decision:
     _check_time(command.recorded_at, case, now, "recorded_at")
     names = [m.measure for m in command.measures]
     if len(set(names)) != len(names):
@@ -362,7 +370,7 @@ def _assessment(case: Case, command: RecordAssessment, now: datetime) -> list[Ne
     return _events(case, command.org, command.recorded_at, *models)
 
 
-def _close(case: Case, command: CloseReferral, now: datetime) -> list[NewEvent]:
+def _close(case: Case, command: CloseReferral, now: datetime) -> Decision:
     _check_time(command.closed_at, case, now, "closed_at")
     data = {
         "referral_id": case.referral_id,
@@ -372,7 +380,7 @@ def _close(case: Case, command: CloseReferral, now: datetime) -> list[NewEvent]:
     return _events(case, command.org, command.closed_at, _build("referral-closed", data))
 
 
-def _flag_overdue(case: Case | None, command: FlagOverdue, rules: Rules) -> list[NewEvent]:
+def _flag_overdue(case: Case | None, command: FlagOverdue, rules: Rules) -> Decision:
     """Flag a case nobody has contacted in time, once; the timer runs it on candidates a
     query picked, and this re-checks them on the state the append is decided on."""
     if case is None:
@@ -384,12 +392,12 @@ def _flag_overdue(case: Case | None, command: FlagOverdue, rules: Rules) -> list
         and case.status in ("routed", "accepted")
     )
     if not waiting or case.routed_at is None or case.routed_seen_at is None:
-        return []
+        return Decision([], case)
     due = first_contact_due(case, rules)
     # Loading a year of history: routed long ago in the world, but only just heard of.
     seen_due = add_local_days(case.routed_seen_at, rules.sla_days, rules.zone)
     if due >= command.now or seen_due >= command.now:
-        return []
+        return Decision([], case)
     return _events(case, "outcomes", due, _overdue(case, due, rules))
 
 

@@ -1,10 +1,12 @@
 """Outcomes' use cases: ``handle(command, uow)`` loads the case, decides, records.
 
-Each attempt is one unit of work: the case (outcomes' own events folded in) is read
-locked, ``domain.decide`` gives the events or the refusal, and the events are appended
-with the case's version as ``expected_version``; a ``VersionConflict`` (another writer
-appended first) re-reads and decides again. Refusals are raised to the entry point,
-which maps them to HTTP once (``web.errors``).
+Each attempt is one unit of work: the case (outcomes' own events folded in) is read,
+``domain.decide`` gives the events or the refusal, and the events are appended with the
+case's version as ``expected_version``; a ``VersionConflict`` (another writer appended
+first) rolls the unit back, and the next attempt re-reads and decides again. The first
+attempt is optimistic (no lock: partners mostly work on referrals nobody else touches);
+a retry locks the case, so writers queue on one referral instead of colliding again.
+Refusals are raised to the entry point, which maps them to HTTP once (``web.errors``).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from services.outcomes.unit_of_work import Casework, UnitOfWork
 from services.refusal import NotFound, NotYet, Refusal
 
 ATTEMPTS = 3
-"""Decisions tried per command before a conflict reaches the caller (as a 5xx: a bug)."""
+"""Decisions tried per command before a conflict reaches the caller (as a 5xx). Only the
+first is optimistic: a locked retry conflicts only with a writer that does not lock."""
 
 
 def rules_from_env() -> Rules:
@@ -48,7 +51,7 @@ async def _record(
     decision = decide(case, command, settings.rules, datetime.now(UTC))
     if isinstance(decision, Refusal):
         raise decision
-    if not decision or case is None:
+    if not decision.events or case is None:
         return []
     return await unit.record(case, decision)
 
@@ -64,11 +67,12 @@ async def handle(
     settings = settings or Settings()
     for attempt in range(1, ATTEMPTS + 1):
         try:
+            lock = attempt > 1
             if isinstance(command, RecordAttendance | FlagOverdue):  # not the holder's
                 async with uow.begin() as unit:
-                    case = await unit.case(command.referral_id, lock=True)
+                    case = await unit.case(command.referral_id, lock=lock)
                     return await _record(unit, case, command, settings)
-            return await _as_holder(command, uow, settings)
+            return await _as_holder(command, uow, settings, lock)
         except VersionConflict:
             if attempt == ATTEMPTS:
                 raise
@@ -76,7 +80,7 @@ async def handle(
 
 
 async def _as_holder(
-    command: CaseworkCommand, uow: UnitOfWork, settings: Settings
+    command: CaseworkCommand, uow: UnitOfWork, settings: Settings, lock: bool
 ) -> list[StoredEvent]:
     """Casework by the service holding the referral.
 
@@ -89,7 +93,7 @@ async def _as_holder(
     """
     rid, org = command.referral_id, command.org
     async with uow.begin() as unit:
-        case = await unit.case(rid, lock=True)
+        case = await unit.case(rid, lock=lock)
         if holds(case, org):
             return await _record(unit, case, command, settings)
     async with uow.begin(write=False) as unit:
@@ -105,7 +109,7 @@ async def _as_holder(
     if accepted:
         await _wait_for_routing(uow, rid, org, seen, settings.wait_for_routing)
     async with uow.begin() as unit:
-        return await _record(unit, await unit.case(rid, lock=True), command, settings)
+        return await _record(unit, await unit.case(rid, lock=lock), command, settings)
 
 
 async def _wait_for_routing(

@@ -10,7 +10,7 @@ for service tests with no I/O.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -19,9 +19,9 @@ from uuid import UUID
 
 from directory.model import Activity
 from eventstore.recorder import MemoryRecorder
-from eventstore.records import NewEvent, StoredEvent
+from eventstore.records import StoredEvent
 from schemas.registry import decode
-from services.outcomes.domain import Case, Rules, evolve
+from services.outcomes.domain import Case, Decision, Rules, evolve
 
 
 class Casework(Protocol):
@@ -31,9 +31,9 @@ class Casework(Protocol):
         """The case with outcomes' own events folded in (locked if ``lock``), or None."""
         ...
 
-    async def record(self, case: Case, events: Sequence[NewEvent]) -> list[StoredEvent]:
-        """Append ``events`` after ``case.version`` (``VersionConflict`` if the stream
-        moved on) and bring the case table up to date with them."""
+    async def record(self, case: Case, decision: Decision) -> list[StoredEvent]:
+        """Append the decision's events after ``case.version`` (``VersionConflict`` if the
+        stream moved on) and bring the case table up to ``decision.after``."""
         ...
 
     async def activity(self, activity_id: str) -> Activity | None:
@@ -87,8 +87,8 @@ class MemoryCasework:
         models = [decode(e.type, e.schema_version, e.data) for e in events]
         return evolve(replace(held, version=0), models)
 
-    async def record(self, case: Case, events: Sequence[NewEvent]) -> list[StoredEvent]:
-        return await self.world.recorder.append(case.referral_id, case.version, events)
+    async def record(self, case: Case, decision: Decision) -> list[StoredEvent]:
+        return await self.world.recorder.append(case.referral_id, case.version, decision.events)
 
     async def activity(self, activity_id: str) -> Activity | None:
         return self.world.activities.get(activity_id)

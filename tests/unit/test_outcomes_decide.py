@@ -39,17 +39,23 @@ def accepted(**changes: object) -> Case:
 def events(case: Case | None, command: c.Command) -> list[NewEvent]:
     decision = decide(case, command, RULES, NOW)
     assert not isinstance(decision, Refusal), decision.reason
-    return decision
+    return decision.events
 
 
 def refusal(case: Case | None, command: c.Command) -> Refusal:
     decision = decide(case, command, RULES, NOW)
-    assert isinstance(decision, Refusal), [e.type for e in decision]
+    assert isinstance(decision, Refusal), [e.type for e in decision.events]
     return decision
 
 
 def after(case: Case, command: c.Command) -> Case:
-    return evolve(case, [decode(e.type, e.schema_version, e.data) for e in events(case, command)])
+    """The case after the command: as the decision says, and as its events, stored and
+    read back, fold to (what the in-memory unit of work and a rebuild rely on)."""
+    decision = decide(case, command, RULES, NOW)
+    assert not isinstance(decision, Refusal), decision.reason
+    read_back = [decode(e.type, e.schema_version, e.data) for e in decision.events]
+    assert evolve(case, read_back) == decision.after
+    return decision.after
 
 
 def contact(at: datetime, org: str = "lw") -> c.RecordFirstContact:

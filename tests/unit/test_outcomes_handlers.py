@@ -8,7 +8,7 @@ another writer got there first), the SLA timer's once-only flag.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -22,7 +22,7 @@ from eventstore.recorder import VersionConflict
 from eventstore.records import NewEvent, StoredEvent
 from schemas.events.base import ContactMode, Need
 from services.outcomes import commands as c
-from services.outcomes.domain import Case, Rules
+from services.outcomes.domain import Case, Decision, Rules
 from services.outcomes.handlers import Settings, handle
 from services.outcomes.unit_of_work import Casework, MemoryCasework, MemoryUnitOfWork
 from services.refusal import Conflict, Forbidden, NotFound, NotYet
@@ -144,16 +144,16 @@ class RacingCasework(MemoryCasework):
         super().__init__(uow.world)
         self.uow = uow
 
-    async def record(self, case: Case, events: Sequence[NewEvent]) -> list[StoredEvent]:
+    async def record(self, case: Case, decision: Decision) -> list[StoredEvent]:
         if self.uow.rival:
             await self.world.recorder.append(case.referral_id, case.version, self.uow.rival)
             self.uow.rival = []
             try:
-                return await super().record(case, events)
+                return await super().record(case, decision)
             except VersionConflict:
                 self.uow.conflicts += 1
                 raise
-        return await super().record(case, events)
+        return await super().record(case, decision)
 
 
 def _rival_contact(rid: UUID) -> list[NewEvent]:
