@@ -25,6 +25,7 @@ from rich.console import Console
 from infra.settings import Settings
 from referralnet import endpoints
 from services.outcomes import adapters as outcomes
+from services.routing import adapters as routing
 
 Rows = Mapping[Any, Any]
 """Key → a dataclass row (compared field by field)."""
@@ -49,6 +50,18 @@ PROJECTIONS: tuple[Projection, ...] = (
         outcomes.cases_in_table,
         outcomes.write_cases,
         frozenset({"routed_seen_at"}),
+    ),
+    Projection(
+        "routing.cases",
+        routing.cases_from_stores,
+        routing.cases_in_table,
+        routing.write_cases,
+    ),
+    Projection(
+        "routing.capacity",
+        routing.caseloads_from_stores,
+        routing.caseloads_in_table,
+        routing.write_caseloads,
     ),
 )
 
@@ -97,7 +110,7 @@ async def rebuild(conn: AsyncConnection[Any], chosen: tuple[Projection, ...]) ->
 
 
 projections_app = typer.Typer(
-    help="Tables the services decide on (cases): verify or rebuild them from the stores.",
+    help="Tables the services decide on (cases, capacity): verify or rebuild them from the stores.",
     no_args_is_help=True,
 )
 console = Console(width=None if sys.stdout.isatty() else 120)

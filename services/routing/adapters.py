@@ -9,27 +9,32 @@ decisions never deadlock and the ledger's CHECK never lets a place be taken twic
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from psycopg import AsyncConnection
+from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
+from domain import lifecycle
 from eventstore.recorder import PostgresRecorder
 from eventstore.records import StoredEvent
-from schemas.events.referral import ReferralCreated
+from schemas.events.base import EventModel
+from schemas.events.referral import ReferralClosed, ReferralCreated
+from schemas.registry import decode
 from services.existence import known_to_intake
-from services.routing.domain import Candidate, Decision, RoutingCase
+from services.routing.domain import Candidate, Decision, RoutingCase, from_lifecycle
 from services.routing.store import STORE, sync_capacity
 from services.routing.unit_of_work import RoutingWork
 
 LOCK = "SELECT 1 FROM routing.cases WHERE referral_id = %s FOR UPDATE"
 CASE = (
     "SELECT c.referral_id, c.area, c.needs, c.age_band, c.status, c.service_org, c.tried, "
-    "c.holds_place, c.referred_at, coalesce((SELECT max(e.version) FROM routing.events e "
+    "c.holds_place, c.referred_at, c.urgency, c.referrer_org, "
+    "coalesce((SELECT max(e.version) FROM routing.events e "
     "WHERE e.stream_id = c.referral_id), 0) AS version FROM routing.cases c"
 )
 CANDIDATES = (
@@ -143,3 +148,102 @@ class PostgresUnitOfWork:
 
     def begin(self) -> AbstractAsyncContextManager[RoutingWork]:
         return self._unit()
+
+
+# --- the tables rebuilt from the stores (``referralnet projections``) --------------------
+
+
+async def _stream_events(
+    conn: AsyncConnection[Any], schema: str, types: Sequence[str] | None
+) -> list[tuple[UUID, EventModel]]:
+    cur = await conn.execute(
+        sql.SQL(
+            "SELECT stream_id, type, schema_version, data FROM {}.events "
+            "WHERE %s::text[] IS NULL OR type = ANY(%s) ORDER BY stream_id, version"
+        ).format(sql.Identifier(schema)),
+        (types, types),
+    )
+    return [(r[0], decode(r[1], r[2], r[3])) for r in await cur.fetchall()]
+
+
+async def cases_from_stores(conn: AsyncConnection[Any]) -> dict[UUID, RoutingCase]:
+    """Every case as the stores say: the referral's lifecycle folded over intake's
+    ``referral-created``, routing's own events and outcomes' ``referral-closed``."""
+    created: dict[UUID, ReferralCreated] = {}
+    for rid, model in await _stream_events(conn, "intake", [ReferralCreated.event_type]):
+        if isinstance(model, ReferralCreated):
+            created.setdefault(rid, model)
+    own: dict[UUID, list[EventModel]] = {}
+    for rid, model in await _stream_events(conn, "routing", None):
+        own.setdefault(rid, []).append(model)
+    closed = await _stream_events(conn, "outcomes", [ReferralClosed.event_type])
+    for rid, model in closed:
+        own.setdefault(rid, []).append(model)
+    cases = {}
+    for rid, events in own.items():
+        if rid not in created or not any(not isinstance(e, ReferralClosed) for e in events):
+            continue  # routing never opened it (a closing of a referral routing never saw)
+        state = lifecycle.fold([lifecycle.as_event(created[rid])])
+        state = lifecycle.fold((lifecycle.as_event(e) for e in events), state)
+        version = sum(not isinstance(e, ReferralClosed) for e in events)
+        cases[rid] = from_lifecycle(created[rid], state, version)
+    return cases
+
+
+async def cases_in_table(conn: AsyncConnection[Any]) -> dict[UUID, RoutingCase]:
+    """Every case as ``routing.cases`` holds it now."""
+    async with conn.cursor(row_factory=dict_row) as cur:
+        await cur.execute(CASE)
+        return {row["referral_id"]: case_from_row(row) for row in await cur.fetchall()}
+
+
+@dataclass(frozen=True)
+class Caseload:
+    """A service's places taken, as the ledger says (or as the cases say)."""
+
+    caseload: int
+
+
+async def caseloads_from_stores(conn: AsyncConnection[Any]) -> dict[str, Caseload]:
+    """Places taken per service: the cases, from the stores, that hold one there."""
+    cur = await conn.execute("SELECT service_org FROM routing.capacity")
+    loads = {row[0]: 0 for row in await cur.fetchall()}
+    for case in (await cases_from_stores(conn)).values():
+        if case.holds_place and case.service_org:
+            loads[case.service_org] = loads.get(case.service_org, 0) + 1
+    return {org: Caseload(n) for org, n in loads.items()}
+
+
+async def caseloads_in_table(conn: AsyncConnection[Any]) -> dict[str, Caseload]:
+    cur = await conn.execute("SELECT service_org, caseload FROM routing.capacity")
+    return {row[0]: Caseload(row[1]) for row in await cur.fetchall()}
+
+
+async def write_cases(conn: AsyncConnection[Any], cases: dict[UUID, RoutingCase]) -> None:
+    """Make ``routing.cases`` say ``cases`` (routing's writers wait meanwhile)."""
+    await conn.execute("LOCK TABLE routing.cases IN EXCLUSIVE MODE")
+    await conn.execute("DELETE FROM routing.cases WHERE NOT referral_id = ANY(%s)", (list(cases),))
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "INSERT INTO routing.cases (referral_id, area, needs, age_band, urgency, "
+            "referrer_org, status, service_org, tried, holds_place, referred_at, updated_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now()) "
+            "ON CONFLICT (referral_id) DO UPDATE SET status = EXCLUDED.status, "
+            "service_org = EXCLUDED.service_org, tried = EXCLUDED.tried, "
+            "holds_place = EXCLUDED.holds_place",
+            [
+                (c.referral_id, c.area, list(c.needs), c.age_band, c.urgency, c.referrer_org,
+                 c.status, c.service_org, list(c.tried), c.holds_place, c.referred_at)
+                for c in cases.values()
+            ],
+        )  # fmt: skip
+
+
+async def write_caseloads(conn: AsyncConnection[Any], loads: dict[str, Caseload]) -> None:
+    """Set each service's caseload in the ledger (routing's writers wait meanwhile)."""
+    await conn.execute("LOCK TABLE routing.capacity IN EXCLUSIVE MODE")
+    async with conn.cursor() as cur:
+        await cur.executemany(
+            "UPDATE routing.capacity SET caseload = %s WHERE service_org = %s",
+            [(load.caseload, org) for org, load in loads.items()],
+        )

@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
+from domain.lifecycle import Referral, Status
 from eventstore.records import NewEvent, new_event
 from schemas.events.base import EventModel
 from schemas.events.referral import (
@@ -118,6 +119,8 @@ class RoutingCase:
     holds_place: bool
     referred_at: datetime
     version: int = 0
+    urgency: str = ""
+    referrer_org: str = ""
 
     @property
     def case(self) -> Case:
@@ -149,6 +152,33 @@ def opened(created: ReferralCreated) -> RoutingCase:
         (),
         False,
         created.referred_at,
+        urgency=str(created.urgency),
+        referrer_org=created.referrer_org,
+    )
+
+
+_STATUS = {
+    Status.REFERRED: "new",
+    Status.ROUTED: "routed",
+    Status.DECLINED: "routed",  # a decline is always appended with its onward routing
+    Status.ACCEPTED: "accepted",
+    Status.IN_PROGRESS: "accepted",
+    Status.ESCALATED: "escalated",
+    Status.CLOSED: "closed",
+}
+
+
+def from_lifecycle(created: ReferralCreated, referral: Referral, version: int) -> RoutingCase:
+    """The case as routing keeps it, from the referral's lifecycle (``domain.lifecycle``
+    folded over the referral's creation, routing's own events and its closing)."""
+    status = _STATUS[referral.status] if referral.status else "new"
+    return replace(
+        opened(created),
+        status=status,
+        service_org=referral.parties.service_org,
+        tried=referral.parties.declined_by,
+        holds_place=status in ("routed", "accepted"),
+        version=version,
     )
 
 

@@ -28,6 +28,10 @@ from services.outcomes import store as outcomes
 from services.outcomes.adapters import PostgresUnitOfWork, cases_in_table
 from services.outcomes.handlers import handle
 from services.routing import store as routing
+from services.routing.adapters import PostgresUnitOfWork as RoutingUnitOfWork
+from services.routing.adapters import cases_in_table as routing_cases
+from services.routing.commands import ReleasePlace
+from services.routing.handlers import handle as routing_handle
 from tests.services.databases import BACKENDS, fresh_database
 
 BIN = Path(sys.executable).parent
@@ -55,11 +59,26 @@ async def test_handlers_write_the_fold_and_verify_names_the_first_drift(url: str
             await _append(conn, intake.STORE, j.intake, j.referral_id)
             await _append(conn, routing.STORE, j.routing, j.referral_id)
         await _append(conn, outcomes.STORE, done.outcomes, done.referral_id)
+        for org in {done.service, fresh.service}:
+            await conn.execute(
+                "INSERT INTO routing.capacity (service_org, areas, needs, min_age, "
+                "caseload_limit) VALUES (%s, '{north}', '{social-connection}', 16, 5)",
+                (org,),
+            )
 
         missing = await verify(conn, PROJECTIONS)
-        assert len(missing) == 1 and "in the stores, missing from the table" in missing[0]
-        assert await rebuild(conn, PROJECTIONS) == {"outcomes.cases": 2}
+        assert [m.split(" ")[0] for m in missing] == [p.name for p in PROJECTIONS]
+        assert all("in the stores, missing from the table" in m for m in missing[:2])
+        assert missing[2] == (
+            f"routing.capacity {fresh.service}: caseload is 0, the stores say 1"
+        ), missing[2]
+        assert await rebuild(conn, PROJECTIONS) == {
+            "outcomes.cases": 2,
+            "routing.cases": 2,
+            "routing.capacity": len({done.service, fresh.service}),
+        }
         assert await verify(conn, PROJECTIONS) == []
+        assert (await routing_cases(conn))[fresh.referral_id].holds_place
         table = await cases_in_table(conn)
         assert table[done.referral_id].status == "closed"
         assert table[done.referral_id].version == len(done.outcomes)
@@ -76,7 +95,17 @@ async def test_handlers_write_the_fold_and_verify_names_the_first_drift(url: str
         await handle(c.RecordFirstContact(rid, org, at, "phone"), uow)
         await handle(c.ReferToActivity(rid, org, "walk", walk, at), uow)
         await handle(c.RecordSession(rid, org, "group", 60, "in-person", at), uow)
-        await handle(c.CloseReferral(rid, org, "completed", at + timedelta(days=1)), uow)
+        closed_at = at + timedelta(days=1)
+        await handle(c.CloseReferral(rid, org, "completed", closed_at), uow)
+        trailing = await verify(conn, PROJECTIONS)  # routing has not heard yet
+        assert [t.split(":")[0] for t in trailing] == [
+            f"routing.cases {rid}",
+            f"routing.capacity {org}",
+        ], trailing
+        assert trailing[0].endswith("status is 'accepted', the stores say 'closed'")
+        # what routing's consumer does with the referral-closed: the place is free
+        in_conn = RoutingUnitOfWork(lambda: nullcontext(conn))
+        assert await routing_handle(ReleasePlace(rid, closed_at), in_conn) is not None
         assert await verify(conn, PROJECTIONS) == []
         seen = (await cases_in_table(conn))[rid].routed_seen_at
 
