@@ -31,7 +31,7 @@ def _event(n: int) -> NewEvent:
     )
 
 
-@pytest.fixture(params=["memory", *BACKENDS])
+@pytest.fixture(params=[pytest.param("memory", marks=pytest.mark.service), *BACKENDS])
 async def recorders(request: pytest.FixtureRequest) -> AsyncIterator[RecorderFactory]:
     if request.param == "memory":
         memory = MemoryRecorder()
