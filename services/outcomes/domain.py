@@ -176,6 +176,17 @@ class Decision:
     after: Case
 
 
+def behind_routing(case: Case, holder: tuple[str, str] | None, org: str) -> bool:
+    """Outcomes has not yet heard what routing decided (``holder``: routing's
+    (service_org, status), None while unrouted), and what is on its way may concern
+    ``org``: answer 409 not-yet rather than judge on the stale case."""
+    settled = case.status in ("closed", "escalated") or (
+        case.status == "accepted" and case.service_org != org
+    )
+    lagging = holder is None or (case.service_org, case.status) != holder
+    return not settled and lagging and (holder is None or holder[0] == org)
+
+
 def decide(case: Case | None, command: Command, rules: Rules, now: datetime) -> Decision | Refusal:
     """The events ``command`` records on ``case`` (``now``: the server's clock), or the
     ``Refusal`` to answer with (404, 403, 409 with the case's state, 422 naming the field).

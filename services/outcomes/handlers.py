@@ -21,7 +21,14 @@ from eventstore.recorder import VersionConflict
 from eventstore.records import StoredEvent
 from infra.local_time import alliance_zone
 from services.outcomes.commands import CaseworkCommand, Command, FlagOverdue, RecordAttendance
-from services.outcomes.domain import Case, Rules, decide, holds, may_still_become_yours
+from services.outcomes.domain import (
+    Case,
+    Rules,
+    behind_routing,
+    decide,
+    holds,
+    may_still_become_yours,
+)
 from services.outcomes.unit_of_work import Casework, UnitOfWork
 from services.refusal import NotFound, NotYet, Refusal
 
@@ -100,12 +107,15 @@ async def _as_holder(
         seen = await unit.case(rid)
         # routing writes the acceptance in the accept request's own transaction: only
         # then is an answer on its way to outcomes, worth waiting for
-        accepted = await unit.routing_holder(rid) == (org, "accepted")
+        holder = await unit.routing_holder(rid)
+        accepted = holder == (org, "accepted")
         made = seen is not None or accepted or await unit.known_to_intake(rid)
     if not made:  # nobody ever made it: say so at once
         raise NotFound(f"no referral {rid}")
     if seen is None and not accepted:
         raise NotYet("the referral is not known to outcomes yet; retry shortly")
+    if seen is not None and not accepted and behind_routing(seen, holder, org):
+        raise NotYet(f"referral {rid} has not reached outcomes yet; retry shortly")
     if accepted:
         await _wait_for_routing(uow, rid, org, seen, settings.wait_for_routing)
     async with uow.begin() as unit:

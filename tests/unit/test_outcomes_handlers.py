@@ -80,6 +80,24 @@ async def test_unknown_is_404_and_made_but_unheard_is_409_not_yet_at_once() -> N
 
 
 @pytest.mark.parametrize(
+    ("routing", "refusal"),
+    [(None, NotYet), (("lw", "routed"), NotYet), (("other", "routed"), Forbidden)],
+)
+async def test_outcomes_behind_routing_is_409_not_yet_unless_it_is_someone_elses(
+    routing: tuple[str, str] | None, refusal: type[Exception]
+) -> None:
+    """Outcomes has heard of the referral (status "new") but not yet where routing sent
+    it: the caller it may concern hears "not yet", anyone else 403, both at once."""
+    uow, rid = world("new", None)
+    if routing:
+        uow.world.routing[rid] = routing
+    with pytest.raises(refusal):
+        await handle(contact(rid), uow, SETTINGS)
+    # the ready check, one look (and for a refusal on the case, deciding): no waiting
+    assert uow.units == (2 if refusal is NotYet else 3)
+
+
+@pytest.mark.parametrize(
     ("status", "holder", "refusal"),
     [("routed", "lw", Conflict), ("accepted", "other", Forbidden), ("escalated", None, Forbidden)],
 )
