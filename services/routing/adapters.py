@@ -72,12 +72,22 @@ class PostgresRoutingWork:
         )
         return await cur.fetchone() is not None
 
-    async def case(self, referral_id: UUID) -> RoutingCase | None:
-        # The lock by a statement of its own: one that waited for the row lock would read
-        # the stream's version as it was before the writer it waited for.
+    async def case(
+        self, referral_id: UUID, *, lock: bool = True, versioned: bool = True
+    ) -> RoutingCase | None:
+        # The lock by a statement of its own: one that waited for the row lock reads the
+        # row as the writer it waited for left it, but the stream's version (a subquery)
+        # as it was before; unless the version does not matter, read after locking.
         async with self.conn.cursor(row_factory=dict_row) as cur:
-            async with self.conn.pipeline():
-                await self.conn.execute(LOCK, (referral_id,))
+            if lock and not versioned:
+                await cur.execute(
+                    CASE + " WHERE c.referral_id = %s FOR UPDATE OF c", (referral_id,)
+                )
+            elif lock:
+                async with self.conn.pipeline():
+                    await self.conn.execute(LOCK, (referral_id,))
+                    await cur.execute(CASE + " WHERE c.referral_id = %s", (referral_id,))
+            else:
                 await cur.execute(CASE + " WHERE c.referral_id = %s", (referral_id,))
             row = await cur.fetchone()
         return case_from_row(row) if row else None

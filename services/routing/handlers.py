@@ -51,7 +51,8 @@ async def _once(command: Command, work: RoutingWork) -> RoutingCase | None:
         case OpenCase():
             if not await work.open(command.created, command.at):
                 return None
-            case = await work.case(command.created.referral_id)
+            # the insert took the row's lock: nobody can have written since
+            case = await work.case(command.created.referral_id, lock=False)
             assert case is not None
             candidates = await work.candidates(case.area)
             if not candidates:  # a service may have joined since the ledger was synced
@@ -72,7 +73,7 @@ async def _once(command: Command, work: RoutingWork) -> RoutingCase | None:
             decision = domain.decline(case, command, candidates, datetime.now(UTC))
             at = command.declined_at
         case ReleasePlace():
-            found = await work.case(command.referral_id)
+            found = await work.case(command.referral_id, versioned=False)  # no event
             if found is None:
                 return None
             case, decision, at = found, domain.release(found), command.at

@@ -28,8 +28,12 @@ class RoutingWork(Protocol):
         """Record the case ``created`` starts; False if it was there (a redelivery)."""
         ...
 
-    async def case(self, referral_id: UUID) -> RoutingCase | None:
-        """The case, locked for this unit, with its stream's version; None if unknown."""
+    async def case(
+        self, referral_id: UUID, *, lock: bool = True, versioned: bool = True
+    ) -> RoutingCase | None:
+        """The case, locked for this unit (``lock=False``: this unit already holds it,
+        having just opened it), with its stream's version; None if unknown.
+        ``versioned=False``: the version may be stale (for decisions that append nothing)."""
         ...
 
     async def candidates(self, area: str) -> list[Candidate]:
@@ -85,7 +89,9 @@ class MemoryRoutingWork:
         self.world.cases[created.referral_id] = opened(created)
         return True
 
-    async def case(self, referral_id: UUID) -> RoutingCase | None:
+    async def case(
+        self, referral_id: UUID, *, lock: bool = True, versioned: bool = True
+    ) -> RoutingCase | None:
         case = self.world.cases.get(referral_id)
         if case is None:
             return None
