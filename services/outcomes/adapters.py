@@ -26,7 +26,8 @@ from schemas.events.base import EventModel
 from schemas.events.referral import ReferralCreated
 from schemas.registry import decode
 from services.existence import known_to_intake, routing_holder
-from services.outcomes.domain import ActivityLink, Case, Decision, Rules, evolve, hear, opened
+from services.outcomes.domain import ActivityLink, Case, Decision, Rules, evolve
+from services.outcomes.routing_answers import hear, opened
 from services.outcomes.store import STORE
 from services.outcomes.unit_of_work import Casework
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
-from functools import singledispatch
 from typing import Any, assert_never
 from uuid import UUID
 from zoneinfo import ZoneInfo
@@ -26,12 +25,6 @@ from eventstore.records import NewEvent, new_event
 from infra.local_time import add_local_days
 from schemas.events.activity import ActivityReferred
 from schemas.events.base import EventModel
-from schemas.events.referral import (
-    ReferralAccepted,
-    ReferralDeclined,
-    ReferralEscalated,
-    ReferralRouted,
-)
 from schemas.measures import Measure, MeasureError, score_outcome
 from schemas.registry import latest_version, model_for
 from services.outcomes.commands import (
@@ -410,44 +403,3 @@ def _flag_overdue(case: Case | None, command: FlagOverdue, rules: Rules) -> Deci
     if due >= command.now or seen_due >= command.now:
         return Decision([], case)
     return _events(case, "outcomes", due, _overdue(case, due, rules))
-
-
-def opened(referral_id: UUID, referrer_org: str, referred_at: datetime) -> Case:
-    """A case as ``referral-created`` starts it (status "new", nobody holds it yet)."""
-    return Case(referral_id, referrer_org, referred_at, None, "new", None, None)
-
-
-@singledispatch
-def hear(model: EventModel, case: Case, at: datetime) -> Case:
-    """What routing's answer (an event of the journey log at ``at``) changes in the case.
-
-    The consumer (``projection.CaseProjection``) applies the same rules in SQL as events
-    arrive; ``referralnet projections verify`` checks that the two agree.
-    """
-    return case
-
-
-@hear.register
-def _(model: ReferralRouted, case: Case, at: datetime) -> Case:
-    return replace(
-        case, service_org=model.service_org, status="routed", routed_at=at, accepted_at=None
-    )
-
-
-@hear.register
-def _(model: ReferralAccepted, case: Case, at: datetime) -> Case:
-    if case.service_org != model.service_org:
-        return case
-    return replace(case, status="accepted", accepted_at=at)
-
-
-@hear.register
-def _(model: ReferralDeclined, case: Case, at: datetime) -> Case:
-    if case.service_org != model.service_org or case.status != "routed":
-        return case
-    return replace(case, status="declined")
-
-
-@hear.register
-def _(model: ReferralEscalated, case: Case, at: datetime) -> Case:
-    return replace(case, status="escalated", service_org=None)

@@ -19,7 +19,8 @@ from eventstore.records import NewEvent
 from schemas.events.base import Need
 from schemas.registry import decode
 from services.outcomes import commands as c
-from services.outcomes.domain import Case, Rules, decide, evolve, hear, opened
+from services.outcomes.domain import Case, Rules, decide, evolve
+from services.outcomes.routing_answers import hear, opened
 from services.refusal import Conflict, Forbidden, Invalid, NotFound, NotYet, Refusal
 
 pytestmark = pytest.mark.domain
