@@ -28,8 +28,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)  ## only the tests that need no broker or database
-	$(BIN)/pytest -m "not infra"
+unit: $(STAMP)  ## the two fast speeds: domain (pure) and service (handlers on in-memory fakes)
+	$(BIN)/pytest -q -p no:cacheprovider -m "domain or service" tests/unit tests/store/test_recorder.py
 
 bench: $(STAMP)  ## measure against baselines and peers; writes docs/benchmarks.md and .json
 	$(BIN)/python -m bench $(BENCH_ARGS)

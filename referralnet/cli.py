@@ -27,6 +27,7 @@ from infra.local_time import NotADate, parse_instant, zone_named
 from infra.logging import configure_logging
 from referralnet import endpoints, journey, render
 from referralnet.infra_cli import infra_app
+from referralnet.ops.projections import projections_app
 from referralnet.registration import register
 from referralnet.settings import Settings
 from services.refusal import Invalid
@@ -43,6 +44,7 @@ app = typer.Typer(
 directory_app = typer.Typer(help="The alliance directory: partners, services, activities.")
 app.add_typer(directory_app, name="directory")
 app.add_typer(infra_app, name="infra")
+app.add_typer(projections_app, name="projections")
 console = Console(width=None if sys.stdout.isatty() else 120)
 
 

@@ -1,21 +1,22 @@
-"""Outcomes' HTTP routes: casework by the routed service, attendance by providers."""
+"""Outcomes' HTTP routes: parse the request, build the command, hand it to the handler.
+
+Casework by the routed service and attendance by providers; the rules are in
+``domain``, the use cases in ``handlers``, the SQL in ``adapters``.
+"""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Path
-from psycopg import AsyncConnection
-from psycopg.rows import dict_row
 
 from directory import store as directory
 from directory.model import SLUG
 from eventstore.records import StoredEvent
-from services.existence import known_to_intake, routing_holder
-from services.outcomes import casework
+from services.outcomes import commands
+from services.outcomes.adapters import PostgresUnitOfWork
+from services.outcomes.handlers import handle
 from services.outcomes.requests import (
     ActivityReferral,
     Assessment,
@@ -23,12 +24,12 @@ from services.outcomes.requests import (
     Attendance,
     Closing,
     FirstContact,
+    MeasureTaken,
     OutcomeRecord,
     Recorded,
     SessionHeld,
 )
-from services.refusal import NotFound, NotYet
-from web.deps import Caller, Conn, Pool
+from web.deps import Caller, Pool
 from web.errors import ERROR_RESPONSES
 
 router = APIRouter(tags=["outcomes"])
@@ -47,82 +48,13 @@ def _recorded(event: StoredEvent) -> Recorded:
     )
 
 
-Act = Callable[[AsyncConnection[Any], casework.CaseState], Awaitable[list[StoredEvent]]]
+def _taken(m: MeasureTaken) -> commands.MeasureTaken:
+    return commands.MeasureTaken(m.measure, None if m.items is None else tuple(m.items), m.score)
 
 
-def _one(
-    act: Callable[[AsyncConnection[Any], casework.CaseState], Awaitable[StoredEvent]],
-) -> Act:
-    async def many(conn: AsyncConnection[Any], case: casework.CaseState) -> list[StoredEvent]:
-        return [await act(conn, case)]
-
-    return many
-
-
-async def _peek(conn: AsyncConnection[Any], referral_id: UUID) -> casework.CaseState | None:
-    """The case as outcomes knows it now (no lock, no transaction)."""
-    async with conn.cursor(row_factory=dict_row) as cur:
-        await cur.execute(
-            f"SELECT {casework.CASE_COLUMNS} FROM outcomes.cases WHERE referral_id = %s",
-            (referral_id,),
-        )
-        row = await cur.fetchone()
-    return casework.CaseState(**row) if row else None
-
-
-def _may_still_become_yours(case: casework.CaseState, org_id: str) -> bool:
-    """Routing's answer may still be on its way to outcomes: the case is neither yours
-    and accepted (ready), nor settled (closed, escalated, accepted by another service)."""
-    ready = case.service_org == org_id and case.status in ("accepted", "closed")
-    settled = case.status in ("closed", "escalated") or (
-        case.status == "accepted" and case.service_org != org_id
-    )
-    return not (ready or settled)
-
-
-async def _as_holder(db: Pool, referral_id: UUID, org_id: str, act: Act) -> list[Recorded]:
-    """Run a casework command for the service holding the referral, in one transaction
-    with the case locked.
-
-    A referral nobody ever made is 404 at once; one intake made but outcomes has not
-    heard of yet is 409 not-yet-known with Retry-After, at once; one not accepted by the
-    caller is 403/409 at once. Only when routing has recorded the caller's acceptance and
-    outcomes has not heard of it yet does the call wait for it (up to
-    ``casework.wait_for_routing()`` seconds), *without holding a pooled connection*: one
-    partner can never take connections from another (issue 12, finding 7).
-    """
-    async with db.connection() as conn:
-        async with conn.transaction():
-            case = await casework.ready_case(conn, referral_id, org_id)
-            if case is not None:
-                return [_recorded(e) for e in await act(conn, case)]
-        seen = await _peek(conn, referral_id)
-        # routing writes the acceptance in the accept request's own transaction: only
-        # then is an answer on its way to outcomes, worth waiting for
-        accepted = await routing_holder(conn, referral_id) == (org_id, "accepted")
-    if seen is None and not accepted:
-        async with db.connection() as conn:
-            made = await known_to_intake(conn, referral_id)
-        if not made:  # nobody ever made it: say so at once
-            raise NotFound(f"no referral {referral_id}")
-        raise NotYet("the referral is not known to outcomes yet; retry shortly")
-    if not accepted:  # nothing is on its way: answer now (403 / 409 with the state)
-        async with db.connection() as conn, conn.transaction():
-            case = await casework.case_for(conn, referral_id, org_id)
-            return [_recorded(e) for e in await act(conn, case)]
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + casework.wait_for_routing()
-    pause = 0.02
-    while (seen is None or _may_still_become_yours(seen, org_id)) and loop.time() < deadline:
-        await asyncio.sleep(pause)  # polling a projection another process updates
-        pause = min(pause * 2, 0.25)
-        async with db.connection() as conn:
-            seen = await _peek(conn, referral_id) or seen
-    if seen is None:
-        raise NotYet("the referral is not known to outcomes yet; retry shortly")
-    async with db.connection() as conn, conn.transaction():
-        case = await casework.case_for(conn, referral_id, org_id)
-        return [_recorded(e) for e in await act(conn, case)]
+async def _one(command: commands.Command, db: Pool) -> Recorded:
+    stored = await handle(command, PostgresUnitOfWork(db.connection))
+    return _recorded(stored[-1])
 
 
 @router.post(
@@ -133,8 +65,8 @@ async def _as_holder(db: Pool, referral_id: UUID, org_id: str, act: Act) -> list
 )
 async def first_contact(referral_id: UUID, body: FirstContact, org: Caller, db: Pool) -> Recorded:
     """First contact with the person (flags a breach of the first-contact SLA)."""
-    act = _one(lambda conn, case: casework.first_contact(conn, case, org.id, body))
-    return (await _as_holder(db, referral_id, org.id, act))[0]
+    command = commands.RecordFirstContact(referral_id, org.id, body.contacted_at, body.mode)
+    return await _one(command, db)
 
 
 @router.post(
@@ -145,8 +77,10 @@ async def first_contact(referral_id: UUID, body: FirstContact, org: Caller, db: 
 )
 async def session(referral_id: UUID, body: SessionHeld, org: Caller, db: Pool) -> Recorded:
     """A session the link worker held with the person."""
-    act = _one(lambda conn, case: casework.session(conn, case, org.id, body))
-    return (await _as_holder(db, referral_id, org.id, act))[0]
+    command = commands.RecordSession(
+        referral_id, org.id, body.kind, body.minutes, body.mode, body.held_at
+    )
+    return await _one(command, db)
 
 
 @router.post(
@@ -161,8 +95,10 @@ async def refer_to_activity(
     """Connect the person to an onward activity from the directory."""
     async with db.connection() as conn:
         activity = await directory.activity(conn, body.activity_id)
-    act = _one(lambda conn, case: casework.refer_to_activity(conn, case, org.id, body, activity))
-    return (await _as_holder(db, referral_id, org.id, act))[0]
+    command = commands.ReferToActivity(
+        referral_id, org.id, body.activity_id, activity, body.referred_at
+    )
+    return await _one(command, db)
 
 
 @router.post(
@@ -176,11 +112,13 @@ async def attendance(
     activity_id: Annotated[str, Path(min_length=2, max_length=63, pattern=SLUG)],
     body: Attendance,
     org: Caller,
-    conn: Conn,
+    db: Pool,
 ) -> Recorded:
     """The activity's provider records whether the person came."""
-    async with conn.transaction():
-        return _recorded(await casework.attendance(conn, referral_id, activity_id, org.id, body))
+    command = commands.RecordAttendance(
+        referral_id, org.id, activity_id, body.attended_at, body.attended
+    )
+    return await _one(command, db)
 
 
 @router.post(
@@ -191,8 +129,10 @@ async def attendance(
 )
 async def outcome(referral_id: UUID, body: OutcomeRecord, org: Caller, db: Pool) -> Recorded:
     """An outcome measure, validated against its real range (422 names field and range)."""
-    act = _one(lambda conn, case: casework.outcome(conn, case, org.id, body))
-    return (await _as_holder(db, referral_id, org.id, act))[0]
+    command = commands.RecordOutcome(
+        referral_id, org.id, _taken(body), body.timepoint, body.recorded_at
+    )
+    return await _one(command, db)
 
 
 @router.post(
@@ -206,10 +146,15 @@ async def assessment(
 ) -> AssessmentRecorded:
     """Several measures taken at one sitting: one ``outcome-recorded`` event each, all
     stored or (any out of range: 422 naming ``measures[i]`` and the item) none."""
-    recorded = await _as_holder(
-        db, referral_id, org.id, lambda conn, case: casework.assessment(conn, case, org.id, body)
+    command = commands.RecordAssessment(
+        referral_id,
+        org.id,
+        tuple(_taken(m) for m in body.measures),
+        body.timepoint,
+        body.recorded_at,
     )
-    return AssessmentRecorded(referral_id=referral_id, recorded=recorded)
+    stored = await handle(command, PostgresUnitOfWork(db.connection))
+    return AssessmentRecorded(referral_id=referral_id, recorded=[_recorded(e) for e in stored])
 
 
 @router.post(
@@ -220,5 +165,5 @@ async def assessment(
 )
 async def close(referral_id: UUID, body: Closing, org: Caller, db: Pool) -> Recorded:
     """Close the referral with a reason (frees the service's place; tells the referrer)."""
-    act = _one(lambda conn, case: casework.close(conn, case, org.id, body))
-    return (await _as_holder(db, referral_id, org.id, act))[0]
+    command = commands.CloseReferral(referral_id, org.id, body.reason, body.closed_at)
+    return await _one(command, db)

@@ -1,4 +1,9 @@
-"""Outcomes learns from the journey log which service holds which referral."""
+"""Outcomes learns from the journey log which service holds which referral.
+
+The same rules as ``domain.hear`` (which ``referralnet projections`` folds the stores
+with), written as one set-based statement per event so the consumer stays one round
+trip an event; ``projections verify`` checks the two agree.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +15,27 @@ from psycopg import AsyncConnection
 
 from bus.tracking import Outgoing
 from schemas.envelope import CloudEvent
+from schemas.events.base import EventModel
+from schemas.events.referral import (
+    ReferralAccepted,
+    ReferralCreated,
+    ReferralDeclined,
+    ReferralEscalated,
+    ReferralRouted,
+)
 
-UPDATES = {
-    "referral-routed": "UPDATE outcomes.cases SET service_org = %(service_org)s, "
+UPDATES: dict[type[EventModel], str] = {
+    ReferralRouted: "UPDATE outcomes.cases SET service_org = %(service_org)s, "
     "status = 'routed', routed_at = %(at)s, routed_seen_at = now(), accepted_at = NULL "
     "WHERE referral_id = %(id)s",
-    "referral-accepted": "UPDATE outcomes.cases SET status = 'accepted', accepted_at = %(at)s "
+    ReferralAccepted: "UPDATE outcomes.cases SET status = 'accepted', accepted_at = %(at)s "
     "WHERE referral_id = %(id)s AND service_org = %(service_org)s",
-    "referral-declined": "UPDATE outcomes.cases SET status = 'declined' "
+    ReferralDeclined: "UPDATE outcomes.cases SET status = 'declined' "
     "WHERE referral_id = %(id)s AND service_org = %(service_org)s AND status = 'routed'",
-    "referral-escalated": "UPDATE outcomes.cases SET status = 'escalated', service_org = NULL "
+    ReferralEscalated: "UPDATE outcomes.cases SET status = 'escalated', service_org = NULL "
     "WHERE referral_id = %(id)s",
 }
+"""Routing's answers, by event class."""
 
 
 class CaseProjection:
@@ -29,21 +43,23 @@ class CaseProjection:
 
     consumer = "outcomes"
     schema = "outcomes"
-    interested_in: frozenset[str] | None = frozenset({"referral-created", *UPDATES})
+    interested_in: frozenset[str] | None = frozenset(
+        [ReferralCreated.event_type, *(m.event_type for m in UPDATES)]
+    )
     may_reject = False
 
     async def apply(
         self, conn: AsyncConnection[Any], event: CloudEvent, model: Any
     ) -> Sequence[Outgoing]:
-        if event.type == "referral-created":
+        if isinstance(model, ReferralCreated):
             await conn.execute(
                 "INSERT INTO outcomes.cases (referral_id, referrer_org, referred_at, status) "
                 "VALUES (%s, %s, %s, 'new') ON CONFLICT DO NOTHING",
                 (UUID(event.subject), model.referrer_org, model.referred_at),
             )
-        elif event.type in UPDATES:
+        elif type(model) in UPDATES:
             await conn.execute(
-                UPDATES[event.type],
+                UPDATES[type(model)],
                 {
                     "id": UUID(event.subject),
                     "service_org": getattr(model, "service_org", None),

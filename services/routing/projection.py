@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 from uuid import UUID
 
@@ -10,22 +11,31 @@ from psycopg import AsyncConnection
 
 from bus.tracking import Outgoing
 from schemas.envelope import CloudEvent
-from services.routing.cases import close_case, open_case
+from schemas.events.referral import ReferralClosed, ReferralCreated
+from services.routing.adapters import PostgresUnitOfWork
+from services.routing.commands import OpenCase, ReleasePlace
+from services.routing.handlers import handle
 
 
 class RoutingProjection:
-    """Consumer ``routing``: its position and dedup live in the ``routing`` schema."""
+    """Consumer ``routing``: its position and dedup live in the ``routing`` schema.
+
+    A thin entry point: the event becomes a command, handled in the consumer's own
+    transaction (where its position is written too)."""
 
     consumer = "routing"
     schema = "routing"
-    interested_in: frozenset[str] | None = frozenset({"referral-created", "referral-closed"})
+    interested_in: frozenset[str] | None = frozenset(
+        {ReferralCreated.event_type, ReferralClosed.event_type}
+    )
     may_reject = False
 
     async def apply(
         self, conn: AsyncConnection[Any], event: CloudEvent, model: Any
     ) -> Sequence[Outgoing]:
-        if event.type == "referral-created":
-            await open_case(conn, model, event_id=event.id, at=event.time)
-        elif event.type == "referral-closed":
-            await close_case(conn, UUID(event.subject), event.time)
+        uow = PostgresUnitOfWork(lambda: nullcontext(conn), transaction=False)
+        if isinstance(model, ReferralCreated):
+            await handle(OpenCase(model, event.id, event.time), uow)
+        elif isinstance(model, ReferralClosed):
+            await handle(ReleasePlace(UUID(event.subject), event.time), uow)
         return ()

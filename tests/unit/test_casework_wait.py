@@ -7,12 +7,12 @@ def test_casework_waits_for_routing_only_while_the_case_can_still_become_yours()
     from datetime import UTC, datetime
     from uuid import uuid4
 
-    from services.outcomes.api import _may_still_become_yours
-    from services.outcomes.casework import CaseState
+    from services.outcomes.domain import Case
+    from services.outcomes.domain import may_still_become_yours as _may_still_become_yours
 
-    def case(status: str, service: str | None) -> CaseState:
+    def case(status: str, service: str | None) -> Case:
         at = datetime(2026, 1, 5, tzinfo=UTC)
-        return CaseState(uuid4(), "gp", at, service, status, None, None, None, False, None)
+        return Case(uuid4(), "gp", at, service, status, None, None, None, False, None)
 
     # outcomes' own spelling of a case it has only seen created is "new"
     for waiting in (case("new", None), case("routed", "lw"), case("routed", None)):

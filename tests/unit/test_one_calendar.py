@@ -197,9 +197,11 @@ def test_age_at_referral_does_not_depend_on_the_offset(instant: datetime, tz: An
 def test_the_first_contact_sla_counts_local_days_across_the_clock_change() -> None:
     from uuid import UUID
 
-    from services.outcomes.casework import CaseState, first_contact_due
+    from services.outcomes.domain import Case, Rules, first_contact_due
 
     routed = datetime(2026, 10, 23, 9, 0, tzinfo=LONDON)  # Friday 09:00 BST
-    case = CaseState(UUID(int=1), "gp", routed, "lw", "routed", routed, None, None, False, None)
-    due = first_contact_due(case)  # 7 days: Friday 09:00 GMT, 25 hours later in UTC terms
+    case = Case(UUID(int=1), "gp", routed, "lw", "routed", routed, None, None, False, None)
+    due = first_contact_due(
+        case, Rules(7, ZoneInfo("Europe/London"))
+    )  # 7 days: Friday 09:00 GMT, 25 hours later in UTC terms
     assert due.astimezone(LONDON).replace(tzinfo=None) == datetime(2026, 10, 30, 9, 0)
