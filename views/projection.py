@@ -45,11 +45,7 @@ HANDLES: frozenset[type[EventModel]] = frozenset(lifecycle.EVENT_CLASSES)
 IGNORES: frozenset[type[EventModel]] = frozenset()
 
 
-def _status_moves(event_class: type[EventModel], moves: dict[Status, Status]) -> None:
-    """Follow one event on every status the stored row might have (``moves``: stored →
-    after); the rules are the lifecycle's, so none is written out here."""
-    for stored, now in moves.items():
-        moves[stored] = lifecycle.next_status(now, event_class) or now
+_UNMOVED: dict[Status, Status] = {s: s for s in Status}
 
 
 @dataclass
@@ -68,10 +64,12 @@ class ReferralChange:
     def fold(self, event: CloudEvent, model: LifecycleEvent) -> None:
         """Add one event (its time: the envelope's ``ce_time``)."""
         self.state = lifecycle.apply(self.state, model, at=event.time)
-        if type(model) in lifecycle.STATUS_RULES:
-            if self.moves is None:
-                self.moves = {s: s for s in Status}
-            _status_moves(type(model), self.moves)
+        # follow the event on every status the stored row might have (stored → after);
+        # the rules are the lifecycle's, so none is written out here
+        after = lifecycle.STATUS_TRANSITIONS.get(type(model))
+        if after is not None:
+            moves = self.moves or _UNMOVED
+            self.moves = {stored: after[now] or now for stored, now in moves.items()}
 
     def status_moves(self) -> Jsonb | None:
         """``{stored status: new status}`` for the statuses the batch changes; None: none."""
