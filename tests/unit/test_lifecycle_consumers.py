@@ -183,7 +183,7 @@ def test_routed_sets_the_status_whatever_was_stored() -> None:
 
 def test_memory_distributor_follows_the_lifecycle_parties() -> None:
     memory = MemoryDistributor([COMMISSIONER], b"secret")
-    steps = [
+    steps: list[LifecycleEvent] = [
         created(),
         routed("lw-a"),
         declined("lw-a"),
