@@ -45,6 +45,9 @@ HANDLES: frozenset[type[EventModel]] = frozenset(lifecycle.EVENT_CLASSES)
 IGNORES: frozenset[type[EventModel]] = frozenset()
 
 
+FIRST_STATUS = str(lifecycle.next_status(None, ReferralCreated))
+"""The status a row starts with (the lifecycle's, after ``referral-created``)."""
+
 _UNMOVED: dict[Status, Status] = {s: s for s in Status}
 
 
@@ -147,7 +150,7 @@ _INSERT_REFERRALS = (
     "urgency, area, age_band, status, referred_at, last_event_at) "
     "SELECT c.id, c.person_ref, c.referrer_org, c.referrer_kind, "
     "ARRAY(SELECT jsonb_array_elements_text(c.needs)), c.urgency, c.area, c.age_band, "
-    "'referred', c.referred_at, c.referred_at FROM unnest(%s::uuid[], %s::text[], %s::text[], "
+    "%s::text, c.referred_at, c.referred_at FROM unnest(%s::uuid[], %s::text[], %s::text[], "
     "%s::text[], %s::jsonb[], %s::text[], %s::text[], %s::text[], %s::timestamptz[]) "
     "AS c(id, person_ref, referrer_org, referrer_kind, needs, urgency, area, age_band, "
     "referred_at) ON CONFLICT (referral_id) DO NOTHING"
@@ -243,7 +246,9 @@ class ViewProjection:
             rows["timeline"].add(event.id, rid, event.type, event.time, event.actor)
             changes.setdefault(rid, ReferralChange()).fold(event, model)
         statements: list[tuple[str, list[Any]]] = [
-            (name, r.columns) for name, r in rows.items() if r and name != "timeline"
+            (name, [FIRST_STATUS, *r.columns] if name == "referrals" else r.columns)
+            for name, r in rows.items()
+            if r and name != "timeline"
         ]
         if attendance:
             keys = list(attendance)

@@ -34,7 +34,7 @@ from tests.unit.test_lifecycle import (
     session,
     t,
 )
-from views.projection import CHANGE_COLUMNS, ReferralChange
+from views.projection import CHANGE_COLUMNS, FIRST_STATUS, ReferralChange
 
 COMMISSIONER = "icb"
 
@@ -63,7 +63,7 @@ def inserted_row(model: ReferralCreated) -> dict[str, Any]:
     """The row the projection's INSERT writes for referral-created."""
     row: dict[str, Any] = dict.fromkeys(row_of(NEW))
     row.update(
-        status="referred",
+        status=FIRST_STATUS,
         overdue=False,
         declines=0,
         sessions=0,
