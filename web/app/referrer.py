@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from psycopg import AsyncConnection
 
+from domain.lifecycle import Status
 from eventstore.anchor import AnchorPaths
 from referralnet import journey
 from schemas.events.base import Need
 from schemas.events.referral import DeclineReason, Urgency
 from schemas.measures import _ITEM_NAMES, _SCALES, MAX_WEEKLY_MINUTES, Measure
-from views.api import Status
 from web.app import forms
 from web.app.client import Answer, has_event, new_key
 from web.app.pages import FormPageOf, Page, PageOf, see_other
 
 router = APIRouter()
 
-STATUSES: tuple[str, ...] = get_args(Status)
+STATUSES: tuple[str, ...] = tuple(s.value for s in Status)
 NEEDS = [n.value for n in Need]
 URGENCIES: tuple[str, ...] = tuple(u.value for u in Urgency)
 DECLINE_REASONS: tuple[str, ...] = tuple(r.value for r in DeclineReason)
