@@ -12,15 +12,18 @@ from directory import store as directory
 from services.distributor import store as distributor
 from services.intake import store as intake
 from services.outcomes import store as outcomes
+from services.privacy import store as privacy
 from services.routing import store as routing
 from services.routing.store import sync_capacity
 
 
 async def create_schemas(database_url: str) -> None:
-    """Directory, the three service stores, the distributor's bookkeeping (idempotent)."""
+    """Directory, the three service stores, the keys and the audit store, the
+    distributor's bookkeeping (idempotent)."""
     conn: AsyncConnection[Any]
     async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
         await directory.create(conn)
+        await privacy.create(conn)  # keys and audit: intake's people need the keys
         await intake.create(conn)
         await routing.create(conn)
         await outcomes.create(conn)
