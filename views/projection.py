@@ -170,6 +170,13 @@ _INSERT_OUTCOMES = (
     "recorded_at) SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], "
     "%s::float8[], %s::jsonb[], %s::timestamptz[]) ON CONFLICT DO NOTHING"
 )
+_WITHDRAW_OUTCOMES = (
+    "WITH gone AS (DELETE FROM {s}.outcomes o USING {s}.referrals r "
+    "WHERE o.referral_id = r.referral_id AND r.referral_id = ANY(%s) AND r.referrer_org = %s) "
+    "UPDATE {s}.referrals SET outcomes = 0 WHERE referral_id = ANY(%s) AND referrer_org = %s"
+)
+"""Consent to share outcomes withdrawn: the referrer's outcome summary goes (issue 16).
+Only the referrer's view: the link-worker service keeps the outcomes it recorded."""
 _INSERT_TIMELINE = (
     "INSERT INTO {s}.timeline (event_id, referral_id, type, at, actor) "
     "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[], %s::text[]) "
@@ -212,6 +219,7 @@ class ViewProjection:
                 ("outcomes", _INSERT_OUTCOMES),
                 ("timeline", _INSERT_TIMELINE),
                 ("changes", _UPDATE_REFERRALS),
+                ("withdrawals", _WITHDRAW_OUTCOMES),
             )
         }
 
@@ -256,6 +264,9 @@ class ViewProjection:
             )
         statements.append(("timeline", rows["timeline"].columns))
         statements.append(("changes", _change_columns(changes)))
+        withdrawn = [UUID(e.subject) for e, _ in items if e.type == "consent-withdrawn"]
+        if withdrawn:  # after the rows and counters the same batch may have added
+            statements.append(("withdrawals", [withdrawn, self.org_id, withdrawn, self.org_id]))
         async with conn.pipeline():
             for name, params in statements:
                 await conn.execute(self._sql[name], params)

@@ -1,7 +1,7 @@
 """Who may see what (DESIGN §4), as a pure function of a referral's entitlements.
 
 | role for a referral         | receives                                                  |
-| referrer                    | every milestone; outcomes only if the person consented    |
+| referrer                    | every milestone; outcomes only while the person consents  |
 | link-worker service routed  | everything from routing on, plus the referral itself      |
 | a service that declined     | the journey up to and including its own decline           |
 | provider of an activity     | the referral, its own activity-referred and attendance,   |
@@ -39,6 +39,8 @@ MILESTONES_FOR_REFERRER = frozenset(
         "activity-referred",
         "activity-attended",
         "referral-closed",
+        "consent-withdrawn",  # the referrer's view drops the outcomes it holds (issue 16)
+        "person-erased",
     }
 )
 
@@ -133,9 +135,9 @@ def deliveries(
         out.append(Delivery(provider, event))
     elif t == "activity-attended":
         out.append(Delivery(str(event.data["provider_org"]), event))
-    elif t == "referral-closed":
+    elif t in ("referral-closed", "person-erased"):
         # providers learn that the referral ended: their view then withholds the person
-        # (views.entitlement), and their role in it is over
+        # (views.entitlement), and their role in it is over; or that the person is erased
         out.extend(Delivery(p, event) for p in ent.providers)
     return [
         d

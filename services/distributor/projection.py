@@ -118,7 +118,11 @@ class DistributorProjection:
         ent = self._batch.get(event.subject)
         created_copy = None
         changed = event.type in ("referral-created", "referral-routed", "referral-declined")
-        changed = changed or event.type in ("referral-escalated", "activity-referred")
+        changed = changed or event.type in (
+            "referral-escalated",
+            "activity-referred",
+            "consent-withdrawn",
+        )
         if event.type == "referral-created":
             if ent is None:
                 ent = Entitlements(
@@ -133,6 +137,8 @@ class DistributorProjection:
             created_copy = _thaw(ent.created)
         elif event.type in ("referral-declined", "referral-escalated"):
             ent.service_org = None
+        elif event.type == "consent-withdrawn":
+            ent.share_outcomes_with_referrer = False  # no outcome reaches the referrer again
         elif event.type == "activity-referred":
             if model.provider_org not in ent.providers:
                 ent.providers.append(model.provider_org)

@@ -19,8 +19,8 @@ from uuid import UUID
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi import Path as PathParam
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from psycopg import sql
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from infra.keys import key_file
 from schemas.events import ErasureReason, WithdrawnConsent
