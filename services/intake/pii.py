@@ -136,29 +136,29 @@ async def person_ref_for(
     # Only a number that identifies a person links referrals (never a placeholder).
     digest = vault.nhs_digest(nhs) if isinstance(nhs, str) and identifies_a_person(nhs) else None
     if digest:
+        # FOR SHARE waits for an erasure of that person in flight; the erasure clears the
+        # digest, so the row no longer matches and the referral starts a new person
         cur = await conn.execute(
-            "SELECT person_ref FROM intake.people WHERE nhs_digest = %s", (digest,)
+            "SELECT person_ref FROM intake.people WHERE nhs_digest = %s FOR SHARE", (digest,)
         )
         row = await cur.fetchone()
         if row:
             return str(row[0])
     ref = random_person_ref()
+    key = await person_keys.create_key(conn, vault.masters, ref)
     cur = await conn.execute(
         "INSERT INTO intake.people (person_ref, nhs_digest, ciphertext) VALUES (%s, %s, %s) "
         "ON CONFLICT (nhs_digest) DO NOTHING RETURNING person_ref",
-        (ref, digest, b"\x00"),  # sealed just below, once the person has a key
+        (ref, digest, seal(key, ref, details)),
     )
     if await cur.fetchone() is None:  # a concurrent referral registered the same NHS number
+        await conn.execute("DELETE FROM keys.person_keys WHERE person_ref = %s", (ref,))
         cur = await conn.execute(
             "SELECT person_ref FROM intake.people WHERE nhs_digest = %s", (digest,)
         )
         row = await cur.fetchone()
         assert row is not None
         return str(row[0])
-    await conn.execute(
-        "UPDATE intake.people SET ciphertext = %s WHERE person_ref = %s",
-        (await vault.encrypt(conn, ref, details), ref),
-    )
     return ref
 
 
