@@ -55,6 +55,7 @@ from bench.workload import ALLIANCE_YAML, COMMISSIONER, NEEDS, ORGS, REFERRERS
 from bus.relay import to_cloudevent
 from bus.tracking import Record, apply_batch
 from directory.loader import parse
+from domain import lifecycle
 from eventstore.records import StoredEvent
 from eventstore.store import EVENT_COLUMNS, stored_event
 from infra.settings import Settings
@@ -66,6 +67,7 @@ from referralnet.registration import register
 from referralnet.supervisor import WORKERS
 from referralnet.system import RunningSystem, running_system
 from schemas.envelope import to_kafka
+from services.distributor.policy import model_of
 from services.distributor.store import pseudonym_secret
 from services.intake.store import STORE as INTAKE
 from services.outcomes.store import STORE as OUTCOMES
@@ -529,9 +531,11 @@ def _check_stores(rows: list[Any], ledger: Ledger, verdict: Verdict) -> None:
 @dataclass
 class _Expected:
     timeline: set[tuple[UUID, UUID, str]] = field(default_factory=set)
-    counters: dict[UUID, list[int]] = field(
-        default_factory=lambda: defaultdict(lambda: [0, 0, 0])
-    )  # sessions, minutes, outcomes
+    # each referral's lifecycle folded over the copies this view receives
+    states: dict[UUID, lifecycle.Referral] = field(
+        default_factory=lambda: defaultdict(lambda: lifecycle.NEW)
+    )
+    counters: dict[UUID, list[int]] = field(default_factory=dict)  # sessions, minutes, outcomes
 
 
 def _expected_views(rows: list[Any], secret: bytes) -> dict[str, _Expected]:
@@ -544,12 +548,10 @@ def _expected_views(rows: list[Any], secret: bytes) -> dict[str, _Expected]:
             view = expected[org]
             rid = UUID(copy.subject)
             view.timeline.add((rid, copy.id, copy.type))
-            counters = view.counters[rid]
-            if copy.type == "session-held":
-                counters[0] += 1
-                counters[1] += int(copy.data.get("duration_minutes") or copy.data["minutes"])
-            elif copy.type == "outcome-recorded":
-                counters[2] += 1
+            view.states[rid] = lifecycle.apply(view.states[rid], model_of(copy))
+    for view in expected.values():
+        for rid, state in view.states.items():
+            view.counters[rid] = [state.sessions, state.minutes, state.outcomes]
     return expected
 
 

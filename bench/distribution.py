@@ -1,9 +1,10 @@
-"""The distributor's decisions replayed in memory: which organisation gets which copy.
+"""The running distributor's decisions, replayed in memory: which organisation gets which copy.
 
 Used to rebuild views straight from the stores of record (replay benchmark) and to
-work out, independently of the running distributor, what every view must hold (chaos
-harness). Entitlements live in a dict instead of PostgreSQL; the decisions themselves
-are ``services.distributor.policy.deliveries``, the running distributor's own code.
+work out what every view must hold (chaos harness). Only the bookkeeping is here
+(entitlements in a dict instead of PostgreSQL, ``ce_orgsequence`` numbers); every
+decision is ``services.distributor.policy.distribute``, the distributor's own code,
+over the lifecycle's parties (``domain.lifecycle``).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ from __future__ import annotations
 from dataclasses import replace
 from uuid import UUID
 
+from bus.tracking import Rejected
 from schemas.envelope import CloudEvent
-from services.distributor.policy import Entitlements, deliveries
+from services.distributor.policy import Entitlements, distribute, model_of
 
 
 class MemoryDistributor:
@@ -29,33 +31,24 @@ class MemoryDistributor:
         self.last: dict[tuple[str, str], int] = {}
 
     def copies(self, event: CloudEvent) -> list[tuple[str, CloudEvent]]:
-        """(organisation, copy) for every delivery of ``event``, as the distributor does."""
-        data = event.data
-        ent = self.entitlements.get(event.subject)
-        created_copy = None
-        if event.type == "referral-created":
-            if ent is None:
-                consent = data["consent"]
-                ent = Entitlements(
-                    str(data["referrer_org"]), bool(consent["share_outcomes_with_referrer"]), {}
-                )
-                self.entitlements[event.subject] = ent
-                self.created[event.subject] = event
-        elif ent is None:
-            return []  # the distributor dead-letters these
-        elif event.type == "referral-routed":
-            ent.service_org = str(data["service_org"])
-            created_copy = self.created[event.subject]
-        elif event.type in ("referral-declined", "referral-escalated"):
-            ent.service_org = None
-        elif event.type == "activity-referred":
-            if data["provider_org"] not in ent.providers:
-                ent.providers.append(str(data["provider_org"]))
-            created_copy = self.created[event.subject]
-        return [
-            (d.org_id, self._numbered(d.org_id, d.event))
-            for d in deliveries(event, ent, self.commissioners, self.secret, created_copy)
-        ]
+        """(organisation, copy) for every delivery of ``event``, as the distributor does;
+        none for an event the distributor dead-letters (its referral was never created)."""
+        before = self.entitlements.get(event.subject)
+        created = self.created.setdefault(event.subject, event)
+        try:
+            ent, deliveries = distribute(
+                before,
+                event,
+                model_of(event),
+                self.commissioners,
+                self.secret,
+                thaw_created=lambda _: created,
+            )
+        except Rejected:
+            del self.created[event.subject]
+            return []
+        self.entitlements[event.subject] = ent
+        return [(d.org_id, self._numbered(d.org_id, d.event)) for d in deliveries]
 
     def _numbered(self, org: str, copy: CloudEvent) -> CloudEvent:
         number = self.numbers.get((org, copy.id))

@@ -7,15 +7,40 @@ event uses only non-personal fields.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, assert_never
 from uuid import UUID
 
 from psycopg import AsyncConnection
 
+from domain import lifecycle
+from domain.lifecycle import LifecycleEvent
 from eventstore.anchor import AnchorPaths
 from eventstore.records import StoredEvent
 from referralnet.lag import STORES
 from referralnet.ops.verify import verify_referral
+from schemas.events import (
+    ActivityAttended,
+    ActivityReferred,
+    ConsentWithdrawn,
+    EventModel,
+    FirstContactMade,
+    FirstContactOverdue,
+    OutcomeRecorded,
+    PersonErased,
+    ReferralAccepted,
+    ReferralClosed,
+    ReferralCreated,
+    ReferralDeclined,
+    ReferralEscalated,
+    ReferralRouted,
+    SessionHeld,
+)
+from schemas.registry import SchemaError, decode
+
+HANDLES: Final[frozenset[type[EventModel]]] = frozenset(lifecycle.EVENT_CLASSES)
+"""Every journey event has its summary line (``summarise``)."""
+
+IGNORES: Final[frozenset[type[EventModel]]] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -29,8 +54,9 @@ class Step:
     def summary(self) -> str:
         # Stored data that is not what its schema says (a DBA's edit) must still print.
         try:
-            return summarise(self.event.type, self.event.data)
-        except (KeyError, TypeError, ValueError, AttributeError):
+            model = decode(self.event.type, self.event.schema_version, self.event.data)
+            return summarise(lifecycle.as_event(model))
+        except (SchemaError, TypeError, ValueError):
             return "(data does not match its schema)"
 
     def as_json(self) -> dict[str, Any]:
@@ -46,41 +72,43 @@ class Step:
         }
 
 
-def summarise(event_type: str, data: dict[str, Any]) -> str:
-    """A one-line, personal-data-free description of an event."""
-    d = data
-    match event_type:
-        case "referral-created":
-            return (
-                f"needs {', '.join(d['needs'])}; {d['urgency']}; area {d['area']}; {d['age_band']}"
-            )
-        case "referral-routed":
-            return f"to {d['service_org']} (attempt {d['attempt']}): {d['reason']}"
-        case "referral-accepted":
-            return f"by {d['service_org']}"
-        case "referral-declined":
-            return f"by {d['service_org']}: {d['reason']}"
-        case "referral-escalated":
-            return str(d["reason"])
-        case "first-contact-made":
-            return f"{d['mode']}"
-        case "first-contact-overdue":
-            return f"due by {d['due_by']} ({d['sla_days']}-day SLA)"
-        case "session-held":
-            minutes = d.get("duration_minutes", d.get("minutes"))
-            return f"{d['kind']}, {minutes} min, {d['mode']}"
-        case "activity-referred":
-            return f"{d['activity_kind']} {d['activity_id']} by {d['provider_org']}"
-        case "activity-attended":
-            return f"{d['activity_id']}: {'attended' if d['attended'] else 'did not attend'}"
-        case "outcome-recorded":
-            score = d.get("score")
-            return f"{d['measure']} {d['timepoint']}" + (
-                f": {score:g}" if score is not None else ""
-            )
-        case "referral-closed":
-            return str(d["reason"])
-    return ""
+def summarise(event: LifecycleEvent) -> str:
+    """A one-line, personal-data-free description of an event (upcast: a v1 session's
+    minutes read as ``duration_minutes``)."""
+    match event:
+        case ReferralCreated():
+            needs = ", ".join(n.value for n in event.needs)
+            return f"needs {needs}; {event.urgency}; area {event.area}; {event.age_band}"
+        case ReferralRouted():
+            return f"to {event.service_org} (attempt {event.attempt}): {event.reason}"
+        case ReferralAccepted():
+            return f"by {event.service_org}"
+        case ReferralDeclined():
+            return f"by {event.service_org}: {event.reason}"
+        case ReferralEscalated():
+            return event.reason
+        case FirstContactMade():
+            return f"{event.mode}"
+        case FirstContactOverdue():
+            return f"due by {event.due_by.isoformat()} ({event.sla_days}-day SLA)"
+        case SessionHeld():
+            return f"{event.kind}, {event.duration_minutes} min, {event.mode}"
+        case ActivityReferred():
+            return f"{event.activity_kind} {event.activity_id} by {event.provider_org}"
+        case ActivityAttended():
+            came = "attended" if event.attended else "did not attend"
+            return f"{event.activity_id}: {came}"
+        case OutcomeRecorded():
+            score = "" if event.score is None else f": {event.score:g}"
+            return f"{event.measure} {event.timepoint}{score}"
+        case ReferralClosed():
+            return f"{event.reason}"
+        case ConsentWithdrawn():
+            return f"{event.consent}, recorded by {event.recorded_by}"
+        case PersonErased():
+            return f"{event.reason}, asked by {event.requested_by or 'the alliance operator'}"
+        case _:
+            assert_never(event)
 
 
 async def timeline(conn: AsyncConnection[Any], referral_id: UUID) -> list[Step]:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 
 from directory import store as directory
 from directory.model import OrgKind
+from domain.lifecycle import Status
 from services.refusal import Forbidden
 from views import queries
 from views.entitlement import access, facts_of
@@ -18,7 +19,6 @@ from web.errors import ERROR_RESPONSES
 
 router = APIRouter(tags=["views"])
 
-Status = Literal["referred", "routed", "accepted", "declined", "escalated", "in-progress", "closed"]
 MAX_OFFSET = 10_000_000
 """Bounded so that no query parameter can overflow PostgreSQL's bigint (422 instead)."""
 
@@ -36,7 +36,9 @@ async def own_view(
     if org.kind is OrgKind.COMMISSIONER:
         report = await build_report(conn, schema_name(org.id))
         return {"org": org.id, "role": "commissioner", "aggregates": report.model_dump()}
-    rows = await queries.referrals(conn, org.id, status=status, limit=limit, offset=offset)
+    rows = await queries.referrals(
+        conn, org.id, status=status and status.value, limit=limit, offset=offset
+    )
     for row in rows:  # the role each row is held in, by the one entitlement policy
         granted = access(org.id, org.kind, facts_of(row, row.pop("providers")))
         row["role"] = granted.role if granted else None

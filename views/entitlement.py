@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from directory.model import OrgKind
+from domain.lifecycle import OPEN_WITH_SERVICE, Referral, Status
 
 Role = Literal["referrer", "link-worker", "provider", "former-service"]
 
@@ -40,8 +41,6 @@ ALL_PERSON_FIELDS: tuple[str, ...] = (
     "address",
     "notes",
 )
-OPEN_WITH_SERVICE = frozenset({"routed", "accepted", "in-progress"})
-"""Statuses in which the routed service holds the referral (declined/escalated: it does not)."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +78,7 @@ def access(org_id: str, kind: OrgKind, facts: ReferralFacts | None) -> Access | 
     """
     if facts is None or not individual_rows_allowed(kind):
         return None
-    closed = facts.status == "closed"
+    closed = facts.status == Status.CLOSED
     if facts.service_org == org_id and facts.status in OPEN_WITH_SERVICE:
         return Access("link-worker", ALL_PERSON_FIELDS)
     if facts.service_org == org_id and closed:
@@ -98,6 +97,18 @@ def facts_of(row: dict[str, object], providers: Iterable[str]) -> ReferralFacts:
         service_org=_text(row.get("service_org")),
         status=str(row.get("status") or ""),
         providers=frozenset(providers),
+    )
+
+
+def facts_of_state(state: Referral) -> ReferralFacts:
+    """``ReferralFacts`` from a referral's folded lifecycle (``domain.lifecycle``): what a
+    view holding exactly those events would show."""
+    p = state.parties
+    return ReferralFacts(
+        referrer_org=p.referrer_org,
+        service_org=p.service_org,
+        status=str(state.status or Status.REFERRED),
+        providers=frozenset(p.providers),
     )
 
 

@@ -12,94 +12,101 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from typing import Any, assert_never
 from uuid import UUID
 
 from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
 from bus.tracking import ORG_SEQUENCE, Outgoing
+from domain import lifecycle
+from domain.lifecycle import LifecycleEvent, Referral, Status
 from schemas.envelope import CloudEvent
+from schemas.events import (
+    ActivityAttended,
+    ActivityReferred,
+    ConsentWithdrawn,
+    EventModel,
+    FirstContactMade,
+    FirstContactOverdue,
+    OutcomeRecorded,
+    PersonErased,
+    ReferralAccepted,
+    ReferralClosed,
+    ReferralCreated,
+    ReferralDeclined,
+    ReferralEscalated,
+    ReferralRouted,
+    SessionHeld,
+)
 
-STATUS_OF: dict[str, str] = {
-    "referral-routed": "routed",
-    "referral-accepted": "accepted",
-    "referral-declined": "declined",
-    "referral-escalated": "escalated",
-    "first-contact-made": "in-progress",
-    "referral-closed": "closed",
-}
+HANDLES: frozenset[type[EventModel]] = frozenset(lifecycle.EVENT_CLASSES)
+"""Every journey event: each is folded into its referral's row and added to the timeline
+(some also add rows: see ``ViewProjection._rows_of``)."""
+
+IGNORES: frozenset[type[EventModel]] = frozenset()
 
 
-def session_minutes(model: Any) -> int:
-    """Minutes of a session, whichever schema version named them."""
-    return int(getattr(model, "duration_minutes", None) or model.minutes)
+FIRST_STATUS = str(lifecycle.next_status(None, ReferralCreated))
+"""The status a row starts with (the lifecycle's, after ``referral-created``)."""
+
+_UNMOVED: dict[Status, Status] = {s: s for s in Status}
 
 
 @dataclass
 class ReferralChange:
-    """What a batch's events do to one ``referrals`` row, in their order."""
+    """What a batch's events do to one ``referrals`` row, in their order.
 
-    status: str | None = None  # None: as stored (perhaps promoted, see below)
-    promote: bool = False  # a session while the stored status is unknown here
-    set_service: bool = False
-    service_org: str | None = None
-    routed_at: datetime | None = None
-    accepted_at: datetime | None = None
-    first_contact_at: datetime | None = None
-    closed_at: datetime | None = None
-    close_reason: str | None = None
-    overdue: bool = False
-    declines: int = 0
-    sessions: int = 0
-    minutes: int = 0
-    activities: int = 0
-    attendances: int = 0
-    outcomes: int = 0
-    last_event_at: datetime | None = None
+    ``state`` is the lifecycle folded over the batch alone (the row holds what came
+    before): its counters are added to the row's, its milestones replace the row's
+    where set. The status depends on the stored one (a session moves only an accepted
+    referral on), so ``moves`` follows every status the row may hold.
+    """
 
-    def fold(self, event: CloudEvent, model: Any) -> None:
-        """Add one event (the status rules of the journey, as the views show it)."""
-        kind, at = event.type, event.time
-        self.last_event_at = at if self.last_event_at is None else max(self.last_event_at, at)
-        self.status = STATUS_OF.get(kind, self.status)
-        if kind == "referral-routed":
-            self.set_service, self.service_org, self.routed_at = True, model.service_org, at
-        elif kind == "referral-escalated":
-            self.set_service, self.service_org = True, None
-        elif kind == "referral-accepted":
-            self.accepted_at = at
-        elif kind == "referral-declined":
-            # the declining service no longer holds the referral: its entitlement ends
-            # here (views.entitlement), and the next referral-routed sets the new one
-            self.declines += 1
-            self.set_service, self.service_org = True, None
-        elif kind == "first-contact-made":
-            self.first_contact_at = at
-        elif kind == "first-contact-overdue":
-            self.overdue = True
-        elif kind == "session-held":
-            self.sessions += 1
-            self.minutes += session_minutes(model)
-            if self.status is None:
-                self.promote = True
-            elif self.status == "accepted":
-                self.status = "in-progress"
-        elif kind == "activity-referred":
-            self.activities += 1
-        elif kind == "activity-attended":
-            self.attendances += 1 if model.attended else 0
-        elif kind == "outcome-recorded":
-            self.outcomes += 1
-        elif kind == "referral-closed":
-            self.closed_at, self.close_reason = at, str(model.reason)
+    state: Referral = lifecycle.NEW
+    moves: dict[Status, Status] | None = None  # None: no event with a status rule yet
+
+    def fold(self, event: CloudEvent, model: LifecycleEvent) -> None:
+        """Add one event (its time: the envelope's ``ce_time``)."""
+        self.state = lifecycle.apply(self.state, model, at=event.time)
+        # follow the event on every status the stored row might have (stored → after);
+        # the rules are the lifecycle's, so none is written out here
+        after = lifecycle.STATUS_TRANSITIONS.get(type(model))
+        if after is not None:
+            moves = self.moves or _UNMOVED
+            self.moves = {stored: after[now] or now for stored, now in moves.items()}
+
+    def status_moves(self) -> Jsonb | None:
+        """``{stored status: new status}`` for the statuses the batch changes; None: none."""
+        changed = {k.value: v.value for k, v in (self.moves or {}).items() if k is not v}
+        return Jsonb(changed) if changed else None
+
+    def columns(self) -> tuple[Any, ...]:
+        """This change's values, in ``CHANGE_COLUMNS`` order after ``referral_id``."""
+        st = self.state
+        return (
+            self.status_moves(),
+            st.holder_changes > 0,
+            st.parties.service_org,
+            st.routed_at,
+            st.accepted_at,
+            st.first_contact_at,
+            st.closed_at,
+            None if st.close_reason is None else st.close_reason.value,
+            st.overdue,
+            st.declines,
+            st.sessions,
+            st.minutes,
+            st.activities,
+            st.attendances,
+            st.outcomes,
+            st.last_event_at,
+        )
 
 
 CHANGE_COLUMNS = (
     ("referral_id", "uuid"),
-    ("status", "text"),
-    ("promote", "bool"),
+    ("moves", "jsonb"),
     ("set_service", "bool"),
     ("service_org", "text"),
     ("routed_at", "timestamptz"),
@@ -119,8 +126,9 @@ CHANGE_COLUMNS = (
 
 _UPDATE_REFERRALS = (
     "UPDATE {s}.referrals AS r SET "
-    "status = COALESCE(c.status, CASE WHEN c.promote AND r.status = 'accepted' "
-    "THEN 'in-progress' ELSE r.status END), "
+    # the status rules are domain.lifecycle's: the batch sends, per referral, where each
+    # stored status goes (ReferralChange.status_moves); nothing is decided in SQL
+    "status = COALESCE(c.moves ->> r.status, r.status), "
     "service_org = CASE WHEN c.set_service THEN c.service_org ELSE r.service_org END, "
     "routed_at = COALESCE(c.routed_at, r.routed_at), "
     "accepted_at = COALESCE(c.accepted_at, r.accepted_at), "
@@ -144,7 +152,7 @@ _INSERT_REFERRALS = (
     "urgency, area, age_band, status, referred_at, last_event_at) "
     "SELECT c.id, c.person_ref, c.referrer_org, c.referrer_kind, "
     "ARRAY(SELECT jsonb_array_elements_text(c.needs)), c.urgency, c.area, c.age_band, "
-    "'referred', c.referred_at, c.referred_at FROM unnest(%s::uuid[], %s::text[], %s::text[], "
+    "%s::text, c.referred_at, c.referred_at FROM unnest(%s::uuid[], %s::text[], %s::text[], "
     "%s::text[], %s::jsonb[], %s::text[], %s::text[], %s::text[], %s::timestamptz[]) "
     "AS c(id, person_ref, referrer_org, referrer_kind, needs, urgency, area, age_band, "
     "referred_at) ON CONFLICT (referral_id) DO NOTHING"
@@ -241,13 +249,19 @@ class ViewProjection:
         }
         attendance: dict[tuple[UUID, str], list[int]] = {}
         changes: dict[UUID, ReferralChange] = {}
-        for event, model in items:
+        withdrawn: list[UUID] = []
+        for event, decoded in items:
             rid = UUID(event.subject)
+            model = lifecycle.as_event(decoded)
+            if isinstance(model, ConsentWithdrawn):
+                withdrawn.append(rid)
             self._rows_of(rows, attendance, rid, event, model)
             rows["timeline"].add(event.id, rid, event.type, event.time, event.actor)
             changes.setdefault(rid, ReferralChange()).fold(event, model)
         statements: list[tuple[str, list[Any]]] = [
-            (name, r.columns) for name, r in rows.items() if r and name != "timeline"
+            (name, [FIRST_STATUS, *r.columns] if name == "referrals" else r.columns)
+            for name, r in rows.items()
+            if r and name != "timeline"
         ]
         if attendance:
             keys = list(attendance)
@@ -264,7 +278,6 @@ class ViewProjection:
             )
         statements.append(("timeline", rows["timeline"].columns))
         statements.append(("changes", _change_columns(changes)))
-        withdrawn = [UUID(e.subject) for e, _ in items if e.type == "consent-withdrawn"]
         if withdrawn:  # after the rows and counters the same batch may have added
             statements.append(("withdrawals", [withdrawn, self.org_id, withdrawn, self.org_id]))
         async with conn.pipeline():
@@ -278,51 +291,68 @@ class ViewProjection:
         attendance: dict[tuple[UUID, str], list[int]],
         rid: UUID,
         event: CloudEvent,
-        model: Any,
+        model: LifecycleEvent,
     ) -> None:
-        if event.type == "referral-created":
-            rows["referrals"].add(
-                rid,
-                model.person_ref,
-                model.referrer_org,
-                model.referrer_kind,
-                Jsonb([str(n) for n in model.needs]),
-                str(model.urgency),
-                model.area,
-                str(model.age_band),
-                model.referred_at,
-            )
-        elif event.type == "session-held":
-            rows["sessions"].add(
-                model.session_id,
-                rid,
-                str(model.kind),
-                session_minutes(model),
-                str(model.mode),
-                model.held_at,
-            )
-        elif event.type == "activity-referred":
-            rows["activities"].add(
-                rid, model.activity_id, model.provider_org, model.activity_kind, model.referred_at
-            )
-        elif event.type == "activity-attended":
-            counts = attendance.setdefault((rid, model.activity_id), [0, 0])
-            counts[0 if model.attended else 1] += 1
-        elif event.type == "outcome-recorded":
-            rows["outcomes"].add(
-                event.id,
-                rid,
-                str(model.measure),
-                str(model.timepoint),
-                None if model.score is None else float(model.score),
-                Jsonb(model.items) if model.items is not None else None,
-                model.recorded_at,
-            )
+        match model:
+            case ReferralCreated():
+                rows["referrals"].add(
+                    rid,
+                    model.person_ref,
+                    model.referrer_org,
+                    model.referrer_kind,
+                    Jsonb([n.value for n in model.needs]),
+                    model.urgency.value,
+                    model.area,
+                    model.age_band.value,
+                    model.referred_at,
+                )
+            case SessionHeld():
+                rows["sessions"].add(
+                    model.session_id,
+                    rid,
+                    model.kind.value,
+                    model.duration_minutes,
+                    model.mode.value,
+                    model.held_at,
+                )
+            case ActivityReferred():
+                rows["activities"].add(
+                    rid,
+                    model.activity_id,
+                    model.provider_org,
+                    model.activity_kind,
+                    model.referred_at,
+                )
+            case ActivityAttended():
+                counts = attendance.setdefault((rid, model.activity_id), [0, 0])
+                counts[0 if model.attended else 1] += 1
+            case OutcomeRecorded():
+                rows["outcomes"].add(
+                    event.id,
+                    rid,
+                    model.measure.value,
+                    model.timepoint.value,
+                    None if model.score is None else float(model.score),
+                    Jsonb(model.items) if model.items is not None else None,
+                    model.recorded_at,
+                )
+            case (
+                ReferralRouted()
+                | ReferralAccepted()
+                | ReferralDeclined()
+                | ReferralEscalated()
+                | FirstContactMade()
+                | FirstContactOverdue()
+                | ReferralClosed()
+                | ConsentWithdrawn()  # and the referrer's outcomes go (below)
+                | PersonErased()  # the timeline shows it; the details were never here
+            ):
+                pass  # the referral's row only (ReferralChange)
+            case _:
+                assert_never(model)
 
 
 def _change_columns(changes: dict[UUID, ReferralChange]) -> list[list[Any]]:
     """The ``unnest`` arguments of the referrals update, in ``CHANGE_COLUMNS`` order."""
-    names = [n for n, _ in CHANGE_COLUMNS[1:]]
-    columns: list[list[Any]] = [list(changes)]
-    columns.extend([getattr(c, n) for c in changes.values()] for n in names)
-    return columns
+    rows = [c.columns() for c in changes.values()]
+    return [list(changes), *([row[i] for row in rows] for i in range(len(CHANGE_COLUMNS) - 1))]

@@ -8,6 +8,7 @@ from uuid import UUID
 from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
+from domain.lifecycle import Status
 from views.schema import schema_name
 
 PROVIDERS = "ARRAY(SELECT a.provider_org FROM {s}.activities a WHERE a.referral_id = r.referral_id)"
@@ -33,12 +34,13 @@ async def totals(conn: AsyncConnection[Any], org_id: str) -> dict[str, Any]:
         await cur.execute(
             sql.SQL(
                 "SELECT count(*) AS referrals, "
-                "count(*) FILTER (WHERE status = 'closed') AS closed, "
+                "count(*) FILTER (WHERE status = %s) AS closed, "
                 "coalesce(sum(sessions), 0)::int AS sessions, "
                 "coalesce(sum(activities), 0)::int AS activities, "
                 "coalesce(sum(attendances), 0)::int AS attendances, "
                 "coalesce(sum(outcomes), 0)::int AS outcomes FROM {}.referrals"
-            ).format(s)
+            ).format(s),
+            (Status.CLOSED.value,),
         )
         row = await cur.fetchone()
     return dict(row or {})

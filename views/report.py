@@ -18,6 +18,7 @@ from psycopg import AsyncConnection, sql
 from pydantic import BaseModel
 
 from infra.local_time import NotADate, alliance_zone, parse_instant
+from schemas.events import FirstContactOverdue, ReferralEscalated
 from schemas.measures import Measure, improvement, item_improvements, score_outcome
 from services.refusal import Invalid
 from views.bands import bands
@@ -217,10 +218,14 @@ async def build_report(
     )
     ((escalations, breaches),) = await _rows(
         conn,
-        "SELECT count(*) FILTER (WHERE type = 'referral-escalated'), "
-        "count(*) FILTER (WHERE type = 'first-contact-overdue') FROM {s}.timeline WHERE {at}",
+        "SELECT count(*) FILTER (WHERE type = %(escalated)s), "
+        "count(*) FILTER (WHERE type = %(overdue)s) FROM {s}.timeline WHERE {at}",
         schema,
-        p,
+        {
+            **p,
+            "escalated": ReferralEscalated.event_type,
+            "overdue": FirstContactOverdue.event_type,
+        },
         "at",
     )
     waits = [

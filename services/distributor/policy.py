@@ -20,40 +20,161 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Final, assert_never
 from uuid import UUID
 
-from schemas.envelope import CloudEvent
+from bus.tracking import Rejected
+from domain import lifecycle
+from domain.lifecycle import LifecycleEvent, Parties
+from schemas.envelope import CloudEvent, from_kafka, to_kafka
+from schemas.events import (
+    ActivityAttended,
+    ActivityReferred,
+    ConsentWithdrawn,
+    EventModel,
+    FirstContactMade,
+    FirstContactOverdue,
+    OutcomeRecorded,
+    PersonErased,
+    ReferralAccepted,
+    ReferralClosed,
+    ReferralCreated,
+    ReferralDeclined,
+    ReferralEscalated,
+    ReferralRouted,
+    SessionHeld,
+)
+from schemas.registry import decode, parse_dataschema
 
-MILESTONES_FOR_REFERRER = frozenset(
+HANDLES: Final[frozenset[type[EventModel]]] = frozenset(lifecycle.EVENT_CLASSES)
+"""Every journey event reaches the commissioners, and each has a rule below for the
+partners (see ``deliveries``)."""
+
+IGNORES: Final[frozenset[type[EventModel]]] = frozenset()
+
+MILESTONES_FOR_REFERRER: Final[frozenset[type[EventModel]]] = frozenset(
     {
-        "referral-created",
-        "referral-routed",
-        "referral-accepted",
-        "referral-declined",
-        "referral-escalated",
-        "first-contact-made",
-        "first-contact-overdue",
-        "session-held",
-        "activity-referred",
-        "activity-attended",
-        "referral-closed",
-        "consent-withdrawn",  # the referrer's view drops the outcomes it holds (issue 16)
-        "person-erased",
+        ReferralCreated,
+        ReferralRouted,
+        ReferralAccepted,
+        ReferralDeclined,
+        ReferralEscalated,
+        FirstContactMade,
+        FirstContactOverdue,
+        SessionHeld,
+        ActivityReferred,
+        ActivityAttended,
+        ReferralClosed,
+        ConsentWithdrawn,  # the referrer's view drops the outcomes it holds (issue 16)
+        PersonErased,
     }
 )
+"""What the referrer always receives; ``outcome-recorded`` only with the person's consent."""
+
+RESENDS_CREATED: Final[frozenset[type[EventModel]]] = frozenset({ReferralRouted, ActivityReferred})
+"""Events that make an organisation newly entitled: it also gets ``referral-created``."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Entitlements:
-    """What the distributor remembers of one referral to decide who sees its events."""
+    """What the distributor remembers of one referral to decide who sees its events: the
+    lifecycle's parties (``domain.lifecycle.Parties``) and the ``referral-created`` to
+    re-send (``created``: its Kafka record as JSON)."""
 
     referrer_org: str
     share_outcomes_with_referrer: bool
     created: dict[str, Any]
     service_org: str | None = None
-    providers: list[str] = field(default_factory=list)
+    providers: tuple[str, ...] = ()
+
+    @property
+    def parties(self) -> Parties:
+        return Parties(
+            referrer_org=self.referrer_org,
+            share_outcomes_with_referrer=self.share_outcomes_with_referrer,
+            service_org=self.service_org,
+            providers=tuple(self.providers),
+        )
+
+    def after(self, model: LifecycleEvent) -> Entitlements:
+        """The entitlements once ``model`` happened (the lifecycle's rules for parties);
+        ``self`` when it changes nothing, so callers write only what changed."""
+        p = lifecycle.apply_parties(self.parties, model)
+        if (
+            p.service_org == self.service_org
+            and p.providers == tuple(self.providers)
+            and p.share_outcomes_with_referrer == self.share_outcomes_with_referrer
+        ):
+            return self
+        return replace(
+            self,
+            service_org=p.service_org,
+            providers=p.providers,
+            share_outcomes_with_referrer=p.share_outcomes_with_referrer,
+        )
+
+
+def freeze(event: CloudEvent) -> dict[str, Any]:
+    """``event`` as JSON to keep in a row (its Kafka record), for :func:`thaw`."""
+    key, value, headers = to_kafka(event)
+    return {
+        "key": key.decode(),
+        "value": value.decode(),
+        "headers": [[k, v.decode()] for k, v in headers],
+    }
+
+
+def thaw(frozen: dict[str, Any]) -> CloudEvent:
+    """The event :func:`freeze` kept."""
+    return from_kafka(
+        frozen["key"].encode(),
+        frozen["value"].encode(),
+        [(k, v.encode()) for k, v in frozen["headers"]],
+    )
+
+
+def model_of(event: CloudEvent) -> LifecycleEvent:
+    """The typed, upcast data of ``event`` (SchemaError if it does not validate)."""
+    _, version = parse_dataschema(event.dataschema)
+    return lifecycle.as_event(decode(event.type, version, event.data))
+
+
+def distribute(
+    ent: Entitlements | None,
+    event: CloudEvent,
+    model: LifecycleEvent,
+    commissioners: list[str],
+    secret: bytes,
+    thaw_created: Callable[[Entitlements], CloudEvent] | None = None,
+) -> tuple[Entitlements, list[Delivery]]:
+    """The distributor's whole decision for one event: the referral's entitlements after
+    it, and every copy to send. Pure; the running distributor and the in-memory replay
+    (``bench.distribution``) both call it.
+
+    ``ent`` is what was known before (None: nothing). ``thaw_created`` gives the stored
+    ``referral-created`` (default: :func:`thaw` of ``ent.created``).
+    Raises ``Rejected`` for an event of a referral that was never created.
+    """
+    if ent is None:
+        if not isinstance(model, ReferralCreated):
+            raise Rejected(f"{event.type} for referral {event.subject}, which was never created")
+        ent = Entitlements(
+            referrer_org=model.referrer_org,
+            share_outcomes_with_referrer=model.consent.share_outcomes_with_referrer,
+            created=freeze(event),
+        )
+    else:
+        ent = ent.after(model)
+    created_copy = None
+    if type(model) in RESENDS_CREATED:
+        created_copy = (thaw_created or _thaw_of)(ent)
+    return ent, deliveries(event, ent, commissioners, secret, created_copy, model=model)
+
+
+def _thaw_of(ent: Entitlements) -> CloudEvent:
+    return thaw(ent.created)
 
 
 @dataclass(frozen=True)
@@ -105,46 +226,77 @@ def deliveries(
     commissioners: list[str],
     secret: bytes,
     created_copy: CloudEvent | None = None,
+    *,
+    model: LifecycleEvent | None = None,
 ) -> list[Delivery]:
     """Every copy of ``event`` to send, given the entitlements *after* applying it.
 
     ``created_copy`` is the referral-created event, re-sent to an organisation that
     becomes entitled later (the routed service, a provider) so its view has the referral.
+    ``model`` is the event's decoded data when the caller has it (else decoded here).
     """
     out = [Delivery(c, pseudonymise(event, secret, c)) for c in commissioners]
     if ent is None:
         return out
-    t = event.type
-    if t in MILESTONES_FOR_REFERRER or (
-        t == "outcome-recorded" and ent.share_outcomes_with_referrer
+    m = model_of(event) if model is None else model
+    if type(m) in MILESTONES_FOR_REFERRER or (
+        isinstance(m, OutcomeRecorded) and ent.share_outcomes_with_referrer
     ):
         out.append(Delivery(ent.referrer_org, event))
-    if t == "referral-routed":
-        service = str(event.data["service_org"])
-        if created_copy is not None and service != ent.referrer_org:
-            out.append(Delivery(service, created_copy))
-        out.append(Delivery(service, event))
-    elif t == "referral-declined":
-        out.append(Delivery(str(event.data["service_org"]), event))
-    elif ent.service_org and t not in ("referral-created", "referral-escalated"):
-        out.append(Delivery(ent.service_org, event))
-    if t == "activity-referred":
-        provider = str(event.data["provider_org"])
-        if created_copy is not None and provider not in (ent.referrer_org, ent.service_org):
-            out.append(Delivery(provider, created_copy))
-        out.append(Delivery(provider, event))
-    elif t == "activity-attended":
-        out.append(Delivery(str(event.data["provider_org"]), event))
-    elif t in ("referral-closed", "person-erased"):
-        # providers learn that the referral ended: their view then withholds the person
-        # (views.entitlement), and their role in it is over; or that the person is erased
-        out.extend(Delivery(p, event) for p in ent.providers)
+    for org, copy in _newly_entitled(m, ent, created_copy):
+        out.append(Delivery(org, copy))
+    out.extend(Delivery(org, event) for org in _partners(m, ent))
     return [
         d
         if d.org_id in commissioners
         else Delivery(d.org_id, partner_copy(d.event, secret, d.org_id))
         for d in _unique(out)
     ]
+
+
+def _newly_entitled(
+    m: LifecycleEvent, ent: Entitlements, created_copy: CloudEvent | None
+) -> list[tuple[str, CloudEvent]]:
+    """The referral-created copy for an organisation this event makes entitled."""
+    if created_copy is None:
+        return []
+    if isinstance(m, ReferralRouted) and m.service_org != ent.referrer_org:
+        return [(m.service_org, created_copy)]
+    if isinstance(m, ActivityReferred) and m.provider_org not in (
+        ent.referrer_org,
+        ent.service_org,
+    ):
+        return [(m.provider_org, created_copy)]
+    return []
+
+
+def _partners(m: LifecycleEvent, ent: Entitlements) -> list[str]:
+    """The link-worker services and providers that receive the event itself."""
+    holder = [ent.service_org] if ent.service_org else []
+    match m:
+        case ReferralRouted() | ReferralDeclined():
+            # the service routed to, and the one declining (its history ends there)
+            return [m.service_org]
+        case ReferralCreated() | ReferralEscalated():
+            return []
+        case ActivityReferred() | ActivityAttended():
+            return [*holder, m.provider_org]
+        case ReferralClosed() | PersonErased():
+            # providers learn that the referral ended: their view then withholds the
+            # person (views.entitlement), and their role in it is over; or that the
+            # person was erased (issue 16)
+            return [*holder, *ent.providers]
+        case (
+            ReferralAccepted()
+            | FirstContactMade()
+            | FirstContactOverdue()
+            | SessionHeld()
+            | OutcomeRecorded()
+            | ConsentWithdrawn()
+        ):
+            return holder
+        case _:
+            assert_never(m)
 
 
 def partner_copy(event: CloudEvent, secret: bytes, org_id: str) -> CloudEvent:

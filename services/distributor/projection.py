@@ -10,27 +10,11 @@ from psycopg import AsyncConnection
 
 from bus.topics import Topics
 from bus.tracking import Outgoing, Rejected
-from schemas.envelope import CloudEvent, from_kafka, to_kafka
+from domain import lifecycle
+from schemas.envelope import CloudEvent
+from schemas.events import ReferralCreated
 from services.distributor import store
-from services.distributor.policy import Entitlements, deliveries
-
-
-def _freeze(event: CloudEvent) -> dict[str, Any]:
-    key, value, headers = to_kafka(event)
-    return {
-        "key": key.decode(),
-        "value": value.decode(),
-        "headers": [[k, v.decode()] for k, v in headers],
-    }
-
-
-def _thaw(frozen: dict[str, Any]) -> CloudEvent:
-    return from_kafka(
-        frozen["key"].encode(),
-        frozen["value"].encode(),
-        [(k, v.encode()) for k, v in frozen["headers"]],
-    )
-
+from services.distributor.policy import Entitlements, distribute
 
 ORG_FIELDS = ("referrer_org", "service_org", "provider_org")
 """Event data fields naming an organisation that receives a copy."""
@@ -70,7 +54,9 @@ class DistributorProjection:
         which of the organisations the batch names are in the directory in another."""
         self._batch = await store.load_many(conn, {e.subject for e in events})
         self._changed = {}
-        await self._refresh_commissioners(conn, any(e.type == "referral-created" for e in events))
+        await self._refresh_commissioners(
+            conn, any(e.type == ReferralCreated.event_type for e in events)
+        )
         named = {str(e.data[f]) for e in events for f in ORG_FIELDS if f in e.data}
         cur = await conn.execute(
             "SELECT id FROM directory.organisations WHERE id = ANY(%s)", (sorted(named),)
@@ -115,37 +101,10 @@ class DistributorProjection:
                     f"{event.type} names {name} {str(event.data[name])[:80]!r}, "
                     "which is not in the directory"
                 )
-        ent = self._batch.get(event.subject)
-        created_copy = None
-        changed = event.type in ("referral-created", "referral-routed", "referral-declined")
-        changed = changed or event.type in (
-            "referral-escalated",
-            "activity-referred",
-            "consent-withdrawn",
+        before = self._batch.get(event.subject)
+        ent, copies = distribute(
+            before, event, lifecycle.as_event(model), self._commissioners, self._secret
         )
-        if event.type == "referral-created":
-            if ent is None:
-                ent = Entitlements(
-                    referrer_org=model.referrer_org,
-                    share_outcomes_with_referrer=model.consent.share_outcomes_with_referrer,
-                    created=_freeze(event),
-                )
-        elif ent is None:
-            raise Rejected(f"{event.type} for referral {event.subject}, which was never created")
-        elif event.type == "referral-routed":
-            ent.service_org = model.service_org
-            created_copy = _thaw(ent.created)
-        elif event.type in ("referral-declined", "referral-escalated"):
-            ent.service_org = None
-        elif event.type == "consent-withdrawn":
-            ent.share_outcomes_with_referrer = False  # no outcome reaches the referrer again
-        elif event.type == "activity-referred":
-            if model.provider_org not in ent.providers:
-                ent.providers.append(model.provider_org)
-            created_copy = _thaw(ent.created)
-        if changed:  # most journey events change nobody's entitlements
+        if ent is not before:  # most journey events change nobody's entitlements
             self._batch[event.subject] = self._changed[event.subject] = ent
-        return [
-            Outgoing(self._topics.org(d.org_id), d.event)
-            for d in deliveries(event, ent, self._commissioners, self._secret, created_copy)
-        ]
+        return [Outgoing(self._topics.org(d.org_id), d.event) for d in copies]

@@ -61,7 +61,7 @@ async def load_many(
         (list(referral_ids),),
     )
     return {
-        row[0]: Entitlements(row[1], row[2], row[3], row[4], list(row[5]))
+        row[0]: Entitlements(row[1], row[2], row[3], row[4], tuple(row[5]))
         for row in await cur.fetchall()
     }
 
@@ -86,7 +86,7 @@ async def save_many(conn: AsyncConnection[Any], changed: dict[str, Entitlements]
             [e.referrer_org for e in ents],
             [e.share_outcomes_with_referrer for e in ents],
             [e.service_org for e in ents],
-            [Jsonb(e.providers) for e in ents],
+            [Jsonb(list(e.providers)) for e in ents],
             [Jsonb(e.created) for e in ents],
         ),
     )

@@ -13,7 +13,7 @@ def _ent(share: bool) -> Entitlements:
         share_outcomes_with_referrer=share,
         created={},
         service_org="lw",
-        providers=["walks"],
+        providers=("walks",),
     )
 
 

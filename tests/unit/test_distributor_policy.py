@@ -111,7 +111,7 @@ def entitlements(*, share: bool = False, service: str | None = "lw", providers=(
         share_outcomes_with_referrer=share,
         created={"frozen": "referral-created"},
         service_org=service,
-        providers=list(providers),
+        providers=tuple(providers),
     )
 
 
@@ -217,7 +217,9 @@ def test_the_referral_itself_is_sent_only_once_an_org_becomes_entitled() -> None
 
 
 def test_a_service_that_declined_sees_its_decline_and_nothing_after() -> None:
-    declined = event("referral-declined", service_org="lw", reason="no-capacity", declined_at="x")
+    declined = event(
+        "referral-declined", service_org="lw", reason="no-capacity", declined_at=AT.isoformat()
+    )
     after_decline = entitlements(service=None)
     result = partners(deliveries(declined, after_decline, COMMISSIONERS, SECRET))
     assert result == {"gp": ["referral-declined"], "lw": ["referral-declined"]}

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from directory.model import OrgKind
 from schemas.dataschema import dataschema_uri
 from schemas.envelope import CloudEvent
-from schemas.registry import latest_version, model_for
-from services.distributor.policy import Entitlements, deliveries
-from views.entitlement import ALL_PERSON_FIELDS, Access, ReferralFacts, access
+from schemas.registry import latest_version
+from services.distributor.policy import Entitlements, distribute, model_of
+from views.entitlement import ALL_PERSON_FIELDS, Access, ReferralFacts, access, facts_of_state
 from views.projection import ReferralChange
 
 RID = UUID("6f1c2b0e-8a4d-4c1e-9a57-1f2e3d4c5b6a")
@@ -192,26 +192,12 @@ def route_or_escalate(draw: st.DrawFn, j: Journey) -> None:
 
 
 def topics_of(j: Journey) -> dict[str, list[CloudEvent]]:
-    """Each organisation's topic, as the distributor fills it (its entitlement rules)."""
+    """Each organisation's topic, as the distributor fills it (its own pure decision)."""
     ent: Entitlements | None = None
-    created = j.events[0]
     topics: dict[str, list[CloudEvent]] = {}
     for event in j.events:
-        copy = None
-        if event.type == "referral-created":
-            consent = event.data["consent"]
-            ent = Entitlements(
-                str(event.data["referrer_org"]), consent["share_outcomes_with_referrer"], {}
-            )
-        elif ent is not None and event.type == "referral-routed":
-            ent.service_org, copy = str(event.data["service_org"]), created
-        elif ent is not None and event.type in ("referral-declined", "referral-escalated"):
-            ent.service_org = None
-        elif ent is not None and event.type == "activity-referred":
-            if event.data["provider_org"] not in ent.providers:
-                ent.providers.append(str(event.data["provider_org"]))
-            copy = created
-        for d in deliveries(event, ent, COMMISSIONERS, b"secret", copy):
+        ent, copies = distribute(ent, event, model_of(event), COMMISSIONERS, b"secret")
+        for d in copies:
             topics.setdefault(d.org_id, []).append(d.event)
     return topics
 
@@ -222,21 +208,9 @@ def view_facts(events: list[CloudEvent]) -> ReferralFacts | None:
     if not any(e.type == "referral-created" and e.subject == str(RID) for e in events):
         return None  # pseudonymised copies (commissioners) are keyed by another id
     change = ReferralChange()
-    providers: set[str] = set()
     for e in events:
-        change.fold(e, model_for(e.type, latest_version(e.type)).model_validate(e.data))
-        if e.type == "activity-referred":
-            providers.add(str(e.data["provider_org"]))
-    status = change.status or "referred"
-    if change.status is None and change.promote:
-        status = "referred"  # promotion only applies to an accepted row
-    created = next(e for e in events if e.type == "referral-created")
-    return ReferralFacts(
-        referrer_org=str(created.data["referrer_org"]),
-        service_org=change.service_org if change.set_service else None,
-        status=status,
-        providers=frozenset(providers),
-    )
+        change.fold(e, model_of(e))
+    return facts_of_state(change.state)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -346,3 +346,15 @@ def test_occurred_at_is_each_events_own_time() -> None:
     assert lifecycle.occurred_at(routed()) is None
     assert lifecycle.occurred_at(closed(t(3))) == t(3)
     assert lifecycle.occurred_at(overdue()) == t(100)
+
+
+def test_every_state_has_exactly_its_declared_fields() -> None:
+    """The fold builds states without ``dataclasses.replace`` (for speed): a misspelt
+    field would add an attribute instead of failing, so check none appears."""
+    names = {f.name for f in dataclasses.fields(Referral)}
+    party_names = {f.name for f in dataclasses.fields(Parties)}
+    state = NEW
+    for event in one_of_each():
+        state = apply(state, event)
+        assert set(vars(state)) == names, type(event).__name__
+        assert set(vars(state.parties)) == party_names, type(event).__name__

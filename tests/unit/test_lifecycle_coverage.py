@@ -15,7 +15,12 @@ import pytest
 from schemas.events import EventModel
 from schemas.registry import ALL_TYPES, latest_version, model_for
 
-CONSUMERS: tuple[str, ...] = ("domain.lifecycle",)
+CONSUMERS: tuple[str, ...] = (
+    "domain.lifecycle",
+    "views.projection",
+    "services.distributor.policy",
+    "referralnet.journey",
+)
 """Modules that act on journey events. Add a consumer here when you write one."""
 
 REGISTERED: frozenset[type[EventModel]] = frozenset(
