@@ -3,7 +3,7 @@ outcomes: the distributor's pure policy, no I/O."""
 
 from __future__ import annotations
 
-from services.distributor.policy import Entitlements, deliveries
+from services.distributor.policy import Entitlements, deliveries, model_of
 from tests.unit.test_distributor_policy import COMMISSIONERS, SECRET, event
 
 
@@ -29,7 +29,16 @@ def test_withdrawal_reaches_referrer_and_service_and_outcomes_then_stop() -> Non
         "withdrawn_at": "2026-01-09T09:00:00+00:00",
     }
     assert _orgs("consent-withdrawn", _ent(True), **withdrawal) == {"gp", "lw"}
-    outcome = {"measure": "ucla3", "timepoint": "baseline", "items": [2, 2, 2], "score": 6}
+    # the lifecycle's parties, which the distributor keeps, stop the sharing
+    after = _ent(True).after(model_of(event("consent-withdrawn", **withdrawal)))
+    assert after.share_outcomes_with_referrer is False
+    outcome = {
+        "measure": "ucla3",
+        "timepoint": "baseline",
+        "items": [2, 2, 2],
+        "score": 6,
+        "recorded_at": "2026-01-08T09:00:00+00:00",
+    }
     assert "gp" in _orgs("outcome-recorded", _ent(True), **outcome)
     # after the withdrawal the distributor holds share=False: the referrer gets no outcome
     assert _orgs("outcome-recorded", _ent(False), **outcome) == {"lw"}
