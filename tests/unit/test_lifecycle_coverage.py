@@ -59,4 +59,4 @@ def test_a_type_nobody_decided_on_is_caught() -> None:
         version = 1
 
     handles, ignores = _declared("domain.lifecycle")
-    assert (REGISTERED | {Unheard}) - handles - ignores == {Unheard}
+    assert Unheard in (REGISTERED | {Unheard}) - handles - ignores
