@@ -34,10 +34,12 @@ from schemas.events import (
     ActivityAttended,
     ActivityReferred,
     ClosureReason,
+    ConsentWithdrawn,
     EventModel,
     FirstContactMade,
     FirstContactOverdue,
     OutcomeRecorded,
+    PersonErased,
     ReferralAccepted,
     ReferralClosed,
     ReferralCreated,
@@ -61,6 +63,8 @@ LifecycleEvent = (
     | ActivityAttended
     | OutcomeRecorded
     | ReferralClosed
+    | ConsentWithdrawn
+    | PersonErased
 )
 """Every event of a referral's journey, latest version of each type."""
 
@@ -182,6 +186,8 @@ class Referral:
     missed: int = 0
     outcomes: int = 0
     last_event_at: datetime | None = None
+    consent_withdrawn_at: datetime | None = None
+    erased_at: datetime | None = None
 
     @property
     def created(self) -> bool:
@@ -236,6 +242,10 @@ def occurred_at(event: LifecycleEvent) -> datetime | None:
             return event.recorded_at
         case ReferralClosed():
             return event.closed_at
+        case ConsentWithdrawn():
+            return event.withdrawn_at
+        case PersonErased():
+            return event.erased_at
         case ReferralRouted() | ReferralEscalated():
             return None
         case _:
@@ -343,6 +353,19 @@ def apply(state: Referral, event: LifecycleEvent, at: datetime | None = None) ->
                 close_reason=event.reason,
                 last_event_at=last,
             )
+        case ConsentWithdrawn():
+            # the referrer's outcome summary goes from here on (issue 16): the
+            # distributor stops sharing, the referrer's view drops what it holds
+            return _evolve(
+                state,
+                status=status,
+                parties=_evolve(p, share_outcomes_with_referrer=False),
+                consent_withdrawn_at=when,
+                last_event_at=last,
+            )
+        case PersonErased():
+            # the person's details are destroyed; the journey and its figures stay
+            return _evolve(state, status=status, erased_at=when, last_event_at=last)
         case _:
             assert_never(event)
 

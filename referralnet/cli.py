@@ -673,6 +673,130 @@ def verify_command(
         sys.exit(code)
 
 
+# --- the person's rights (issue 16): erase, access-log, keys ----------------------------
+
+
+@app.command("erase")
+def erase_command(
+    referral_id: Annotated[str, typer.Argument(help="a referral of the person (UUID)")],
+    reason: Annotated[str, typer.Option(help="UK GDPR Art. 17(1) ground, e.g. objection")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Erase the person behind a referral: shred their key, record person-erased."""
+    from referralnet.ops.erase import erase_referral_person
+    from schemas.events import ErasureReason
+    from services.refusal import NotFound
+
+    try:
+        rid = UUID(referral_id)
+    except ValueError:
+        raise UsageProblem(f"not a referral id (UUID): {referral_id!r}") from None
+    try:
+        ground = ErasureReason(reason)
+    except ValueError:
+        known = ", ".join(r.value for r in ErasureReason)
+        raise UsageProblem(f"--reason: {reason!r} is not one of {known}") from None
+    settings = _settings()
+    with endpoints.database_url(settings) as url:
+        try:
+            done = asyncio.run(erase_referral_person(url, settings.home, rid, ground))
+        except NotFound as exc:
+            raise UsageProblem(exc.reason) from None
+    if as_json:
+        body = {
+            "referral_id": str(rid),
+            "erased_at": done.erased_at.isoformat(),
+            "already": not done.now,
+            "referrals": [str(r) for r in done.referrals],
+        }
+        print(json.dumps(body, indent=2))
+        return
+    when = done.erased_at.isoformat(timespec="seconds")
+    if done.now:
+        n = len(done.referrals)
+        console.print(f"erased at {when}: person-erased recorded on {n} referrals")
+    else:
+        console.print(f"already erased at {when}; nothing new recorded")
+
+
+@app.command("access-log")
+def access_log_command(
+    referral: Annotated[str | None, typer.Option(help="only reads of this referral")] = None,
+    reader: Annotated[str | None, typer.Option(help="only reads by this organisation")] = None,
+    since: Annotated[str | None, typer.Option(help="from this instant (ISO 8601)")] = None,
+    until: Annotated[str | None, typer.Option(help="before this instant (ISO 8601)")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000)] = 1000,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Who read whose personal details: when, which referral, which fields, why."""
+    from referralnet.ops.access_log import access_log, show
+
+    try:
+        rid = UUID(referral) if referral is not None else None
+    except ValueError:
+        raise UsageProblem(f"--referral: not a referral id (UUID): {referral!r}") from None
+    settings = _settings()
+    zone = zone_named(settings.timezone)
+    bounds: dict[str, datetime | None] = {}
+    for name, value in (("since", since), ("until", until)):
+        try:
+            bounds[name] = parse_instant(value, zone) if value is not None else None
+        except NotADate as exc:
+            raise UsageProblem(f"--{name}: {exc}") from None
+    with endpoints.database_url(settings) as url:
+        found = asyncio.run(access_log(url, referral_id=rid, reader=reader, limit=limit, **bounds))
+    show(console, found, as_json)
+
+
+keys_app = typer.Typer(help="Master keys and per-person keys: `status`, `rotate`, `migrate`.")
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("status")
+def keys_status() -> None:
+    """Live person keys per master key, erased people, details not yet migrated."""
+    from referralnet.ops import keys
+
+    with endpoints.database_url(_settings()) as url:
+        use, erased, legacy = asyncio.run(keys.status(url))
+    for master, count in use.items():
+        console.print(f"master key {master}: {count} person keys")
+    console.print(f"erased people: {erased}; details under the old alliance key: {legacy}")
+
+
+@keys_app.command("rotate")
+def keys_rotate() -> None:
+    """Re-wrap every person key under a new master key (data is not re-encrypted)."""
+    from referralnet.ops import keys
+    from services.privacy.master_keys import MasterKeyError
+
+    settings = _settings()
+    with endpoints.database_url(settings) as url:
+        try:
+            done = asyncio.run(keys.rotate(url, settings.home))
+        except MasterKeyError as exc:
+            raise UsageProblem(str(exc)) from None
+    console.print(f"current master key {done.current}: {done.rewrapped} person keys re-wrapped")
+    if done.retired:
+        where = (
+            "removed from the key file"
+            if done.from_file
+            else ("no longer used: remove from REFERRALNET_MASTER_KEYS")
+        )
+        console.print(f"retired {', '.join(done.retired)} ({where})")
+
+
+@keys_app.command("migrate")
+def keys_migrate() -> None:
+    """Re-encrypt details still under the old alliance key with per-person keys."""
+    from referralnet.ops import keys
+
+    settings = _settings()
+    with endpoints.database_url(settings) as url:
+        done = asyncio.run(keys.migrate(url, settings.home))
+    console.print(f"{done} details rows re-encrypted under their person's key")
+
+
 @app.command("migrate")
 def migrate_command(
     dry_run: Annotated[

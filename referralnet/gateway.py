@@ -19,6 +19,8 @@ from referralnet.ops import http as ops_http
 from services.intake.api import router as intake_router
 from services.intake.pii import PersonVault
 from services.outcomes.api import router as outcomes_router
+from services.privacy.api import auditor_token
+from services.privacy.api import router as privacy_router
 from services.routing.api import router as routing_router
 from views.api import router as views_router
 from web import errors, tokens
@@ -63,10 +65,11 @@ def create_app(
         title="Referral Network", version="0.1.0", description=DESCRIPTION, lifespan=lifespan
     )
     app.state.vault = PersonVault.from_home(home)
+    app.state.auditor_token = auditor_token(home)
     app.state.token_cache = TokenCache()
     app.state.quota = OrgQuota.from_env()
     errors.install(app)
-    for router in (intake_router, routing_router, outcomes_router, views_router):
+    for router in (intake_router, routing_router, outcomes_router, views_router, privacy_router):
         app.include_router(router)
 
     @app.get("/healthz", tags=["operations"])

@@ -21,10 +21,12 @@ from referralnet.ops.verify import verify_referral
 from schemas.events import (
     ActivityAttended,
     ActivityReferred,
+    ConsentWithdrawn,
     EventModel,
     FirstContactMade,
     FirstContactOverdue,
     OutcomeRecorded,
+    PersonErased,
     ReferralAccepted,
     ReferralClosed,
     ReferralCreated,
@@ -101,6 +103,10 @@ def summarise(event: LifecycleEvent) -> str:
             return f"{event.measure} {event.timepoint}{score}"
         case ReferralClosed():
             return f"{event.reason}"
+        case ConsentWithdrawn():
+            return f"{event.consent}, recorded by {event.recorded_by}"
+        case PersonErased():
+            return f"{event.reason}, asked by {event.requested_by or 'the alliance operator'}"
         case _:
             assert_never(event)
 

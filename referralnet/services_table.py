@@ -21,6 +21,7 @@ from eventstore.store import EventStore
 from services.distributor import store as distributor
 from services.intake import store as intake
 from services.outcomes import store as outcomes
+from services.privacy import store as privacy
 from services.routing import store as routing
 
 CreateSchema = Callable[[AsyncConnection[Any]], Awaitable[None]]
@@ -55,6 +56,9 @@ class Service:
 
 
 SERVICES: tuple[Service, ...] = (
+    # The person's keys and the audit of reads (issue 16): served by the API, no events
+    # on the bus; before intake, whose people are sealed under those keys.
+    Service("privacy", privacy.create, worker="api"),
     Service("intake", intake.create, worker="api", store=intake.STORE),
     Service("routing", routing.create, worker="routing", store=routing.STORE, consumer="routing"),
     Service(

@@ -135,6 +135,15 @@ class Settings:
         "REFERRALNET_ANCHOR_FILE", None, "the signed checkpoints (append-only)",
         "`$REFERRALNET_HOME/anchors/checkpoints.jsonl`",
     )  # fmt: skip
+    master_keys: SecretStr | None = env(
+        "REFERRALNET_MASTER_KEYS", None,
+        "master keys that wrap each person's data key (comma-separated, current first; "
+        "`docs/security.md`)", "generated in `$REFERRALNET_HOME/keys/master.keys`",
+    )  # fmt: skip
+    auditor_token: SecretStr | None = env(
+        "REFERRALNET_AUDITOR_TOKEN", None,
+        "the auditor's token for `GET /audit/access`", "generated in `$REFERRALNET_HOME/keys`",
+    )  # fmt: skip
     web_key: SecretStr | None = env(
         "REFERRALNET_WEB_KEY", None, "Fernet key of the web app's session cookies",
         "generated in `$REFERRALNET_HOME/keys`",

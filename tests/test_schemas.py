@@ -125,6 +125,18 @@ EXAMPLES: dict[tuple[str, int], dict[str, Any]] = {
         "recorded_at": AT,
     },
     ("referral-closed", 1): {"referral_id": RID, "reason": "completed", "closed_at": AT},
+    ("consent-withdrawn", 1): {
+        "referral_id": RID,
+        "consent": "share-outcomes-with-referrer",
+        "recorded_by": "gp-abbey-practice",
+        "withdrawn_at": AT,
+    },
+    ("person-erased", 1): {
+        "referral_id": RID,
+        "reason": "objection",
+        "requested_by": "lw-west-suffolk",
+        "erased_at": AT,
+    },
 }
 
 PERSONAL = re.compile(r"name|nhs|phone|e_?mail|address|note|dob|birth|postcode", re.IGNORECASE)

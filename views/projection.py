@@ -25,10 +25,12 @@ from schemas.envelope import CloudEvent
 from schemas.events import (
     ActivityAttended,
     ActivityReferred,
+    ConsentWithdrawn,
     EventModel,
     FirstContactMade,
     FirstContactOverdue,
     OutcomeRecorded,
+    PersonErased,
     ReferralAccepted,
     ReferralClosed,
     ReferralCreated,
@@ -176,6 +178,13 @@ _INSERT_OUTCOMES = (
     "recorded_at) SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::text[], "
     "%s::float8[], %s::jsonb[], %s::timestamptz[]) ON CONFLICT DO NOTHING"
 )
+_WITHDRAW_OUTCOMES = (
+    "WITH gone AS (DELETE FROM {s}.outcomes o USING {s}.referrals r "
+    "WHERE o.referral_id = r.referral_id AND r.referral_id = ANY(%s) AND r.referrer_org = %s) "
+    "UPDATE {s}.referrals SET outcomes = 0 WHERE referral_id = ANY(%s) AND referrer_org = %s"
+)
+"""Consent to share outcomes withdrawn: the referrer's outcome summary goes (issue 16).
+Only the referrer's view: the link-worker service keeps the outcomes it recorded."""
 _INSERT_TIMELINE = (
     "INSERT INTO {s}.timeline (event_id, referral_id, type, at, actor) "
     "SELECT * FROM unnest(%s::uuid[], %s::uuid[], %s::text[], %s::timestamptz[], %s::text[]) "
@@ -218,6 +227,7 @@ class ViewProjection:
                 ("outcomes", _INSERT_OUTCOMES),
                 ("timeline", _INSERT_TIMELINE),
                 ("changes", _UPDATE_REFERRALS),
+                ("withdrawals", _WITHDRAW_OUTCOMES),
             )
         }
 
@@ -239,9 +249,12 @@ class ViewProjection:
         }
         attendance: dict[tuple[UUID, str], list[int]] = {}
         changes: dict[UUID, ReferralChange] = {}
+        withdrawn: list[UUID] = []
         for event, decoded in items:
             rid = UUID(event.subject)
             model = lifecycle.as_event(decoded)
+            if isinstance(model, ConsentWithdrawn):
+                withdrawn.append(rid)
             self._rows_of(rows, attendance, rid, event, model)
             rows["timeline"].add(event.id, rid, event.type, event.time, event.actor)
             changes.setdefault(rid, ReferralChange()).fold(event, model)
@@ -265,6 +278,8 @@ class ViewProjection:
             )
         statements.append(("timeline", rows["timeline"].columns))
         statements.append(("changes", _change_columns(changes)))
+        if withdrawn:  # after the rows and counters the same batch may have added
+            statements.append(("withdrawals", [withdrawn, self.org_id, withdrawn, self.org_id]))
         async with conn.pipeline():
             for name, params in statements:
                 await conn.execute(self._sql[name], params)
@@ -329,6 +344,8 @@ class ViewProjection:
                 | FirstContactMade()
                 | FirstContactOverdue()
                 | ReferralClosed()
+                | ConsentWithdrawn()  # and the referrer's outcomes go (below)
+                | PersonErased()  # the timeline shows it; the details were never here
             ):
                 pass  # the referral's row only (ReferralChange)
             case _:

@@ -7,10 +7,12 @@ The service schemas are fixed; each partner's view schema holds ``view`` and
 from __future__ import annotations
 
 from infra.migrations import (
+    audit,
     directory,
     distributor,
     events,
     intake,
+    keys,
     outcomes,
     routing,
     tokens,
@@ -28,6 +30,8 @@ INTAKE = intake.COMPONENT
 ROUTING = routing.COMPONENT
 OUTCOMES = outcomes.COMPONENT
 DISTRIBUTOR = distributor.COMPONENT
+KEYS = keys.COMPONENT
+AUDIT = audit.COMPONENT
 
 COMPONENTS: tuple[Component, ...] = (
     DIRECTORY,
@@ -37,6 +41,8 @@ COMPONENTS: tuple[Component, ...] = (
     ROUTING,
     OUTCOMES,
     DISTRIBUTOR,
+    KEYS,
+    AUDIT,
     TRACKING,
     VIEW,
 )
@@ -44,6 +50,9 @@ COMPONENTS: tuple[Component, ...] = (
 SERVICE_TARGETS: tuple[Target, ...] = (
     Target(DIRECTORY, "directory"),
     Target(TOKENS, "directory"),
+    Target(KEYS, "keys"),
+    Target(EVENTS, "audit"),
+    Target(AUDIT, "audit"),
     Target(EVENTS, "intake"),
     Target(INTAKE, "intake"),
     Target(EVENTS, "routing"),

@@ -37,4 +37,10 @@ ALTER TABLE intake.idempotency ALTER COLUMN person_ref DROP NOT NULL;
 """,
 )
 
-COMPONENT = Component("intake", (STEP_1,))
+STEP_2 = Step(
+    2,
+    "people by person (erasure finds every referral of a person)",
+    "CREATE INDEX IF NOT EXISTS referral_people_person ON intake.referral_people (person_ref);",
+)
+
+COMPONENT = Component("intake", (STEP_1, STEP_2))

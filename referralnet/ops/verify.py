@@ -29,6 +29,10 @@ from eventstore.records import StoredEvent
 from eventstore.sealing import load_seal_key
 from eventstore.store import EVENT_COLUMNS, EventStore, stored_event
 from referralnet.lag import STORES
+from services.privacy.audit import AUDIT
+
+CHECKED: tuple[EventStore, ...] = (*STORES, AUDIT)
+"""Every store the chains, seals and checkpoints cover: the services' and the access log."""
 
 log = structlog.get_logger(__name__)
 
@@ -203,7 +207,7 @@ async def _downgraded(conn: AsyncConnection[Any], store: EventStore) -> list[Fin
 
 
 async def verify_stores(
-    conn: AsyncConnection[Any], paths: AnchorPaths, stores: Iterable[EventStore] = STORES
+    conn: AsyncConnection[Any], paths: AnchorPaths, stores: Iterable[EventStore] = CHECKED
 ) -> Verification:
     """Every stream of every store (``verify --all``)."""
     result = Verification()
@@ -226,7 +230,7 @@ async def verify_stores(
 
 
 async def checkpoint(
-    conn: AsyncConnection[Any], paths: AnchorPaths, stores: Sequence[EventStore] = STORES
+    conn: AsyncConnection[Any], paths: AnchorPaths, stores: Sequence[EventStore] = CHECKED
 ) -> CheckpointResult:
     """One checkpoint of ``stores`` now (``verify --checkpoint``)."""
     return await Checkpointer(paths, stores).checkpoint(conn)
@@ -237,7 +241,7 @@ async def checkpoint_periodically(
     home: Path,
     stop: asyncio.Event,
     interval: float = 1.0,
-    stores: Sequence[EventStore] = STORES,
+    stores: Sequence[EventStore] = CHECKED,
 ) -> None:
     """Checkpoint the stores every ``interval`` seconds until ``stop`` is set.
 

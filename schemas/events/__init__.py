@@ -14,6 +14,12 @@ from schemas.events.contact import (
     upcast_session_held_v1,
 )
 from schemas.events.outcome import OutcomeRecorded, Timepoint
+from schemas.events.privacy import (
+    ConsentWithdrawn,
+    ErasureReason,
+    PersonErased,
+    WithdrawnConsent,
+)
 from schemas.events.referral import (
     AgeBand,
     ClosureReason,
@@ -42,6 +48,8 @@ ALL_MODELS: tuple[type[EventModel], ...] = (
     ActivityAttended,
     OutcomeRecorded,
     ReferralClosed,
+    ConsentWithdrawn,
+    PersonErased,
 )
 """Every version of every event type, in journey order."""
 
@@ -52,13 +60,16 @@ __all__ = [
     "AgeBand",
     "ClosureReason",
     "Consent",
+    "ConsentWithdrawn",
     "ContactMode",
     "DeclineReason",
+    "ErasureReason",
     "EventModel",
     "FirstContactMade",
     "FirstContactOverdue",
     "Need",
     "OutcomeRecorded",
+    "PersonErased",
     "ReferralAccepted",
     "ReferralClosed",
     "ReferralCreated",
@@ -70,5 +81,6 @@ __all__ = [
     "SessionKind",
     "Timepoint",
     "Urgency",
+    "WithdrawnConsent",
     "upcast_session_held_v1",
 ]

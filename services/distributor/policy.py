@@ -1,7 +1,7 @@
 """Who may see what (DESIGN §4), as a pure function of a referral's entitlements.
 
 | role for a referral         | receives                                                  |
-| referrer                    | every milestone; outcomes only if the person consented    |
+| referrer                    | every milestone; outcomes only while the person consents  |
 | link-worker service routed  | everything from routing on, plus the referral itself      |
 | a service that declined     | the journey up to and including its own decline           |
 | provider of an activity     | the referral, its own activity-referred and attendance,   |
@@ -32,10 +32,12 @@ from schemas.envelope import CloudEvent, from_kafka, to_kafka
 from schemas.events import (
     ActivityAttended,
     ActivityReferred,
+    ConsentWithdrawn,
     EventModel,
     FirstContactMade,
     FirstContactOverdue,
     OutcomeRecorded,
+    PersonErased,
     ReferralAccepted,
     ReferralClosed,
     ReferralCreated,
@@ -65,6 +67,8 @@ MILESTONES_FOR_REFERRER: Final[frozenset[type[EventModel]]] = frozenset(
         ActivityReferred,
         ActivityAttended,
         ReferralClosed,
+        ConsentWithdrawn,  # the referrer's view drops the outcomes it holds (issue 16)
+        PersonErased,
     }
 )
 """What the referrer always receives; ``outcome-recorded`` only with the person's consent."""
@@ -98,9 +102,18 @@ class Entitlements:
         """The entitlements once ``model`` happened (the lifecycle's rules for parties);
         ``self`` when it changes nothing, so callers write only what changed."""
         p = lifecycle.apply_parties(self.parties, model)
-        if p.service_org == self.service_org and p.providers == tuple(self.providers):
+        if (
+            p.service_org == self.service_org
+            and p.providers == tuple(self.providers)
+            and p.share_outcomes_with_referrer == self.share_outcomes_with_referrer
+        ):
             return self
-        return replace(self, service_org=p.service_org, providers=p.providers)
+        return replace(
+            self,
+            service_org=p.service_org,
+            providers=p.providers,
+            share_outcomes_with_referrer=p.share_outcomes_with_referrer,
+        )
 
 
 def freeze(event: CloudEvent) -> dict[str, Any]:
@@ -268,9 +281,10 @@ def _partners(m: LifecycleEvent, ent: Entitlements) -> list[str]:
             return []
         case ActivityReferred() | ActivityAttended():
             return [*holder, m.provider_org]
-        case ReferralClosed():
+        case ReferralClosed() | PersonErased():
             # providers learn that the referral ended: their view then withholds the
-            # person (views.entitlement), and their role in it is over
+            # person (views.entitlement), and their role in it is over; or that the
+            # person was erased (issue 16)
             return [*holder, *ent.providers]
         case (
             ReferralAccepted()
@@ -278,6 +292,7 @@ def _partners(m: LifecycleEvent, ent: Entitlements) -> list[str]:
             | FirstContactOverdue()
             | SessionHeld()
             | OutcomeRecorded()
+            | ConsentWithdrawn()
         ):
             return holder
         case _:

@@ -54,7 +54,8 @@ async def save_many(conn: AsyncConnection[Any], changed: dict[str, Entitlements]
         "FROM unnest(%s::text[], %s::text[], %s::boolean[], %s::text[], %s::jsonb[], "
         "%s::jsonb[]) AS t(r, o, s, v, p, c) "
         "ON CONFLICT (referral_id) DO UPDATE SET "
-        "service_org = EXCLUDED.service_org, providers = EXCLUDED.providers",
+        "service_org = EXCLUDED.service_org, providers = EXCLUDED.providers, "
+        "share_outcomes_with_referrer = EXCLUDED.share_outcomes_with_referrer",
         (
             ids,
             [e.referrer_org for e in ents],

@@ -12,7 +12,7 @@ from eventstore.records import new_event
 from services.existence import on_its_way_to
 from services.intake import idempotency
 from services.intake.domain import decide_referral
-from services.intake.pii import PersonVault, person_ref_for
+from services.intake.pii import PersonVault, person_ref_for, read_person
 from services.intake.requests import (
     PersonView,
     ReferralCreatedResponse,
@@ -95,7 +95,7 @@ async def create_referral(
         await conn.execute(
             "INSERT INTO intake.referral_people (referral_id, person_ref, ciphertext) "
             "VALUES (%s, %s, %s)",
-            (referral_id, person_ref, vault.encrypt(details)),
+            (referral_id, person_ref, await vault.encrypt(conn, person_ref, details)),
         )
         event = new_event(
             model, actor=org.id, occurred_at=body.referred_at, correlation_id=referral_id
@@ -121,17 +121,6 @@ async def known_area(conn: Conn, state: Any, area: str) -> None:
     state.areas = areas = {str(r[0]) for r in await cur.fetchall()}
     if area not in areas:
         raise Invalid("not an area of the alliance directory (see GET /directory)", field="area")
-
-
-async def person_details(conn: Conn, vault: PersonVault, referral_id: UUID) -> dict[str, object]:
-    """Decrypt the person behind a referral (callers check entitlement first)."""
-    cur = await conn.execute(
-        "SELECT ciphertext FROM intake.referral_people WHERE referral_id = %s", (referral_id,)
-    )
-    row = await cur.fetchone()
-    if row is None:
-        raise NotFound(f"no referral {referral_id}")
-    return vault.decrypt(bytes(row[0]))
 
 
 @router.get(
@@ -165,16 +154,23 @@ async def get_referral(
     granted = access(org.id, org.kind, facts_of(row, row.pop("providers")) if row else None)
     if row is None or granted is None:
         raise NotFound(f"no referral {referral_id} in your view")
-    shown = None
+    shown, erased = None, False
     if person and granted.person_level:
-        details = await person_details(conn, request.app.state.vault, referral_id)
-        shown = PersonView.model_validate(
-            {k: v for k, v in details.items() if k in granted.person_fields}
-        )
+        details = await read_person(
+            conn,
+            request.app.state.vault,
+            referral_id,
+            reader=org.id,
+            fields=granted.person_fields,
+            purpose=f"GET /referrals/{{id}} as {granted.role}",
+        )  # recorded in the access log (services.privacy.audit); None: erased
+        erased = details is None
+        shown = None if details is None else PersonView.model_validate(details)
     return ReferralDetail(
         referral_id=referral_id,
         role=granted.role,
         view=row,
         person=shown,
+        person_erased=erased,
         fetched_at=datetime.now(UTC),
     )

@@ -125,4 +125,8 @@ class ReferralDetail(BaseModel):
     role: str
     view: dict[str, object]
     person: PersonView | None = None
+    person_erased: bool = Field(
+        default=False,
+        description="true: the person was erased (their details destroyed); person is null",
+    )
     fetched_at: datetime

@@ -379,3 +379,19 @@ def test_personal_data_never_reaches_any_topic(
         for r in records:
             for needle in needles:
                 assert needle.encode() not in r.raw, (needle, r.topic, r.type)
+
+
+def test_personal_data_is_in_clear_in_no_table_log_or_data_file(
+    system: RunningSystem, alliance: Alliance, journeys: tuple[Journey, Journey]
+) -> None:
+    """The same markers, in every table of every schema (bytea as hex too), and in every
+    file under the stack's home: PostgreSQL's data files and WAL, the logs, the keys."""
+    from tests.privacy.scan import in_files, in_tables
+
+    needles = [f"note-{alliance.suffix}", "401 023 2137", "4010232137"]
+    for j in journeys:
+        needles += [j.name, j.phone, j.phone.replace(" ", "")]
+    tables, hits = in_tables(system, needles)
+    assert tables > 20 and hits == []
+    files, hits = in_files(system.settings.home, needles)
+    assert files > 100 and hits == []

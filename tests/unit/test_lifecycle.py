@@ -29,12 +29,15 @@ from schemas.events import (
     AgeBand,
     ClosureReason,
     Consent,
+    ConsentWithdrawn,
     ContactMode,
     DeclineReason,
+    ErasureReason,
     FirstContactMade,
     FirstContactOverdue,
     Need,
     OutcomeRecorded,
+    PersonErased,
     ReferralAccepted,
     ReferralClosed,
     ReferralCreated,
@@ -46,6 +49,7 @@ from schemas.events import (
     SessionKind,
     Timepoint,
     Urgency,
+    WithdrawnConsent,
 )
 from schemas.measures import Measure
 from schemas.registry import decode, encode
@@ -143,6 +147,21 @@ def closed(at: datetime = T0) -> ReferralClosed:
     return ReferralClosed(referral_id=RID, reason=ClosureReason.COMPLETED, closed_at=at)
 
 
+def withdrawn(at: datetime = T0) -> ConsentWithdrawn:
+    return ConsentWithdrawn(
+        referral_id=RID,
+        consent=WithdrawnConsent.SHARE_OUTCOMES_WITH_REFERRER,
+        recorded_by="gp-a",
+        withdrawn_at=at,
+    )
+
+
+def erased(at: datetime = T0) -> PersonErased:
+    return PersonErased(
+        referral_id=RID, reason=ErasureReason.OBJECTION, requested_by="lw-b", erased_at=at
+    )
+
+
 def one_of_each() -> list[LifecycleEvent]:
     """One event of every lifecycle class, in journey order."""
     return [
@@ -158,7 +177,29 @@ def one_of_each() -> list[LifecycleEvent]:
         attended(True),
         outcome(),
         closed(),
+        withdrawn(),
+        erased(),
     ]
+
+
+def test_consent_withdrawal_stops_outcome_sharing_and_keeps_the_rest() -> None:
+    shared = fold([created(), routed(), accepted(), outcome(t(5))])
+    assert shared.parties.share_outcomes_with_referrer is True
+    after = apply(shared, withdrawn(t(6)))
+    assert after.parties.share_outcomes_with_referrer is False
+    assert after.consent_withdrawn_at == t(6)
+    assert (after.status, after.outcomes, after.parties.service_org) == (
+        shared.status,
+        shared.outcomes,
+        shared.parties.service_org,
+    )
+
+
+def test_erasure_keeps_the_journey_and_its_figures() -> None:
+    before = fold([created(), routed(), accepted(), session(SessionKind.GROUP, 30), closed(t(9))])
+    after = apply(before, erased(t(10)))
+    assert after.erased_at == t(10)
+    assert dataclasses.replace(after, erased_at=None, last_event_at=before.last_event_at) == before
 
 
 def test_one_of_each_covers_every_lifecycle_class() -> None:
