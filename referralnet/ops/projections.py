@@ -18,12 +18,12 @@ from typing import Annotated, Any
 
 import click
 import typer
-from infra.settings import Settings
 from psycopg import AsyncConnection
 from psycopg.errors import UndefinedTable
 from rich.console import Console
 
 from referralnet import endpoints
+from referralnet.settings import Settings
 from services.outcomes import adapters as outcomes
 from services.routing import adapters as routing
 

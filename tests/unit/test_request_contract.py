@@ -51,6 +51,11 @@ BECOMES: dict[str, tuple[str, dict[str, str]]] = {
     "MeasureTaken": ("outcome-recorded", {n: n for n in ("measure", "items", "score")}),
     "Assessment": ("outcome-recorded", {"timepoint": "timepoint", "recorded_at": "recorded_at"}),
     "Closing": ("referral-closed", {"reason": "reason", "closed_at": "closed_at"}),
+    "ErasureRequest": ("person-erased", {"reason": "reason"}),
+    "WithdrawalRequest": (
+        "consent-withdrawn",
+        {"consent": "consent", "withdrawn_at": "withdrawn_at"},
+    ),
 }
 NOT_ON_THE_BUS = {
     ("ReferralRequest", "person"): "personal data stays in intake (encrypted)",
