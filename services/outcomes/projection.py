@@ -15,14 +15,23 @@ from psycopg import AsyncConnection
 
 from bus.tracking import Outgoing
 from schemas.envelope import CloudEvent
-from schemas.events.base import EventModel
-from schemas.events.referral import (
+from schemas.events import (
+    ActivityAttended,
+    ActivityReferred,
+    ConsentWithdrawn,
+    FirstContactMade,
+    FirstContactOverdue,
+    OutcomeRecorded,
+    PersonErased,
     ReferralAccepted,
+    ReferralClosed,
     ReferralCreated,
     ReferralDeclined,
     ReferralEscalated,
     ReferralRouted,
+    SessionHeld,
 )
+from schemas.events.base import EventModel
 
 UPDATES: dict[type[EventModel], str] = {
     ReferralRouted: "UPDATE outcomes.cases SET service_org = %(service_org)s, "
@@ -37,15 +46,30 @@ UPDATES: dict[type[EventModel], str] = {
 }
 """Routing's answers, by event class."""
 
+HANDLES: frozenset[type[EventModel]] = frozenset({ReferralCreated, *UPDATES})
+IGNORES: frozenset[type[EventModel]] = frozenset(
+    # outcomes' own events (it decides on them from its store, not the bus), and what
+    # does not change who holds a referral (tests/unit/test_lifecycle_coverage.py)
+    {
+        FirstContactMade,
+        FirstContactOverdue,
+        SessionHeld,
+        ActivityReferred,
+        ActivityAttended,
+        OutcomeRecorded,
+        ReferralClosed,
+        ConsentWithdrawn,
+        PersonErased,
+    }
+)
+
 
 class CaseProjection:
     """Consumer ``outcomes``: keeps ``outcomes.cases`` in step with routing."""
 
     consumer = "outcomes"
     schema = "outcomes"
-    interested_in: frozenset[str] | None = frozenset(
-        [ReferralCreated.event_type, *(m.event_type for m in UPDATES)]
-    )
+    interested_in: frozenset[str] | None = frozenset(m.event_type for m in HANDLES)
     may_reject = False
 
     async def apply(

@@ -11,10 +11,46 @@ from psycopg import AsyncConnection
 
 from bus.tracking import Outgoing
 from schemas.envelope import CloudEvent
-from schemas.events.referral import ReferralClosed, ReferralCreated
+from schemas.events import (
+    ActivityAttended,
+    ActivityReferred,
+    ConsentWithdrawn,
+    EventModel,
+    FirstContactMade,
+    FirstContactOverdue,
+    OutcomeRecorded,
+    PersonErased,
+    ReferralAccepted,
+    ReferralClosed,
+    ReferralCreated,
+    ReferralDeclined,
+    ReferralEscalated,
+    ReferralRouted,
+    SessionHeld,
+)
 from services.routing.adapters import PostgresUnitOfWork
 from services.routing.commands import OpenCase, ReleasePlace
 from services.routing.handlers import handle
+
+HANDLES: frozenset[type[EventModel]] = frozenset({ReferralCreated, ReferralClosed})
+IGNORES: frozenset[type[EventModel]] = frozenset(
+    # routing's own answers (decided from its store) and casework: none moves a place
+    # (tests/unit/test_lifecycle_coverage.py)
+    {
+        ReferralRouted,
+        ReferralAccepted,
+        ReferralDeclined,
+        ReferralEscalated,
+        FirstContactMade,
+        FirstContactOverdue,
+        SessionHeld,
+        ActivityReferred,
+        ActivityAttended,
+        OutcomeRecorded,
+        ConsentWithdrawn,
+        PersonErased,
+    }
+)
 
 
 class RoutingProjection:
@@ -25,9 +61,7 @@ class RoutingProjection:
 
     consumer = "routing"
     schema = "routing"
-    interested_in: frozenset[str] | None = frozenset(
-        {ReferralCreated.event_type, ReferralClosed.event_type}
-    )
+    interested_in: frozenset[str] | None = frozenset(m.event_type for m in HANDLES)
     may_reject = False
 
     async def apply(

@@ -20,6 +20,8 @@ CONSUMERS: tuple[str, ...] = (
     "views.projection",
     "services.distributor.policy",
     "referralnet.journey",
+    "services.outcomes.projection",
+    "services.routing.projection",
 )
 """Modules that act on journey events. Add a consumer here when you write one."""
 
