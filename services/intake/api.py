@@ -1,26 +1,32 @@
-"""Intake's HTTP routes: referrers submit referrals; entitled partners read them."""
+"""Intake's HTTP routes: referrers submit referrals; entitled partners read them.
+
+``POST /referrals`` parses the request, builds the ``CreateReferral`` command, hands it
+to ``handlers.handle`` on the request's connection, answers 201 (or 200 for a replayed
+``Idempotency-Key``).
+"""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from datetime import UTC, datetime
 from typing import Annotated, Any
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Header, Query, Request, Response
 
-from eventstore.records import new_event
 from services.existence import on_its_way_to
-from services.intake import idempotency
-from services.intake.domain import decide_referral
-from services.intake.pii import PersonVault, person_ref_for, read_person
+from services.intake.adapters import AreaCache, PostgresUnitOfWork
+from services.intake.commands import from_request
+from services.intake.domain import Replay
+from services.intake.handlers import handle
+from services.intake.pii import read_person
 from services.intake.requests import (
     PersonView,
     ReferralCreatedResponse,
     ReferralDetail,
     ReferralRequest,
 )
-from services.intake.store import STORE
-from services.refusal import Forbidden, Invalid, NotFound, NotYet
+from services.refusal import Forbidden, NotFound, NotYet
 from views import queries as views
 from views.entitlement import access, facts_of, individual_rows_allowed
 from web.deps import Caller, Conn
@@ -72,55 +78,25 @@ async def create_referral(
     key reused with a different body is 422 (IETF idempotency-key draft). Concurrent
     requests with one key wait for the first: one 201, the others 200.
     """
-    vault: PersonVault = request.app.state.vault
-    referral_id = uuid4()
-    decided = decide_referral(
+    command = from_request(
         body,
+        referral_id=uuid4(),
         referrer_id=org.id,
         referrer_kind=org.kind,
-        referral_id=referral_id,
-        person_ref="p_pending",
-        now=datetime.now(UTC),
+        received_at=datetime.now(UTC),
+        idempotency_key=idempotency_key,
     )
-    await known_area(conn, request.app.state, body.area)
-    details = body.person.model_dump(mode="json")
-    async with conn.transaction():
-        if idempotency_key:
-            claimed = await idempotency.claim(conn, org.id, idempotency_key, body, referral_id)
-            if claimed != referral_id:
-                response.status_code = 200
-                return ReferralCreatedResponse(referral_id=claimed)
-        person_ref = await person_ref_for(conn, vault, details)
-        model = decided.model_copy(update={"person_ref": person_ref})
-        await conn.execute(
-            "INSERT INTO intake.referral_people (referral_id, person_ref, ciphertext) "
-            "VALUES (%s, %s, %s)",
-            (referral_id, person_ref, await vault.encrypt(conn, person_ref, details)),
-        )
-        event = new_event(
-            model, actor=org.id, occurred_at=body.referred_at, correlation_id=referral_id
-        )
-        await STORE.append(conn, referral_id, 0, [event])
-    return ReferralCreatedResponse(referral_id=referral_id)
+    decision = await handle(command, _in(conn, request.app.state))
+    if isinstance(decision, Replay):
+        response.status_code = 200
+    return ReferralCreatedResponse(referral_id=decision.referral_id)
 
 
-async def known_area(conn: Conn, state: Any, area: str) -> None:
-    """422 naming ``area`` unless some organisation or activity of the directory has it.
-
-    ``area`` travels on the bus, so only the directory's vocabulary may (free text such
-    as an address must not). Areas seen are remembered; an unseen one is looked up
-    again, so an area added by ``directory load`` is accepted at once.
-    """
-    areas: set[str] = getattr(state, "areas", set())
-    if area in areas:
-        return
-    cur = await conn.execute(
-        "SELECT a FROM directory.organisations, unnest(areas) AS a "
-        "UNION SELECT area FROM directory.activities"
-    )
-    state.areas = areas = {str(r[0]) for r in await cur.fetchall()}
-    if area not in areas:
-        raise Invalid("not an area of the alliance directory (see GET /directory)", field="area")
+def _in(conn: Conn, state: Any) -> PostgresUnitOfWork:
+    """Units of work on the request's connection, with the app's vault and area cache."""
+    if not hasattr(state, "areas"):
+        state.areas = AreaCache()
+    return PostgresUnitOfWork(lambda: nullcontext(conn), state.vault, state.areas)
 
 
 @router.get(

@@ -1,4 +1,6 @@
-"""Intake's pure decisions: who may refer whom, banded age, NHS number check digit."""
+"""Intake's pure decisions: who may refer whom, banded age, NHS number check digit, and
+``decide`` over intake's state (unknown area, ``Idempotency-Key`` replays, a stream that
+exists). Domain speed: no I/O."""
 
 from __future__ import annotations
 
@@ -10,9 +12,19 @@ import pytest
 from pydantic import ValidationError
 
 from directory.model import REFERRER_KINDS, OrgKind
-from services.intake.domain import age_band, age_on, decide_referral
+from services.intake.commands import CreateReferral, from_request
+from services.intake.domain import (
+    Claim,
+    Create,
+    IntakeState,
+    Replay,
+    age_band,
+    age_on,
+    referral_created,
+)
+from services.intake.domain import decide as decide_on
 from services.intake.requests import ReferralRequest, nhs_number_is_valid
-from services.refusal import Forbidden, Invalid
+from services.refusal import Conflict, Forbidden, Invalid, Refusal
 from tests.conftest import referral_body
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -26,15 +38,28 @@ def person(**overrides: Any) -> dict[str, Any]:
     return {**referral_body()["person"], **overrides}
 
 
-def decide(req: ReferralRequest, kind: OrgKind = OrgKind.GP_PRACTICE, now: datetime = NOW) -> Any:
-    return decide_referral(
+def command(
+    req: ReferralRequest,
+    kind: OrgKind = OrgKind.GP_PRACTICE,
+    now: datetime = NOW,
+    key: str | None = None,
+) -> CreateReferral:
+    return from_request(
         req,
+        referral_id=uuid4(),
         referrer_id="gp-1",
         referrer_kind=kind,
-        referral_id=uuid4(),
-        person_ref="p_pending",
-        now=now,
+        received_at=now,
+        idempotency_key=key,
     )
+
+
+def decide(req: ReferralRequest, kind: OrgKind = OrgKind.GP_PRACTICE, now: datetime = NOW) -> Any:
+    """The ``referral-created`` model for ``req``; raises the refusal."""
+    made = referral_created(command(req, kind, now))
+    if isinstance(made, Refusal):
+        raise made
+    return made
 
 
 def test_a_valid_referral_becomes_referral_created_without_personal_data() -> None:
@@ -178,3 +203,63 @@ def test_what_only_the_event_schema_refuses_is_invalid_not_a_crash(
         decide(request(**overrides))
     assert refused.value.field == field
     assert "Value error" not in refused.value.reason
+
+
+def test_decide_creates_one_referral_created_by_the_referrer_on_its_own_stream() -> None:
+    cmd = command(request(area="north"))
+    decision = decide_on(IntakeState(person_ref="p_abc"), cmd)
+    assert isinstance(decision, Create)
+    assert decision.referral_id == cmd.referral_id
+    [event] = decision.events
+    assert event.type == "referral-created"
+    assert event.actor == "gp-1"
+    assert event.correlation_id == cmd.referral_id
+    assert event.occurred_at == cmd.referred_at
+    assert event.data["person_ref"] == "p_abc"
+    assert event.data["referral_id"] == str(cmd.referral_id)
+
+
+def test_an_area_the_directory_does_not_know_is_refused_after_the_rules() -> None:
+    refused = decide_on(IntakeState(area_known=False), command(request(area="atlantis")))
+    assert isinstance(refused, Invalid)
+    assert refused.field == "area" and "directory" in refused.reason
+    # the referral's own rules come first, as they did before any lookup
+    no_consent = request(area="atlantis", consent={"share_with_link_worker": False})
+    first = decide_on(IntakeState(area_known=False), command(no_consent))
+    assert isinstance(first, Invalid) and first.field == "consent.share_with_link_worker"
+
+
+def test_an_idempotency_key_used_with_the_same_body_replays_the_first_referral() -> None:
+    cmd = command(request(), key="k-1")
+    assert cmd.idempotency is not None
+    earlier = uuid4()
+    decision = decide_on(IntakeState(previous=Claim(earlier, cmd.idempotency.body_digest)), cmd)
+    assert decision == Replay(earlier)
+    # a key stored before body digests were (NULL) counts as the same body
+    assert decide_on(IntakeState(previous=Claim(earlier, None)), cmd) == Replay(earlier)
+
+
+def test_an_idempotency_key_used_with_a_different_body_is_invalid() -> None:
+    first = command(request(area="north"), key="k-1")
+    second = command(request(area="south"), key="k-1")
+    assert first.idempotency is not None and second.idempotency is not None
+    assert first.idempotency.key_digest == second.idempotency.key_digest
+    assert first.idempotency.body_digest != second.idempotency.body_digest
+    claim = Claim(first.referral_id, first.idempotency.body_digest)
+    refused = decide_on(IntakeState(previous=claim), second)
+    assert isinstance(refused, Invalid) and refused.field == "Idempotency-Key"
+    assert refused.status == 422
+
+
+def test_the_key_and_body_are_kept_only_as_digests_and_body_order_does_not_matter() -> None:
+    body = referral_body()
+    reordered = ReferralRequest.model_validate(dict(reversed(list(body.items()))))
+    a = command(ReferralRequest.model_validate(body), key="secret-key")
+    b = command(reordered, key="secret-key")
+    assert a.idempotency == b.idempotency
+    assert a.idempotency is not None and "secret-key" not in repr(a.idempotency)
+
+
+def test_a_stream_that_exists_already_is_a_conflict_not_a_second_creation() -> None:
+    refused = decide_on(IntakeState(version=1), command(request()))
+    assert isinstance(refused, Conflict)

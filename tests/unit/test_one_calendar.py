@@ -27,9 +27,10 @@ from infra.local_time import (
     parse_instant,
 )
 from referralnet.settings import Settings
-from services.intake.domain import decide_referral
+from services.intake.commands import from_request
+from services.intake.domain import referral_created
 from services.intake.requests import ReferralRequest
-from services.refusal import Invalid
+from services.refusal import Invalid, Refusal
 from tests.conftest import referral_body
 from views.report import report_range
 
@@ -163,15 +164,19 @@ def test_the_zone_is_a_setting_defaulting_to_london(monkeypatch: pytest.MonkeyPa
 def decide_at(referred_at: str, born: str = "2010-06-15") -> Any:
     body = referral_body(referred_at=referred_at)
     body["person"]["date_of_birth"] = born
-    return decide_referral(
-        ReferralRequest.model_validate(body),
-        referrer_id="gp-1",
-        referrer_kind=OrgKind.GP_PRACTICE,
-        referral_id=uuid4(),
-        person_ref="p_pending",
-        now=datetime(2030, 1, 1, tzinfo=UTC),
+    made = referral_created(
+        from_request(
+            ReferralRequest.model_validate(body),
+            referral_id=uuid4(),
+            referrer_id="gp-1",
+            referrer_kind=OrgKind.GP_PRACTICE,
+            received_at=datetime(2030, 1, 1, tzinfo=UTC),
+        ),
         zone=LONDON,
     )
+    if isinstance(made, Refusal):
+        raise made
+    return made
 
 
 def test_the_sixteenth_birthday_is_a_london_date_whatever_the_offset() -> None:
