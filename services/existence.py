@@ -4,7 +4,8 @@ A command can reach routing or outcomes before that service has heard of the ref
 through the bus (a link worker accepting right after the referrer's ``POST /referrals``).
 Intake records every referral first, so the services ask intake's store, read-only, by
 its primary key: known there but not here is "not yet"; unknown there is "not found".
-Routing's case table likewise tells outcomes that an acceptance is on its way.
+Routing's case table likewise tells outcomes that an acceptance is on its way; it is
+read through routing's adapter (``services.routing.adapters.holder``), not here.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ from typing import Any
 from uuid import UUID
 
 from psycopg import AsyncConnection
+
+# the module, not its names: routing's adapter imports this module too
+from services.routing import adapters as routing
 
 
 async def known_to_intake(conn: AsyncConnection[Any], referral_id: UUID) -> bool:
@@ -25,11 +29,7 @@ async def known_to_intake(conn: AsyncConnection[Any], referral_id: UUID) -> bool
 
 async def routing_holder(conn: AsyncConnection[Any], referral_id: UUID) -> tuple[str, str] | None:
     """(service_org, status) as routing has it now, or None if routing has not routed it."""
-    cur = await conn.execute(
-        "SELECT service_org, status FROM routing.cases WHERE referral_id = %s", (referral_id,)
-    )
-    row = await cur.fetchone()
-    return (str(row[0]), str(row[1])) if row and row[0] else None
+    return await routing.holder(conn, referral_id)
 
 
 async def on_its_way_to(conn: AsyncConnection[Any], referral_id: UUID, org: str) -> bool:

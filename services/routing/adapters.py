@@ -25,7 +25,7 @@ from eventstore.records import StoredEvent
 from schemas.events.base import EventModel
 from schemas.events.referral import ReferralClosed, ReferralCreated
 from schemas.registry import decode
-from services.existence import known_to_intake
+from services import existence
 from services.routing.domain import Candidate, Decision, RoutingCase, from_lifecycle
 from services.routing.store import STORE, sync_capacity
 from services.routing.unit_of_work import RoutingWork
@@ -113,7 +113,7 @@ class PostgresRoutingWork:
         await sync_capacity(self.conn)
 
     async def known_to_intake(self, referral_id: UUID) -> bool:
-        return await known_to_intake(self.conn, referral_id)
+        return await existence.known_to_intake(self.conn, referral_id)
 
     async def record(
         self, before: RoutingCase, decision: Decision, at: datetime
@@ -133,6 +133,16 @@ class PostgresRoutingWork:
                     (delta, org),
                 )
         return stored
+
+
+async def holder(conn: AsyncConnection[Any], referral_id: UUID) -> tuple[str, str] | None:
+    """(service_org, status) of the case now, or None if routing has not routed it (for
+    ``services.existence``: other services ask routing, not its table)."""
+    cur = await conn.execute(
+        "SELECT service_org, status FROM routing.cases WHERE referral_id = %s", (referral_id,)
+    )
+    row = await cur.fetchone()
+    return (str(row[0]), str(row[1])) if row and row[0] else None
 
 
 Connect = Callable[[], AbstractAsyncContextManager[AsyncConnection[Any]]]
