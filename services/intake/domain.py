@@ -86,18 +86,21 @@ class Replay:
 Decision = Create | Replay
 
 
-def referral_created(
-    command: CreateReferral, person_ref: str = PENDING, *, zone: ZoneInfo | None = None
-) -> ReferralCreated | Refusal:
-    """The rules every referral meets on its own, and its ``referral-created`` model.
+def refusal(command: CreateReferral, *, zone: ZoneInfo | None = None) -> Refusal | None:
+    """The first rule a referral breaks on its own, or None; cheap (no model is built),
+    so the handler asks it before any I/O.
 
-    Refusals (status in ``services.refusal``): a kind that may not refer (403); no
-    consent to a link worker (422); ``referred_at`` in the future beyond ``CLOCK_SKEW``
-    (422); born after ``referred_at`` or younger than ``MIN_AGE`` (422); what only the
-    event schema checks, e.g. a need twice (422). Age is counted on the alliance's
-    calendar (``zone``, default the alliance setting): the day of referral is the date
-    of ``referred_at`` there, whatever offset the caller wrote it with.
+    A kind that may not refer (403); no consent to a link worker (422); ``referred_at``
+    in the future beyond ``CLOCK_SKEW`` (422); born after ``referred_at`` or younger than
+    ``MIN_AGE`` (422). Age is counted on the alliance's calendar (``zone``, default the
+    alliance setting): the day of referral is the date of ``referred_at`` there, whatever
+    offset the caller wrote it with.
     """
+    refused = _age(command, zone)
+    return refused if isinstance(refused, Refusal) else None
+
+
+def _age(command: CreateReferral, zone: ZoneInfo | None) -> int | Refusal:
     kind = command.referrer_kind
     if kind not in REFERRER_KINDS and kind is not OrgKind.LINK_WORKER_SERVICE:
         return Forbidden(f"a {kind.value} organisation cannot make referrals")
@@ -118,6 +121,17 @@ def referral_created(
             field="person.date_of_birth",
             reason=f"social prescribing is for people aged {MIN_AGE}+; the person was {age}",
         )
+    return age
+
+
+def referral_created(
+    command: CreateReferral, person_ref: str = PENDING, *, zone: ZoneInfo | None = None
+) -> ReferralCreated | Refusal:
+    """The referral's ``referral-created`` model, or the refusal: the rules of
+    ``refusal``, then what only the event schema checks, e.g. a need twice (422)."""
+    age = _age(command, zone)
+    if isinstance(age, Refusal):
+        return age
     model = model_for(ReferralCreated.event_type, latest_version(ReferralCreated.event_type))
     try:
         made = model.model_validate(
@@ -125,7 +139,7 @@ def referral_created(
                 "referral_id": command.referral_id,
                 "person_ref": person_ref,
                 "referrer_org": command.referrer_id,
-                "referrer_kind": kind.value,
+                "referrer_kind": command.referrer_kind.value,
                 "needs": [n.value for n in command.needs],
                 "urgency": command.urgency,
                 "consent": command.consent.model_dump(),

@@ -23,6 +23,7 @@ from services.intake.domain import (
     referral_created,
 )
 from services.intake.domain import decide as decide_on
+from services.intake.domain import refusal as domain_refusal
 from services.intake.requests import ReferralRequest, nhs_number_is_valid
 from services.refusal import Conflict, Forbidden, Invalid, Refusal
 from tests.conftest import referral_body
@@ -263,3 +264,14 @@ def test_the_key_and_body_are_kept_only_as_digests_and_body_order_does_not_matte
 def test_a_stream_that_exists_already_is_a_conflict_not_a_second_creation() -> None:
     refused = decide_on(IntakeState(version=1), command(request()))
     assert isinstance(refused, Conflict)
+
+
+def test_the_early_check_refuses_what_the_rules_refuse_and_leaves_the_schema_to_decide() -> None:
+    assert domain_refusal(command(request())) is None
+    young = domain_refusal(command(request(person=person(date_of_birth="2012-01-01"))))
+    assert isinstance(young, Invalid) and young.field == "person.date_of_birth"
+    assert isinstance(domain_refusal(command(request(), OrgKind.COMMISSIONER)), Forbidden)
+    twice = command(request(needs=["stress", "stress"]))
+    assert domain_refusal(twice) is None  # only the event schema knows
+    refused = decide_on(IntakeState(), twice)
+    assert isinstance(refused, Invalid) and refused.field == "needs"
