@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Annotated
 from uuid import UUID, uuid4
 
 from fastapi import APIRouter, Header, Query, Request, Response
+from starlette.datastructures import State
 
 from services.existence import on_its_way_to
 from services.intake.adapters import AreaCache, PostgresUnitOfWork
@@ -92,7 +93,7 @@ async def create_referral(
     return ReferralCreatedResponse(referral_id=decision.referral_id)
 
 
-def _in(conn: Conn, state: Any) -> PostgresUnitOfWork:
+def _in(conn: Conn, state: State) -> PostgresUnitOfWork:
     """Units of work on the request's connection, with the app's vault and area cache."""
     if not hasattr(state, "areas"):
         state.areas = AreaCache()
