@@ -16,6 +16,7 @@ Every tracked consumer (the view runner, the faust agents, replay) goes through
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -400,9 +401,31 @@ MAX_VERSION = 2**31 - 1
 """Stream versions and partner sequences are kept as PostgreSQL ``integer``."""
 
 RETRY_HEADER = "x-dead-letter-retry"
-"""Marks a record re-driven by ``dead-letters retry``; the stream rule needs no exception
-for it (a dead letter was never applied, so it arrives as the version its stream waits
-for), but it stays on the record for audit."""
+"""Marks a record re-driven by ``dead-letters retry``: JSON ``{"dead_letters": [ids],
+"consumers": [names], "reason": ...}``. The stream rule needs no exception for it (a dead
+letter was never applied, so it arrives as the version its stream waits for). Only the
+consumers named take it: the others applied or skipped the original already, or parked
+it in a letter of their own, so a poison record retried while still poison is parked
+again once per consumer that parked it, not once per consumer of the topic."""
+
+
+def retried_for_others(record: Record, consumer: str) -> bool:
+    """Whether ``record`` is a dead-letter retry addressed to other consumers only.
+
+    A marker without ``consumers`` (an older retry) is addressed to every consumer; an
+    unreadable one too (the envelope codec then judges the record as any other).
+    """
+    for key, value in record.headers:
+        if key != RETRY_HEADER or value is None:
+            continue
+        try:
+            marker = json.loads(value)
+        except ValueError:
+            return False
+        names = marker.get("consumers") if isinstance(marker, dict) else None
+        return isinstance(names, list) and consumer not in names
+    return False
+
 
 Publish = Callable[[Sequence[Outgoing]], Awaitable[None]]
 
@@ -524,6 +547,9 @@ async def _apply_in_order(
     schema = projection.schema
     incoming: list[Candidate[_Entry]] = []
     for p, r in fresh:
+        if retried_for_others(r, projection.consumer):
+            _count(results, p).duplicates += 1
+            continue
         c = await _candidate(conn, projection, topic, p, r)
         if c is None:
             _count(results, p).dead += 1

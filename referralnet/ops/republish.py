@@ -21,6 +21,11 @@ Safe at any time, under traffic too:
    without the earlier one). The outbox rows of those events are deleted while still
    fenced; the relays then publish only what was appended after the snapshot.
 
+5. Nothing ``verify --all`` would call tampered is sent (``bus.seal_guard``): an event a
+   database administrator inserted or edited, and the later events of its stream, are
+   refused, kept in the store's ``refused_events`` (``status`` reports them) and named
+   one line each in ``RepublishResult.refused``.
+
 A failure after step 3 leaves nothing that a second ``republish`` does not mend
 (``RepublishFailed`` says so).
 """
@@ -29,11 +34,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -43,8 +50,11 @@ from kafka.errors import KafkaError
 from psycopg import AsyncConnection, errors, sql
 
 from bus.relay import FENCE, to_cloudevent
+from bus.seal_guard import REFUSED_TABLE, SealGuard, record_refusals
 from bus.topics import Topics
+from eventstore.anchor import AnchorError, AnchorPaths, read_anchor
 from eventstore.records import StoredEvent
+from eventstore.sealing import load_seal_key
 from eventstore.store import EventStore
 from referralnet.lag import STORES, consumers
 from referralnet.ops import log
@@ -79,6 +89,8 @@ class RepublishResult:
     topics_recreated: list[str] = field(default_factory=list)
     consumers_reset: list[str] = field(default_factory=list)
     partner_topics_refilled: bool = False
+    refused: list[str] = field(default_factory=list)
+    """One line per stream whose events were refused as tampered (``bus.seal_guard``)."""
     seconds: float = 0.0
 
     @property
@@ -181,14 +193,24 @@ async def _published_but_missing(
     missing = 0
     ids = [UUID(i) for i in present if _UUID.fullmatch(i)]  # other clients' ids may be junk
     for store in STORES:
+        cur = await conn.execute("SELECT to_regclass(%s)", (f'"{store.schema}".{REFUSED_TABLE}',))
+        row = await cur.fetchone()
+        refused = (
+            sql.SQL(
+                "AND NOT EXISTS (SELECT 1 FROM {} r WHERE r.event_position = e.position) "
+            ).format(sql.Identifier(store.schema, REFUSED_TABLE))
+            if row and row[0]
+            else sql.SQL("")
+        )
         cur = await conn.execute(
             sql.SQL(
                 "SELECT count(*) FROM {s}.events e WHERE NOT EXISTS "
                 "(SELECT 1 FROM {s}.outbox o WHERE o.event_position = e.position) "
+                "{refused}"
                 "AND (%s::timestamptz IS NULL OR e.recorded_at >= %s) "
                 # NOT IN over a subquery: a hashed anti-join, not a scan of the array per row
                 "AND e.event_id NOT IN (SELECT unnest(%s::uuid[]))"
-            ).format(s=sql.Identifier(store.schema)),
+            ).format(s=sql.Identifier(store.schema), refused=refused),
             (since, since, ids),
         )
         row = await cur.fetchone()
@@ -280,9 +302,12 @@ async def republish(
     progress: Progress | None = None,
     fence_timeout: float = 30.0,
     attempts: int = 5,
+    home: Path | None = None,
 ) -> RepublishResult:
     """Refill the bus from the stores (see the module docstring).
 
+    ``home`` (default ``REFERRALNET_HOME``) holds the services' seal key and the anchor
+    the events are checked against; without one only the hash chain is checked.
     Raises ``RepublishRefused`` (nothing changed) or ``RepublishFailed`` (run it again).
     """
     started = time.monotonic()
@@ -299,6 +324,7 @@ async def republish(
         orgs = [r[0] for r in await cur.fetchall()]
         partner_names = [topics.org(o) for o in orgs]
         names = [topics.referral_events, topics.dead_letters, *partner_names]
+        seals = await _seals(conn, home)
         async with relays_fenced(conn, fence_timeout):
             try:
                 beyond = await _positions_beyond(conn, bootstrap_servers, topics)
@@ -330,7 +356,7 @@ async def republish(
                 result.partner_topics_refilled = partners_lost
             await _publish_fenced(
                 conn, database_url, bootstrap_servers, topics, since, present, result, progress,
-                attempts,
+                attempts, seals,
             )  # fmt: skip
     result.seconds = time.monotonic() - started
     return result
@@ -346,6 +372,7 @@ async def _publish_fenced(
     result: RepublishResult,
     progress: Progress | None,
     attempts: int,
+    seals: tuple[bytes | None, dict[str, int]],
 ) -> None:
     """``_publish_missing``, again on a broker error, all under the caller's fence.
 
@@ -356,9 +383,12 @@ async def _publish_fenced(
     """
     for attempt in range(1, attempts + 1):
         try:
+            guard = SealGuard(*seals)
             await _publish_missing(
-                conn, database_url, bootstrap_servers, topics, since, present, result, progress
-            )
+                conn, database_url, bootstrap_servers, topics, since, present, result, progress,
+                guard,
+            )  # fmt: skip
+            result.refused = guard.lines()
             return
         except BROKER_ERRORS as exc:
             if attempt == attempts:
@@ -373,6 +403,34 @@ async def _publish_fenced(
             except BROKER_ERRORS:
                 continue
             result.already_present = result.in_stores = 0  # read again; sent ones add up
+
+
+async def _seals(
+    conn: AsyncConnection[Any], home: Path | None
+) -> tuple[bytes | None, dict[str, int]]:
+    """The services' seal key and, per store, where sealing began (the anchor's word, or
+    the store's first sealed event if earlier), as ``verify --all`` takes them."""
+    where = home or (
+        Path(os.environ["REFERRALNET_HOME"]) if "REFERRALNET_HOME" in os.environ else None
+    )
+    if where is None:
+        return None, {}
+    paths = AnchorPaths.under(where)
+    key = load_seal_key(paths.seal_key) if paths.seal_key else None
+    sealed_from: dict[str, int] = {}
+    with contextlib.suppress(AnchorError, OSError, ValueError):
+        state = read_anchor(paths, keep_events=False)
+        sealed_from = dict(state.sealed_from) if state else {}
+    for store in STORES:
+        cur = await conn.execute(
+            sql.SQL("SELECT min(position) FROM {}.events WHERE seal IS NOT NULL").format(
+                sql.Identifier(store.schema)
+            )
+        )
+        row = await cur.fetchone()
+        if row and row[0] is not None:
+            sealed_from[store.schema] = min(int(row[0]), sealed_from.get(store.schema, int(row[0])))
+    return key, sealed_from
 
 
 @contextlib.asynccontextmanager
@@ -409,6 +467,7 @@ async def _publish_missing(
     present: set[str],
     result: RepublishResult,
     progress: Progress | None,
+    guard: SealGuard,
 ) -> None:
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
@@ -435,6 +494,8 @@ async def _publish_missing(
             done = 0
             async for store, event in merged_history(conns, since):
                 done += 1
+                if not guard.admit(store.schema, event):
+                    continue  # tampered, or after a tampered event of its stream
                 read[store.schema].append(event.position)
                 if str(event.event_id) in present:
                     result.already_present += 1
@@ -461,8 +522,12 @@ async def _publish_missing(
         raise
     finally:
         await producer.stop()
-    # Still fenced: these events are on the bus now; the relays must not send them again.
+    # Still fenced: these events are on the bus now; the relays must not send them again,
+    # nor the refused ones (kept for ``status`` instead).
     for store in STORES:
+        await record_refusals(
+            conn, store.schema, guard.positions.get(store.schema, []), "republish"
+        )
         await conn.execute(
             sql.SQL(
                 "DELETE FROM {}.outbox o USING unnest(%s::int8[]) AS p(pos) "

@@ -32,6 +32,7 @@ import psycopg
 from psycopg import AsyncConnection, sql
 
 from bus.held import HeldSummary, held_summary
+from bus.seal_guard import refusal_counts
 from bus.topics import Topics
 from referralnet.lag import STORES, consumer_lags, consumers
 from referralnet.ops import log
@@ -141,6 +142,8 @@ class SystemStatus:
     dead_letters_by_consumer: dict[str, int] = field(default_factory=dict)
     held: dict[str, HeldSummary] = field(default_factory=dict)
     """Per consumer with held records: what waits behind a missing stream version."""
+    refused: dict[str, int] = field(default_factory=dict)
+    """Per store: events the publishers refused as tampered (``bus.seal_guard``)."""
 
     @property
     def healthy(self) -> bool:
@@ -166,6 +169,7 @@ class SystemStatus:
             "missing_topics": self.missing_topics,
             "restarts_in_window": self.restarts,
             "held": {c: {k: plain(v) for k, v in asdict(h).items()} for c, h in self.held.items()},
+            "refused_events": self.refused,
             "problems": [asdict(p) for p in self.problems],
         }
 
@@ -323,6 +327,14 @@ def _problems(status: SystemStatus, limits: Thresholds) -> list[Problem]:
                 "`retry` or `discard` them",
             )
         )
+    for where, n in sorted(status.refused.items()):
+        problems.append(
+            Problem(
+                f"refused:{where}",
+                f"{where}: {n} event(s) refused by the publishers as tampered, never sent "
+                "(`referralnet verify --all` names them)",
+            )
+        )
     for consumer, held in sorted(status.held.items()):
         waited = (status.at - held.oldest_held_at).total_seconds() if held.oldest_held_at else 0
         if waited > limits.held_seconds:
@@ -368,6 +380,7 @@ async def collect(
             database_url, autocommit=True, connect_timeout=3
         ) as conn:
             status.stores = await _stores(conn)
+            status.refused = await refusal_counts(conn, [st.schema for st in STORES])
             if status.broker_error is None:
                 wanted = sorted(
                     {topics.referral_events, topics.dead_letters}
