@@ -196,18 +196,24 @@ def tracked_agent(
     app.on_stop = on_stop  # type: ignore[method-assign]
 
     async def rediscover_topic() -> None:
-        """Refresh metadata while the group holds no partition of the topic.
+        """Refresh metadata while the group holds no partition of the topic, or while the
+        client knows the topic with another partition count than it is created with.
 
         A broker that lost its log lets us rejoin a group for a topic that no longer
-        exists; once ``republish`` recreates it, only a metadata refresh makes the group
-        rebalance onto it, and faust refreshes every 5 minutes. Refreshing only in that
-        state leaves normal operation alone.
+        exists, or auto-creates it for our metadata request with its own partition count
+        (Tansu: 4); once ``republish`` recreates it with 6, only a metadata refresh makes
+        the group rebalance onto it (faust refreshes every 5 minutes): until then the
+        partitions the stale metadata lacks are read by nobody (seen: routing stalled at
+        offset 0 of partitions 4 and 5 for minutes). Checked on the client's cached
+        metadata, so normal operation costs nothing.
         """
-        if any(tp.topic == topic_name for tp in app.consumer.assignment()):
-            return
         try:
             thread: Any = app.consumer._thread  # type: ignore[attr-defined]
             client = thread._ensure_consumer()._client
+            known = client.cluster.partitions_for_topic(topic_name)
+            holding = any(tp.topic == topic_name for tp in app.consumer.assignment())
+            if holding and known is not None and len(known) == app.conf.topic_partitions:
+                return
             await thread.call_thread(client.force_metadata_update)
         except Exception as exc:  # best effort: the next tick tries again
             log.warning("metadata_refresh_failed", topic=topic_name, error=str(exc))
