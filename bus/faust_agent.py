@@ -36,8 +36,8 @@ from bus.tracking import (
     Record,
     apply_batches,
     keep_start,
-    move_positions,
     record_of,
+    reset_lost_log,
     stored_positions,
 )
 from eventstore.pool import connection_pool
@@ -252,12 +252,19 @@ def tracked_agent(
                         if confirmed is not None and confirmed < at:
                             log.warning("log_lost", topic=tp.topic, partition=tp.partition,
                                         stored=at, highwater=confirmed)  # fmt: skip
-                            await move_positions(conn, projection, tp.topic, {tp.partition: 0})
-                            await app.consumer.seek(tp, 0)
-                            last_seen[key] = 0
+                            if await reset_lost_log(
+                                conn, projection, tp.topic, {tp.partition: (at, confirmed)}
+                            ):
+                                await app.consumer.seek(tp, 0)
+                            last_seen.pop(key, None)  # read again next tick
                             continue
                     fetching = await app.consumer.position(tp)
                     if still and fetching is not None and fetching != at:
+                        # Read again: the probes above take time, and a position republish
+                        # reset meanwhile must not be sought back to its stale value.
+                        now = await stored_positions(conn, projection.schema, projection.consumer)
+                        if now.get(key) != at:
+                            continue
                         log.info("position_moved_seek", topic=tp.topic, partition=tp.partition,
                                  offset=at, fetching=fetching)  # fmt: skip
                         await app.consumer.seek(tp, at)

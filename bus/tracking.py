@@ -60,6 +60,18 @@ CREATE TABLE IF NOT EXISTS {schema}.dead_letter_outbox (
     reason    text    NOT NULL,
     consumer  text    NOT NULL
 );
+-- What this consumer found when the broker had lost its log (a stored position beyond
+-- the partition's high watermark) and it read the log again from its start: status
+-- reports it and republish takes it as proof of the loss, until republish has refilled.
+CREATE TABLE IF NOT EXISTS {schema}.log_losses (
+    consumer  text    NOT NULL,
+    topic     text    NOT NULL,
+    partition integer NOT NULL,
+    stored    bigint  NOT NULL,
+    highwater bigint  NOT NULL,
+    found_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, topic, partition)
+);
 -- digests[n]: what was applied at version n (bus.ordering), kept in the stream's row so
 -- a batch rewrites one row per stream, as it did for the version alone.
 DO $$ BEGIN
@@ -263,6 +275,63 @@ async def move_positions(
         ).format(sql.Identifier(projection.schema)),
         (projection.consumer, topic, parts, [moves[p] for p in parts]),
     )
+
+
+async def reset_lost_log(
+    conn: AsyncConnection[Any],
+    projection: Projection,
+    topic: str,
+    found: Mapping[int, tuple[int, int]],
+) -> set[int]:
+    """The broker lost its log (per partition: (stored position, high watermark), the
+    first beyond the second): positions back to 0 (re-reading is harmless under the
+    stream rule), and the loss noted in ``log_losses``, where ``status`` and
+    ``republish`` see it after the position no longer shows it.
+
+    Only where the stored position is *still* beyond the high watermark (read again,
+    locked): a caller's reading may be stale (``republish`` reset and refilled
+    meanwhile), and a stale reset would note a loss that was already mended. Returns the
+    partitions reset.
+    """
+    parts = list(found)
+    async with conn.transaction():
+        cur = await conn.execute(
+            sql.SQL(
+                "UPDATE {s}.positions AS p SET next_offset = 0, updated_at = now() "
+                "FROM (SELECT q.partition, q.next_offset AS old, m.hw FROM {s}.positions q "
+                "JOIN unnest(%s::int4[], %s::int8[]) AS m(part, hw) ON q.partition = m.part "
+                "WHERE q.consumer = %s AND q.topic = %s AND q.next_offset > m.hw FOR UPDATE) o "
+                "WHERE p.consumer = %s AND p.topic = %s AND p.partition = o.partition "
+                "RETURNING p.partition, o.old, o.hw"
+            ).format(s=sql.Identifier(projection.schema)),
+            (
+                parts,
+                [found[p][1] for p in parts],
+                projection.consumer,
+                topic,
+                projection.consumer,
+                topic,
+            ),
+        )
+        reset = [(int(r[0]), int(r[1]), int(r[2])) for r in await cur.fetchall()]
+        if reset:
+            await conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.log_losses AS l (consumer, topic, partition, stored, "
+                    "highwater) SELECT %s, %s, * FROM unnest(%s::int4[], %s::int8[], %s::int8[]) "
+                    "ON CONFLICT (consumer, topic, partition) DO UPDATE SET "
+                    "stored = GREATEST(l.stored, EXCLUDED.stored), "
+                    "highwater = EXCLUDED.highwater, found_at = now()"
+                ).format(sql.Identifier(projection.schema)),
+                (
+                    projection.consumer,
+                    topic,
+                    [r[0] for r in reset],
+                    [r[1] for r in reset],
+                    [r[2] for r in reset],
+                ),
+            )
+    return {r[0] for r in reset}
 
 
 async def _store_positions(
@@ -492,16 +561,17 @@ async def apply_batches(
         )
         fresh_records: list[tuple[int, Record]] = []
         moves: dict[int, int] = {}
-        lost: dict[int, int] = {}
+        lost: dict[int, tuple[int, int]] = {}
         for p, recs in sorted(pending.items()):
             start = stored.get(p)
             start = recs[0].offset if start is None else start
             fresh = [r for r in recs if r.offset >= start]
             results[p].duplicates = len(recs) - len(fresh)
             if not fresh:
-                if probe is not None and await _log_lost(probe, topic, p, start):
+                highwater = None if probe is None else await _log_lost(probe, topic, p, start)
+                if highwater is not None:
                     results[p].duplicates, results[p].seek_to = 0, 0
-                    lost[p] = 0
+                    lost[p] = (start, highwater)
                 continue
             if fresh[0].offset > start and probe is not None:
                 found = await probe(topic, p, start)
@@ -514,7 +584,7 @@ async def apply_batches(
             fresh_records.extend((p, r) for r in fresh)
             moves[p] = results[p].next_offset = fresh[-1].offset + 1
         if lost:
-            await _store_positions(conn, projection, topic, lost)
+            await reset_lost_log(conn, projection, topic, lost)
         if not moves:
             return results
         outgoing = await _apply_in_order(conn, projection, topic, fresh_records, results)
@@ -524,16 +594,16 @@ async def apply_batches(
     return results
 
 
-async def _log_lost(probe: Probe, topic: str, partition: int, stored: int) -> bool:
-    """Whether the broker's log ends before the stored position: it lost its log (a
-    restart of a memory-only broker, a recreated topic). Records below the position are
-    then new, not re-deliveries: the consumer reads the log again from its start (the
-    stream rule makes that harmless)."""
+async def _log_lost(probe: Probe, topic: str, partition: int, stored: int) -> int | None:
+    """The high watermark, when the broker's log ends before the stored position: it
+    lost its log (a restart of a memory-only broker, a recreated topic). Records below
+    the position are then new, not re-deliveries: the consumer reads the log again from
+    its start (the stream rule makes that harmless). None: the log is there."""
     highwater = await probe.highwater(topic, partition)
     if highwater is None or highwater >= stored:
-        return False
+        return None
     log.warning("log_lost", topic=topic, partition=partition, stored=stored, highwater=highwater)
-    return True
+    return highwater
 
 
 async def _apply_in_order(

@@ -56,7 +56,7 @@ from eventstore.anchor import AnchorError, AnchorPaths, read_anchor
 from eventstore.records import StoredEvent
 from eventstore.sealing import load_seal_key
 from eventstore.store import EventStore
-from referralnet.lag import STORES, consumers
+from referralnet.lag import STORES, clear_log_losses, consumers, log_losses
 from referralnet.ops import log
 from schemas.envelope import to_kafka
 
@@ -327,7 +327,11 @@ async def republish(
         seals = await _seals(conn, home)
         async with relays_fenced(conn, fence_timeout):
             try:
+                noted = await log_losses(conn, topics)
                 beyond = await _positions_beyond(conn, bootstrap_servers, topics)
+                # A consumer that found the log lost reset its own position: its note
+                # still says the topic lost what it held.
+                beyond |= {loss.topic for loss in noted}
                 events_lost = topics.referral_events in beyond
                 if not events_lost and log.partition_counts(
                     bootstrap_servers, [topics.referral_events]
@@ -358,6 +362,7 @@ async def republish(
                 conn, database_url, bootstrap_servers, topics, since, present, result, progress,
                 attempts, seals,
             )  # fmt: skip
+        await clear_log_losses(conn, noted)  # refilled: status stops reporting them
     result.seconds = time.monotonic() - started
     return result
 

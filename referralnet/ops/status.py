@@ -34,7 +34,7 @@ from psycopg import AsyncConnection, sql
 from bus.held import HeldSummary, held_summary
 from bus.seal_guard import refusal_counts
 from bus.topics import Topics
-from referralnet.lag import STORES, consumer_lags, consumers
+from referralnet.lag import STORES, LogLoss, consumer_lags, consumers, log_losses
 from referralnet.ops import log
 from referralnet.ops.dead_letters import pending_counts
 from referralnet.ops.restarts import restarts_within
@@ -144,6 +144,9 @@ class SystemStatus:
     """Per consumer with held records: what waits behind a missing stream version."""
     refused: dict[str, int] = field(default_factory=dict)
     """Per store: events the publishers refused as tampered (``bus.seal_guard``)."""
+    log_losses: list[LogLoss] = field(default_factory=list)
+    """Partitions whose log a consumer found lost (and re-read from the start) since the
+    last ``republish``: its positions no longer show it, the consumers noted it."""
 
     @property
     def healthy(self) -> bool:
@@ -170,6 +173,7 @@ class SystemStatus:
             "restarts_in_window": self.restarts,
             "held": {c: {k: plain(v) for k, v in asdict(h).items()} for c, h in self.held.items()},
             "refused_events": self.refused,
+            "log_losses": [{k: plain(v) for k, v in asdict(x).items()} for x in self.log_losses],
             "problems": [asdict(p) for p in self.problems],
         }
 
@@ -327,6 +331,21 @@ def _problems(status: SystemStatus, limits: Thresholds) -> list[Problem]:
                 "`retry` or `discard` them",
             )
         )
+    lost_topics: dict[str, list[LogLoss]] = {}
+    for loss in status.log_losses:
+        lost_topics.setdefault(loss.topic, []).append(loss)
+    for topic, losses in sorted(lost_topics.items()):
+        first = min(losses, key=lambda x: x.found_at)
+        problems.append(
+            Problem(
+                "broker",
+                f"the broker lost its log of {topic}: {first.consumer} found "
+                f"{topic}[{first.partition}] ending at {first.highwater}, below its position "
+                f"{first.stored}, at {first.found_at:%Y-%m-%d %H:%M:%S} ({len(losses)} "
+                "partition(s)/consumer(s)); what was on it before is not there: run "
+                "`referralnet republish`",
+            )
+        )
     for where, n in sorted(status.refused.items()):
         problems.append(
             Problem(
@@ -381,6 +400,7 @@ async def collect(
         ) as conn:
             status.stores = await _stores(conn)
             status.refused = await refusal_counts(conn, [st.schema for st in STORES])
+            status.log_losses = await log_losses(conn, topics)
             if status.broker_error is None:
                 wanted = sorted(
                     {topics.referral_events, topics.dead_letters}
