@@ -72,6 +72,9 @@ CREATE TABLE IF NOT EXISTS {schema}.log_losses (
     found_at  timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (consumer, topic, partition)
 );
+-- mark: digest of the record just before next_offset, as this consumer read it: the
+-- identity of the log the position belongs to (see apply_batches).
+ALTER TABLE {schema}.positions ADD COLUMN IF NOT EXISTS mark bigint;
 -- digests[n]: what was applied at version n (bus.ordering), kept in the stream's row so
 -- a batch rewrites one row per stream, as it did for the version alone.
 DO $$ BEGIN
@@ -196,6 +199,10 @@ class Probe(Protocol):
         """The partition's high watermark (None: no answer)."""
         ...
 
+    async def record_at(self, topic: str, partition: int, offset: int) -> Record | None:
+        """The record at exactly ``offset`` (None: none there, or no answer)."""
+        ...
+
 
 async def create_tracking(conn: AsyncConnection[Any], schema: str) -> None:
     """Create the tracking tables in a consumer's schema (idempotent)."""
@@ -223,8 +230,9 @@ async def stored_positions(
 
 async def _lock_positions(
     conn: AsyncConnection[Any], schema: str, consumer: str, topic: str, partitions: list[int]
-) -> dict[int, int | None]:
-    """Create-or-lock the position rows; each stored next offset, or None where it is new.
+) -> dict[int, tuple[int | None, int | None]]:
+    """Create-or-lock the position rows; each (stored next offset, or None where it is
+    new; the mark of the log it was read from, or None where unknown).
 
     A new consumer has no position yet: it starts wherever the log starts (which is not
     offset 0 on a cluster whose retention has deleted old segments).
@@ -234,11 +242,15 @@ async def _lock_positions(
             "INSERT INTO {s}.positions AS p (consumer, topic, partition, next_offset) "
             "SELECT %s, %s, part, 0 FROM unnest(%s::int4[]) AS part "
             "ON CONFLICT (consumer, topic, partition) "
-            "DO UPDATE SET next_offset = p.next_offset RETURNING partition, next_offset, (xmax = 0)"
+            "DO UPDATE SET next_offset = p.next_offset "
+            "RETURNING partition, next_offset, (xmax = 0), mark"
         ).format(s=sql.Identifier(schema)),
         (consumer, topic, partitions),
     )
-    return {int(r[0]): None if r[2] else int(r[1]) for r in await cur.fetchall()}
+    return {
+        int(r[0]): (None if r[2] else int(r[1]), None if r[3] is None else int(r[3]))
+        for r in await cur.fetchall()
+    }
 
 
 async def keep_start(
@@ -271,7 +283,7 @@ async def move_positions(
             "INSERT INTO {}.positions AS p (consumer, topic, partition, next_offset) "
             "SELECT %s, %s, * FROM unnest(%s::int4[], %s::int8[]) "
             "ON CONFLICT (consumer, topic, partition) DO UPDATE "
-            "SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+            "SET next_offset = EXCLUDED.next_offset, mark = NULL, updated_at = now()"
         ).format(sql.Identifier(projection.schema)),
         (projection.consumer, topic, parts, [moves[p] for p in parts]),
     )
@@ -297,7 +309,7 @@ async def reset_lost_log(
     async with conn.transaction():
         cur = await conn.execute(
             sql.SQL(
-                "UPDATE {s}.positions AS p SET next_offset = 0, updated_at = now() "
+                "UPDATE {s}.positions AS p SET next_offset = 0, mark = NULL, updated_at = now() "
                 "FROM (SELECT q.partition, q.next_offset AS old, m.hw FROM {s}.positions q "
                 "JOIN unnest(%s::int4[], %s::int8[]) AS m(part, hw) ON q.partition = m.part "
                 "WHERE q.consumer = %s AND q.topic = %s AND q.next_offset > m.hw FOR UPDATE) o "
@@ -335,18 +347,38 @@ async def reset_lost_log(
 
 
 async def _store_positions(
-    conn: AsyncConnection[Any], projection: Projection, topic: str, moves: dict[int, int]
+    conn: AsyncConnection[Any],
+    projection: Projection,
+    topic: str,
+    moves: dict[int, int],
+    marks: dict[int, int],
 ) -> None:
-    """Set the next offset of several partitions in one statement."""
+    """Set the next offset (and the mark of the record before it) of several partitions
+    in one statement."""
     parts = list(moves)
     await conn.execute(
         sql.SQL(
-            "UPDATE {}.positions AS p SET next_offset = m.next, updated_at = now() "
-            "FROM unnest(%s::int4[], %s::int8[]) AS m(part, next) "
+            "UPDATE {}.positions AS p SET next_offset = m.next, mark = m.mark, "
+            "updated_at = now() "
+            "FROM unnest(%s::int4[], %s::int8[], %s::int8[]) AS m(part, next, mark) "
             "WHERE p.consumer = %s AND p.topic = %s AND p.partition = m.part"
         ).format(sql.Identifier(projection.schema)),
-        (parts, [moves[p] for p in parts], projection.consumer, topic),
+        (
+            parts,
+            [moves[p] for p in parts],
+            [marks.get(p) for p in parts],
+            projection.consumer,
+            topic,
+        ),
     )
+
+
+def log_mark(record: Record) -> int:
+    """What identifies a record of a log: the digest of its key, value and envelope
+    headers. A position remembers the mark of the record before it; the same offset of
+    another log (a broker that lost its log and was refilled, a recreated topic) holds
+    another record, so a stale position cannot pass for a position in the new log."""
+    return digest(record.key, record.value, record.headers)
 
 
 async def _stream_heads(
@@ -562,11 +594,20 @@ async def apply_batches(
         fresh_records: list[tuple[int, Record]] = []
         moves: dict[int, int] = {}
         lost: dict[int, tuple[int, int]] = {}
+        marks: dict[int, int] = {}
         for p, recs in sorted(pending.items()):
-            start = stored.get(p)
+            start, mark = stored.get(p, (None, None))
             start = recs[0].offset if start is None else start
             fresh = [r for r in recs if r.offset >= start]
             results[p].duplicates = len(recs) - len(fresh)
+            if (len(fresh) < len(recs) or (fresh and fresh[0].offset > start)) and (
+                await _log_replaced(probe, topic, p, start, mark, recs)
+            ):
+                # Records below the position (or a gap before it) in *another* log than
+                # the position was read from: all of it is new. Read it from the start.
+                results[p].duplicates, results[p].seek_to = 0, 0
+                lost[p] = (start, REPLACED)
+                continue
             if not fresh:
                 highwater = None if probe is None else await _log_lost(probe, topic, p, start)
                 if highwater is not None:
@@ -575,7 +616,8 @@ async def apply_batches(
                 continue
             if fresh[0].offset > start and probe is not None:
                 found = await probe(topic, p, start)
-                if found is not None and found > start:
+                # Asked twice: a log being refilled under us must not pass for a hole.
+                if found is not None and found > start and await probe(topic, p, start) == found:
                     log.warning("offset_hole", topic=topic, partition=p, missing=start, next=found)
                     start = found
             if fresh[0].offset > start:
@@ -583,15 +625,42 @@ async def apply_batches(
                 continue
             fresh_records.extend((p, r) for r in fresh)
             moves[p] = results[p].next_offset = fresh[-1].offset + 1
+            marks[p] = log_mark(fresh[-1])
         if lost:
             await reset_lost_log(conn, projection, topic, lost)
         if not moves:
             return results
         outgoing = await _apply_in_order(conn, projection, topic, fresh_records, results)
-        await _store_positions(conn, projection, topic, moves)
+        await _store_positions(conn, projection, topic, moves, marks)
         if outgoing and publish is not None:
             await publish(outgoing)
     return results
+
+
+REPLACED = -1
+"""The high watermark noted in ``log_losses`` when the log was not short but another one."""
+
+
+async def _log_replaced(
+    probe: Probe | None,
+    topic: str,
+    partition: int,
+    start: int,
+    mark: int | None,
+    records: Sequence[Record],
+) -> bool:
+    """Whether the record before the stored position is not the one the position was
+    read after (``mark``): the broker holds another log now. Unknown (no mark, no
+    record there, no answer) counts as the same log."""
+    if mark is None or start <= 0:
+        return False
+    before = next((r for r in records if r.offset == start - 1), None)
+    if before is None and probe is not None:
+        before = await probe.record_at(topic, partition, start - 1)
+    if before is None or log_mark(before) == mark:
+        return False
+    log.warning("log_replaced", topic=topic, partition=partition, stored=start)
+    return True
 
 
 async def _log_lost(probe: Probe, topic: str, partition: int, stored: int) -> int | None:

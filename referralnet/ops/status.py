@@ -34,6 +34,7 @@ from psycopg import AsyncConnection, sql
 from bus.held import HeldSummary, held_summary
 from bus.seal_guard import refusal_counts
 from bus.topics import Topics
+from bus.tracking import REPLACED
 from referralnet.lag import STORES, LogLoss, consumer_lags, consumers, log_losses
 from referralnet.ops import log
 from referralnet.ops.dead_letters import pending_counts
@@ -336,14 +337,18 @@ def _problems(status: SystemStatus, limits: Thresholds) -> list[Problem]:
         lost_topics.setdefault(loss.topic, []).append(loss)
     for topic, losses in sorted(lost_topics.items()):
         first = min(losses, key=lambda x: x.found_at)
+        what = (
+            f"holding another log than its position {first.stored} was read from"
+            if first.highwater == REPLACED
+            else f"ending at {first.highwater}, below its position {first.stored}"
+        )
         problems.append(
             Problem(
                 "broker",
                 f"the broker lost its log of {topic}: {first.consumer} found "
-                f"{topic}[{first.partition}] ending at {first.highwater}, below its position "
-                f"{first.stored}, at {first.found_at:%Y-%m-%d %H:%M:%S} ({len(losses)} "
-                "partition(s)/consumer(s)); what was on it before is not there: run "
-                "`referralnet republish`",
+                f"{topic}[{first.partition}] {what}, at {first.found_at:%Y-%m-%d %H:%M:%S} "
+                f"({len(losses)} partition(s)/consumer(s)); what was on it before is not "
+                "there: run `referralnet republish`",
             )
         )
     for where, n in sorted(status.refused.items()):
