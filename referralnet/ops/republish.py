@@ -18,8 +18,11 @@ Safe at any time, under traffic too:
 4. Every stored event not on the topic goes out, merged across the stores by the time
    it was recorded (each store in position order, so every stream in version order),
    read from one snapshot of all three stores (a stream's later version cannot be in it
-   without the earlier one). The outbox rows of those events are deleted while still
-   fenced; the relays then publish only what was appended after the snapshot.
+   without the earlier one). They go in rounds of one record batch per partition, each
+   acknowledged before the next (``_Rounds``), so a send the broker fails cannot be
+   overtaken by a later one of its partition. The outbox rows of those events are
+   deleted while still fenced; the relays then publish only what was appended after the
+   snapshot.
 
 5. Nothing ``verify --all`` would call tampered is sent (``bus.seal_guard``): an event a
    database administrator inserted or edited, and the later events of its stream, are
@@ -46,6 +49,7 @@ from uuid import UUID
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError as AIOKafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from kafka.errors import KafkaError
 from psycopg import AsyncConnection, errors, sql
 
@@ -438,6 +442,73 @@ async def _seals(
     return key, sealed_from
 
 
+ROUND_EVENTS = 500
+"""Events sent per round: each round is one record batch per partition, acknowledged
+before the next round is built."""
+ROUND_BATCH_BYTES = 1_000_000
+"""A round's batch for one partition holds at most this much (under Kafka's default
+``message.max.bytes``); a fuller partition ends the round early."""
+
+
+class _Rounds:
+    """Sends in rounds of at most one record batch per partition, each round
+    acknowledged before the next is built.
+
+    Why: a produce the broker fails for good (Tansu answers ``UnknownError`` while it
+    restarts) fails its batch, yet the client goes on to send that partition's later
+    batches, so a referral's session could land before its creation and consumers would
+    dead-letter it ("never created"). With one batch per partition in flight and nothing
+    built after a failure, the events that did land are a prefix of each partition's
+    order, and the next attempt sends the rest after them.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str, partitions: list[int]) -> None:
+        self._producer, self._topic, self._partitions = producer, topic, partitions
+        self._batches: dict[int, Any] = {}
+        self._in_flight: list[Any] = []
+        self.queued = 0
+
+    async def add(self, key: bytes | None, value: bytes | None, headers: Any) -> int:
+        """Queue one record; returns how many records were acknowledged meanwhile."""
+        partition = DefaultPartitioner()(key, self._partitions, self._partitions)
+        sent = 0
+        batch = self._batches.get(partition)
+        if (
+            batch is None
+            or batch.append(key=key, value=value, timestamp=None, headers=headers) is None
+        ):
+            if batch is not None:  # that partition's batch is full: this round ends here
+                sent = await self.flush()
+            batch = self._batches[partition] = self._producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                raise ValueError(f"an event larger than {ROUND_BATCH_BYTES} bytes")
+        self.queued += 1
+        if self.queued >= ROUND_EVENTS:
+            sent += await self.flush()
+        return sent
+
+    async def flush(self) -> int:
+        """Send the round and wait for every acknowledgement (raises the first failure)."""
+        batches, self._batches = self._batches, {}
+        queued, self.queued = self.queued, 0
+        for partition, batch in batches.items():
+            self._in_flight.append(
+                await self._producer.send_batch(batch, self._topic, partition=partition)
+            )
+        futures, self._in_flight = self._in_flight, []
+        try:
+            for future in futures:
+                await future
+        except BaseException:
+            await asyncio.gather(*futures, return_exceptions=True)  # none left unread
+            raise
+        return queued
+
+    async def settle(self) -> None:
+        """Collect sends still in flight after a failure, so none is left unread."""
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
+
+
 @contextlib.asynccontextmanager
 async def _snapshot(database_url: str) -> AsyncIterator[list[AsyncConnection[Any]]]:
     """One connection per store, all reading one snapshot of the database."""
@@ -477,13 +548,14 @@ async def _publish_missing(
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers,
         acks="all",
-        linger_ms=5,
         request_timeout_ms=15_000,
+        max_batch_size=ROUND_BATCH_BYTES,
         client_id="referralnet-republish",
     )
     await producer.start()
     read: dict[str, list[int]] = {store.schema: [] for store in STORES}
-    pending: list[Any] = []
+    topic = topics.referral_events
+    rounds = _Rounds(producer, topic, sorted(await producer.partitions_for(topic)))
     try:
         async with _snapshot(database_url) as conns:
             for store, c in zip(STORES, conns, strict=True):
@@ -505,27 +577,14 @@ async def _publish_missing(
                 if str(event.event_id) in present:
                     result.already_present += 1
                     continue
-                key, value, headers = to_kafka(to_cloudevent(store, event))
-                pending.append(
-                    await producer.send(topics.referral_events, value, key, headers=headers)
-                )
-                if len(pending) >= 1000:
-                    for future in pending:
-                        await future
-                    result.published += len(pending)
-                    pending.clear()
-                    if progress is not None:
-                        progress(done, result.in_stores)
-            for future in pending:
-                await future
-            result.published += len(pending)
+                result.published += await rounds.add(*to_kafka(to_cloudevent(store, event)))
+                if progress is not None and rounds.queued == 0:
+                    progress(done, result.in_stores)
+            result.published += await rounds.flush()
             if progress is not None:
                 progress(done, max(done, result.in_stores))
-    except BaseException:
-        # Collect the sends still in flight, so none is left with an unread error.
-        await asyncio.gather(*pending, return_exceptions=True)
-        raise
     finally:
+        await rounds.settle()
         await producer.stop()
     # Still fenced: these events are on the bus now; the relays must not send them again,
     # nor the refused ones (kept for ``status`` instead).
