@@ -600,19 +600,21 @@ async def apply_batches(
             start = recs[0].offset if start is None else start
             fresh = [r for r in recs if r.offset >= start]
             results[p].duplicates = len(recs) - len(fresh)
-            if (len(fresh) < len(recs) or (fresh and fresh[0].offset > start)) and (
+            if not fresh:
+                highwater = None if probe is None else await _log_lost(probe, topic, p, start)
+                if highwater is None and await _log_replaced(probe, topic, p, start, mark, recs):
+                    highwater = REPLACED
+                if highwater is not None:
+                    results[p].duplicates, results[p].seek_to = 0, 0
+                    lost[p] = (start, highwater)
+                continue
+            if (len(fresh) < len(recs) or fresh[0].offset > start) and (
                 await _log_replaced(probe, topic, p, start, mark, recs)
             ):
                 # Records below the position (or a gap before it) in *another* log than
                 # the position was read from: all of it is new. Read it from the start.
                 results[p].duplicates, results[p].seek_to = 0, 0
                 lost[p] = (start, REPLACED)
-                continue
-            if not fresh:
-                highwater = None if probe is None else await _log_lost(probe, topic, p, start)
-                if highwater is not None:
-                    results[p].duplicates, results[p].seek_to = 0, 0
-                    lost[p] = (start, highwater)
                 continue
             if fresh[0].offset > start and probe is not None:
                 found = await probe(topic, p, start)
