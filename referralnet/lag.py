@@ -176,13 +176,16 @@ async def log_losses(conn: AsyncConnection[Any], topics: Topics) -> list[LogLoss
     return found
 
 
-async def clear_log_losses(conn: AsyncConnection[Any], losses: list[LogLoss]) -> None:
-    """Forget the losses ``republish`` has mended (those noted since stay)."""
-    for loss in losses:
-        await conn.execute(
-            sql.SQL(
-                "DELETE FROM {}.log_losses WHERE consumer = %s AND topic = %s "
-                "AND partition = %s AND found_at <= %s"
-            ).format(sql.Identifier(loss.schema)),
-            (loss.consumer, loss.topic, loss.partition, loss.found_at),
-        )
+async def clear_log_losses(conn: AsyncConnection[Any], topics: Topics) -> None:
+    """Forget every loss noted until now: ``republish`` has refilled the topics. (Notes
+    taken while it ran describe the same loss; a consumer notes a loss only where its
+    position is beyond the log, which after the refill takes a new loss.)"""
+    for schema in sorted({s for _, s, _ in await consumers(conn, topics)}):
+        cur = await conn.execute("SELECT to_regclass(%s)", (f'"{schema}".log_losses',))
+        row = await cur.fetchone()
+        if row and row[0] is not None:
+            await conn.execute(
+                sql.SQL("DELETE FROM {}.log_losses WHERE found_at <= now()").format(
+                    sql.Identifier(schema)
+                )
+            )

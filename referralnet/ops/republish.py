@@ -366,7 +366,7 @@ async def republish(
                 conn, database_url, bootstrap_servers, topics, since, present, result, progress,
                 attempts, seals,
             )  # fmt: skip
-        await clear_log_losses(conn, noted)  # refilled: status stops reporting them
+        await clear_log_losses(conn, topics)  # refilled: status stops reporting them
     result.seconds = time.monotonic() - started
     return result
 
