@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from bus import tracking
 from bus.held import held_summary
 from bus.tracking import ORG_SEQUENCE, Record, apply_batch
 from tests.bus.test_tracking import (
@@ -211,7 +212,7 @@ async def test_a_position_on_a_missing_offset_moves_on_to_the_next_record(
     result = await apply_batch(
         conn, projection, TOPIC, PARTITION, [record(events[3], 4)], probe=probe
     )
-    assert asked == [(TOPIC, PARTITION, 3)] * 2  # asked twice before skipping a hole
+    assert asked == [(TOPIC, PARTITION, 3)]
     assert (result.applied, result.seek_to) == (1, None)
     assert await position(conn, projection) == 5
 
@@ -338,3 +339,15 @@ async def test_a_stale_position_inside_a_refilled_log_is_no_re_delivery(
         sql.SQL("SELECT count(*) FROM {}.log_losses").format(sql.Identifier(projection.schema))
     )
     assert (await losses.fetchone()) == (1,)  # noted for status and republish
+
+
+def test_a_wide_hole_is_taken_only_once_it_persists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log being refilled looked holed from offset 4 to 67 for a moment (twice in a
+    row); skipping lost 63 events. One offset (a transaction marker) is taken at once; a
+    wider hole only when the broker still reports it ``HOLE_CONFIRM_SECONDS`` later."""
+    where = ("schema", "consumer", TOPIC, PARTITION)
+    assert tracking._hole_confirmed(where, 2, 3)
+    assert not tracking._hole_confirmed(where, 4, 67)
+    assert not tracking._hole_confirmed(where, 4, 67), "not yet: too soon"
+    monkeypatch.setattr(tracking, "HOLE_CONFIRM_SECONDS", 0.0)  # as if the time had passed
+    assert tracking._hole_confirmed(where, 4, 67)
