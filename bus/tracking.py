@@ -619,13 +619,15 @@ async def apply_batches(
                 continue
             if fresh[0].offset > start and probe is not None:
                 found = await probe(topic, p, start)
-                if (
-                    found is not None
-                    and found > start
-                    and _hole_confirmed(
-                        (projection.schema, projection.consumer, topic, p), start, found
-                    )
-                ):
+                if found is not None and found > start:
+                    where = (projection.schema, projection.consumer, topic, p)
+                    if not _hole_confirmed(where, start, found):
+                        # Not yet: apply nothing and leave the fetch alone (a seek per
+                        # batch races the client's fetcher); the consumer's follow timer
+                        # brings it back to the stored position to look again.
+                        log.info("offset_hole_suspected", topic=topic, partition=p,
+                                 missing=start, next=found)  # fmt: skip
+                        continue
                     log.warning("offset_hole", topic=topic, partition=p, missing=start, next=found)
                     start = found
             if fresh[0].offset > start:
