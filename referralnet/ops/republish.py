@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -64,6 +63,7 @@ from infra.kafka_security import client_kwargs
 from referralnet.lag import STORES, clear_log_losses, consumers, log_losses
 from referralnet.ops import log
 from referralnet.services_table import BUS_CONSUMERS
+from referralnet.settings import settings
 from schemas.envelope import to_kafka
 
 BROKER_ERRORS = (AIOKafkaError, KafkaError, OSError, TimeoutError)
@@ -421,9 +421,8 @@ async def _seals(
 ) -> tuple[bytes | None, dict[str, int]]:
     """The services' seal key and, per store, where sealing began (the anchor's word, or
     the store's first sealed event if earlier), as ``verify --all`` takes them."""
-    where = home or (
-        Path(os.environ["REFERRALNET_HOME"]) if "REFERRALNET_HOME" in os.environ else None
-    )
+    given = settings()
+    where = home or (given.home if given.given("home") else None)
     if where is None:
         return None, {}
     paths = AnchorPaths.under(where)
