@@ -718,11 +718,8 @@ def broker_restart_phase(
     By default journeys pause while the broker restarts and ``republish`` refills it
     (journeys run before and after). ``under_traffic`` keeps them running throughout:
     ``republish`` fences the relays while it refills (nothing twice, no stream's new
-    events before its old ones) and recreates the lost topics empty. What still fails
-    there before the consumers' gap-safety work: the faust workers (routing,
-    distributor) stall on ``position_reset_seek`` after positions are reset under them
-    (seen: routing at offset 0 of two partitions whose high watermarks were 42 and 44,
-    for minutes), so journeys wait for routing until the driver's deadline.
+    events before its old ones) and recreates the lost topics empty. Consumers tell a
+    stale position from one in the refilled log by its mark (``bus.tracking``).
     """
     if system.broker is None:
         raise RuntimeError("the broker-restart phase needs the embedded broker")
@@ -754,7 +751,12 @@ def refill(system: RunningSystem, attempts: int = 5) -> None:
     for attempt in range(1, attempts + 1):
         try:
             result = asyncio.run(
-                republish(system.database_url, system.bootstrap_servers, system.topics)
+                republish(
+                    system.database_url,
+                    system.bootstrap_servers,
+                    system.topics,
+                    home=system.settings.home,
+                )
             )
         except Exception as exc:
             log.warning("republish_failed", attempt=attempt, error=repr(exc))

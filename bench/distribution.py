@@ -43,6 +43,7 @@ class MemoryDistributor:
                 self.commissioners,
                 self.secret,
                 thaw_created=lambda _: created,
+                keep_created=lambda _: {},  # kept in self.created instead
             )
         except Rejected:
             del self.created[event.subject]

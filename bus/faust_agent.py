@@ -36,8 +36,8 @@ from bus.tracking import (
     Record,
     apply_batches,
     keep_start,
-    move_positions,
     record_of,
+    reset_lost_log,
     stored_positions,
 )
 from eventstore.pool import connection_pool
@@ -199,18 +199,24 @@ def tracked_agent(
     app.on_stop = on_stop  # type: ignore[method-assign]
 
     async def rediscover_topic() -> None:
-        """Refresh metadata while the group holds no partition of the topic.
+        """Refresh metadata while the group holds no partition of the topic, or while the
+        client knows the topic with another partition count than it is created with.
 
         A broker that lost its log lets us rejoin a group for a topic that no longer
-        exists; once ``republish`` recreates it, only a metadata refresh makes the group
-        rebalance onto it, and faust refreshes every 5 minutes. Refreshing only in that
-        state leaves normal operation alone.
+        exists, or auto-creates it for our metadata request with its own partition count
+        (Tansu: 4); once ``republish`` recreates it with 6, only a metadata refresh makes
+        the group rebalance onto it (faust refreshes every 5 minutes): until then the
+        partitions the stale metadata lacks are read by nobody (seen: routing stalled at
+        offset 0 of partitions 4 and 5 for minutes). Checked on the client's cached
+        metadata, so normal operation costs nothing.
         """
-        if any(tp.topic == topic_name for tp in app.consumer.assignment()):
-            return
         try:
             thread: Any = app.consumer._thread  # type: ignore[attr-defined]
             client = thread._ensure_consumer()._client
+            known = client.cluster.partitions_for_topic(topic_name)
+            holding = any(tp.topic == topic_name for tp in app.consumer.assignment())
+            if holding and known is not None and len(known) == app.conf.topic_partitions:
+                return
             await thread.call_thread(client.force_metadata_update)
         except Exception as exc:  # best effort: the next tick tries again
             log.warning("metadata_refresh_failed", topic=topic_name, error=str(exc))
@@ -249,12 +255,19 @@ def tracked_agent(
                         if confirmed is not None and confirmed < at:
                             log.warning("log_lost", topic=tp.topic, partition=tp.partition,
                                         stored=at, highwater=confirmed)  # fmt: skip
-                            await move_positions(conn, projection, tp.topic, {tp.partition: 0})
-                            await app.consumer.seek(tp, 0)
-                            last_seen[key] = 0
+                            if await reset_lost_log(
+                                conn, projection, tp.topic, {tp.partition: (at, confirmed)}
+                            ):
+                                await app.consumer.seek(tp, 0)
+                            last_seen.pop(key, None)  # read again next tick
                             continue
                     fetching = await app.consumer.position(tp)
                     if still and fetching is not None and fetching != at:
+                        # Read again: the probes above take time, and a position republish
+                        # reset meanwhile must not be sought back to its stale value.
+                        now = await stored_positions(conn, projection.schema, projection.consumer)
+                        if now.get(key) != at:
+                            continue
                         log.info("position_moved_seek", topic=tp.topic, partition=tp.partition,
                                  offset=at, fetching=fetching)  # fmt: skip
                         await app.consumer.seek(tp, at)

@@ -47,6 +47,23 @@ class OffsetProbe:
             records: list[Any] = batch.get(tp, [])
             return records[0].offset if records else None
 
+    async def record_at(self, topic: str, partition: int, offset: int) -> Any | None:
+        """The record at exactly ``offset`` as a ``bus.tracking.Record`` (None: none
+        there, or no answer in time)."""
+        from bus.tracking import record_of  # the one conversion; tracking imports us not
+
+        async with self._lock:
+            consumer = await self._started()
+            tp = TopicPartition(topic, partition)
+            consumer.assign([tp])
+            consumer.seek(tp, offset)
+            try:
+                batch = await consumer.getmany(tp, timeout_ms=int(self._wait * 1000), max_records=1)
+            except KafkaError:
+                return None
+            records: list[Any] = batch.get(tp, [])
+            return record_of(records[0]) if records and records[0].offset == offset else None
+
     async def highwater(self, topic: str, partition: int) -> int | None:
         """The partition's high watermark from a fetch response (Tansu's ListOffsets
         "latest" is wrong, infra-notes); None when the broker does not answer in time."""

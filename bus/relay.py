@@ -15,6 +15,12 @@ exclusively while it refills the bus: it waits for the batches in flight, and no
 publishes until it is done, so nothing is published twice and no stream's newer events
 overtake the older ones being refilled. A relay that finds the fence taken publishes
 nothing and tries again at its next wake-up.
+
+Each event is checked as ``verify --all`` would check it before it is sent
+(``bus.seal_guard``): one a database administrator inserted (no valid seal, or a chain
+that does not hold) is not published, nor is any later event of its stream; each is
+logged in one line, kept in the store's ``refused_events`` (``status`` reports it) and
+taken out of the outbox, so the relay does not stall on it.
 """
 
 from __future__ import annotations
@@ -30,8 +36,11 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from bus.membership import lock_holder_name
+from bus.seal_guard import REFUSED_TABLE, SealGuard, link_of, record_refusals
 from bus.topics import PARTITIONS
+from eventstore.chain import Finding
 from eventstore.records import StoredEvent
+from eventstore.sealing import appending_seal_key
 from eventstore.store import EVENT_COLUMNS, EventStore, stored_event
 from schemas.envelope import CloudEvent, to_kafka
 from schemas.registry import dataschema_uri
@@ -84,9 +93,12 @@ class OutboxRelay:
         linger_seconds: float = 0.02,
         partitions: int | None = PARTITIONS,
         instance: str = "",
+        seal_key: bytes | None = None,
     ) -> None:
         self.store = store
         self.instance = instance  # the supervisor's name for this process (lock holder)
+        self._seal_key = seal_key if seal_key is not None else appending_seal_key()
+        self._sealed_from: int | None = None
         self._partitions = partitions
         self._conninfo = conninfo
         self._producer = producer
@@ -131,14 +143,71 @@ class OutboxRelay:
             return 0
         if not await self._topic_ready():
             return 0
-        await publish_events(
-            self._producer, self._topic, self.store, [stored_event(r) for r in rows]
-        )
+        events = [stored_event(r) for r in rows]
+        admitted, refused = await self._guarded(conn, events)
+        await publish_events(self._producer, self._topic, self.store, admitted)
+        if refused:
+            for _, finding in refused:
+                log.error("relay_refused_event", refusal=finding.line())
+            await record_refusals(conn, self.store.schema, refused, "relay")
         await conn.execute(
             sql.SQL("DELETE FROM {}.outbox WHERE id = ANY(%s)").format(s),
             ([r["outbox_id"] for r in rows],),
         )
         return len(rows)
+
+    async def _guarded(
+        self, conn: AsyncConnection[Any], events: list[StoredEvent]
+    ) -> tuple[list[StoredEvent], list[tuple[int, Finding]]]:
+        """(events to publish, (position, finding) of those refused): each judged after
+        its stream's previous event, read from the store. An event after a refused one
+        is refused too: its consumers could not apply it."""
+        schema = self.store.schema
+        if self._sealed_from is None:
+            cur = await conn.execute(
+                sql.SQL("SELECT min(position) FROM {}.events WHERE seal IS NOT NULL").format(
+                    sql.Identifier(schema)
+                )
+            )
+            row = await cur.fetchone()
+            self._sealed_from = row[0] if row else None
+        sealed_from = {schema: self._sealed_from} if self._sealed_from is not None else {}
+        guard = SealGuard(self._seal_key, sealed_from)
+        firsts: dict[Any, int] = {}
+        for e in events:
+            firsts.setdefault(e.stream_id, e.version)
+        wanted = [(sid, v - 1) for sid, v in firsts.items() if v > 1]
+        if wanted:
+            cur = await conn.execute("SELECT to_regclass(%s)", (f'"{schema}".{REFUSED_TABLE}',))
+            row = await cur.fetchone()
+            refused_sql = (
+                sql.SQL("EXISTS (SELECT 1 FROM {} r WHERE r.event_position = e.position)").format(
+                    sql.Identifier(schema, REFUSED_TABLE)
+                )
+                if row and row[0]
+                else sql.SQL("false")
+            )
+            async with conn.cursor(row_factory=dict_row) as cur2:
+                await cur2.execute(
+                    sql.SQL(
+                        "SELECT "
+                        + ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
+                        + ", {refused} AS refused FROM {s}.events e JOIN unnest(%s::uuid[], "
+                        "%s::int4[]) AS w(sid, v) ON e.stream_id = w.sid AND e.version = w.v"
+                    ).format(s=sql.Identifier(schema), refused=refused_sql),
+                    ([w[0] for w in wanted], [w[1] for w in wanted]),
+                )
+                for before in await cur2.fetchall():
+                    event = stored_event(before)
+                    if before["refused"]:
+                        guard.refused[(schema, event.stream_id)] = Finding(
+                            schema, event.stream_id, event.version, "refused",
+                            "refused earlier (see `referralnet status`)",
+                        )  # fmt: skip
+                    else:
+                        guard.remember(schema, link_of(event))
+        admitted = [e for e in events if guard.admit(schema, e)]
+        return admitted, [r for rs in guard.positions.values() for r in rs]
 
     async def _topic_ready(self) -> bool:
         """Whether the topic has the partitions it was created with.

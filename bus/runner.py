@@ -28,8 +28,9 @@ from bus.tracking import (
     Projection,
     apply_batches,
     create_tracking,
-    move_positions,
     record_of,
+    reset_lost_log,
+    stored_positions,
 )
 from infra.kafka_security import client_kwargs
 from schemas.envelope import to_kafka
@@ -217,10 +218,15 @@ class TrackedRunner:
                             # stream rule ignores what was applied before).
                             log.warning("log_lost", topic=t, partition=p, stored=offset,
                                         highwater=confirmed)  # fmt: skip
-                            await move_positions(conn, projection, t, {p: 0})
-                            consumer.seek(tp, 0)
+                            if await reset_lost_log(conn, projection, t, {p: (offset, confirmed)}):
+                                consumer.seek(tp, 0)
                             continue
                     if fetching != offset:
+                        # Read again: a position republish reset meanwhile must not be
+                        # sought back to the stale value read above.
+                        now = await stored_positions(conn, projection.schema, projection.consumer)
+                        if now.get((t, p)) != offset:
+                            continue
                         log.info("position_moved_seek", topic=t, partition=p, offset=offset)
                         consumer.seek(tp, offset)
 

@@ -16,6 +16,8 @@ Every tracked consumer (the view runner, the faust agents, replay) goes through
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -148,6 +150,10 @@ class Probe(Protocol):
         """The partition's high watermark (None: no answer)."""
         ...
 
+    async def record_at(self, topic: str, partition: int, offset: int) -> Record | None:
+        """The record at exactly ``offset`` (None: none there, or no answer)."""
+        ...
+
 
 async def create_tracking(conn: AsyncConnection[Any], schema: str) -> None:
     """Create or migrate the tracking tables in a consumer's schema (``infra.migrations``)."""
@@ -169,8 +175,9 @@ async def stored_positions(
 
 async def _lock_positions(
     conn: AsyncConnection[Any], schema: str, consumer: str, topic: str, partitions: list[int]
-) -> dict[int, int | None]:
-    """Create-or-lock the position rows; each stored next offset, or None where it is new.
+) -> dict[int, tuple[int | None, int | None]]:
+    """Create-or-lock the position rows; each (stored next offset, or None where it is
+    new; the mark of the log it was read from, or None where unknown).
 
     A new consumer has no position yet: it starts wherever the log starts (which is not
     offset 0 on a cluster whose retention has deleted old segments).
@@ -180,11 +187,15 @@ async def _lock_positions(
             "INSERT INTO {s}.positions AS p (consumer, topic, partition, next_offset) "
             "SELECT %s, %s, part, 0 FROM unnest(%s::int4[]) AS part "
             "ON CONFLICT (consumer, topic, partition) "
-            "DO UPDATE SET next_offset = p.next_offset RETURNING partition, next_offset, (xmax = 0)"
+            "DO UPDATE SET next_offset = p.next_offset "
+            "RETURNING partition, next_offset, (xmax = 0), mark"
         ).format(s=sql.Identifier(schema)),
         (consumer, topic, partitions),
     )
-    return {int(r[0]): None if r[2] else int(r[1]) for r in await cur.fetchall()}
+    return {
+        int(r[0]): (None if r[2] else int(r[1]), None if r[3] is None else int(r[3]))
+        for r in await cur.fetchall()
+    }
 
 
 async def keep_start(
@@ -217,25 +228,102 @@ async def move_positions(
             "INSERT INTO {}.positions AS p (consumer, topic, partition, next_offset) "
             "SELECT %s, %s, * FROM unnest(%s::int4[], %s::int8[]) "
             "ON CONFLICT (consumer, topic, partition) DO UPDATE "
-            "SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+            "SET next_offset = EXCLUDED.next_offset, mark = NULL, updated_at = now()"
         ).format(sql.Identifier(projection.schema)),
         (projection.consumer, topic, parts, [moves[p] for p in parts]),
     )
 
 
+async def reset_lost_log(
+    conn: AsyncConnection[Any],
+    projection: Projection,
+    topic: str,
+    found: Mapping[int, tuple[int, int]],
+) -> set[int]:
+    """The broker lost its log (per partition: (stored position, high watermark), the
+    first beyond the second): positions back to 0 (re-reading is harmless under the
+    stream rule), and the loss noted in ``log_losses``, where ``status`` and
+    ``republish`` see it after the position no longer shows it.
+
+    Only where the stored position is *still* beyond the high watermark (read again,
+    locked): a caller's reading may be stale (``republish`` reset and refilled
+    meanwhile), and a stale reset would note a loss that was already mended. Returns the
+    partitions reset.
+    """
+    parts = list(found)
+    async with conn.transaction():
+        cur = await conn.execute(
+            sql.SQL(
+                "UPDATE {s}.positions AS p SET next_offset = 0, mark = NULL, updated_at = now() "
+                "FROM (SELECT q.partition, q.next_offset AS old, m.hw FROM {s}.positions q "
+                "JOIN unnest(%s::int4[], %s::int8[]) AS m(part, hw) ON q.partition = m.part "
+                "WHERE q.consumer = %s AND q.topic = %s AND q.next_offset > m.hw FOR UPDATE) o "
+                "WHERE p.consumer = %s AND p.topic = %s AND p.partition = o.partition "
+                "RETURNING p.partition, o.old, o.hw"
+            ).format(s=sql.Identifier(projection.schema)),
+            (
+                parts,
+                [found[p][1] for p in parts],
+                projection.consumer,
+                topic,
+                projection.consumer,
+                topic,
+            ),
+        )
+        reset = [(int(r[0]), int(r[1]), int(r[2])) for r in await cur.fetchall()]
+        if reset:
+            await conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.log_losses AS l (consumer, topic, partition, stored, "
+                    "highwater) SELECT %s, %s, * FROM unnest(%s::int4[], %s::int8[], %s::int8[]) "
+                    "ON CONFLICT (consumer, topic, partition) DO UPDATE SET "
+                    "stored = GREATEST(l.stored, EXCLUDED.stored), "
+                    "highwater = EXCLUDED.highwater, found_at = now()"
+                ).format(sql.Identifier(projection.schema)),
+                (
+                    projection.consumer,
+                    topic,
+                    [r[0] for r in reset],
+                    [r[1] for r in reset],
+                    [r[2] for r in reset],
+                ),
+            )
+    return {r[0] for r in reset}
+
+
 async def _store_positions(
-    conn: AsyncConnection[Any], projection: Projection, topic: str, moves: dict[int, int]
+    conn: AsyncConnection[Any],
+    projection: Projection,
+    topic: str,
+    moves: dict[int, int],
+    marks: dict[int, int],
 ) -> None:
-    """Set the next offset of several partitions in one statement."""
+    """Set the next offset (and the mark of the record before it) of several partitions
+    in one statement."""
     parts = list(moves)
     await conn.execute(
         sql.SQL(
-            "UPDATE {}.positions AS p SET next_offset = m.next, updated_at = now() "
-            "FROM unnest(%s::int4[], %s::int8[]) AS m(part, next) "
+            "UPDATE {}.positions AS p SET next_offset = m.next, mark = m.mark, "
+            "updated_at = now() "
+            "FROM unnest(%s::int4[], %s::int8[], %s::int8[]) AS m(part, next, mark) "
             "WHERE p.consumer = %s AND p.topic = %s AND p.partition = m.part"
         ).format(sql.Identifier(projection.schema)),
-        (parts, [moves[p] for p in parts], projection.consumer, topic),
+        (
+            parts,
+            [moves[p] for p in parts],
+            [marks.get(p) for p in parts],
+            projection.consumer,
+            topic,
+        ),
     )
+
+
+def log_mark(record: Record) -> int:
+    """What identifies a record of a log: the digest of its key, value and envelope
+    headers. A position remembers the mark of the record before it; the same offset of
+    another log (a broker that lost its log and was refilled, a recreated topic) holds
+    another record, so a stale position cannot pass for a position in the new log."""
+    return digest(record.key, record.value, record.headers)
 
 
 async def _stream_heads(
@@ -359,9 +447,31 @@ MAX_VERSION = 2**31 - 1
 """Stream versions and partner sequences are kept as PostgreSQL ``integer``."""
 
 RETRY_HEADER = "x-dead-letter-retry"
-"""Marks a record re-driven by ``dead-letters retry``; the stream rule needs no exception
-for it (a dead letter was never applied, so it arrives as the version its stream waits
-for), but it stays on the record for audit."""
+"""Marks a record re-driven by ``dead-letters retry``: JSON ``{"dead_letters": [ids],
+"consumers": [names], "reason": ...}``. The stream rule needs no exception for it (a dead
+letter was never applied, so it arrives as the version its stream waits for). Only the
+consumers named take it: the others applied or skipped the original already, or parked
+it in a letter of their own, so a poison record retried while still poison is parked
+again once per consumer that parked it, not once per consumer of the topic."""
+
+
+def retried_for_others(record: Record, consumer: str) -> bool:
+    """Whether ``record`` is a dead-letter retry addressed to other consumers only.
+
+    A marker without ``consumers`` (an older retry) is addressed to every consumer; an
+    unreadable one too (the envelope codec then judges the record as any other).
+    """
+    for key, value in record.headers:
+        if key != RETRY_HEADER or value is None:
+            continue
+        try:
+            marker = json.loads(value)
+        except ValueError:
+            return False
+        names = marker.get("consumers") if isinstance(marker, dict) else None
+        return isinstance(names, list) and consumer not in names
+    return False
+
 
 Publish = Callable[[Sequence[Outgoing]], Awaitable[None]]
 
@@ -428,20 +538,40 @@ async def apply_batches(
         )
         fresh_records: list[tuple[int, Record]] = []
         moves: dict[int, int] = {}
-        lost: dict[int, int] = {}
+        lost: dict[int, tuple[int, int]] = {}
+        marks: dict[int, int] = {}
         for p, recs in sorted(pending.items()):
-            start = stored.get(p)
+            start, mark = stored.get(p, (None, None))
             start = recs[0].offset if start is None else start
             fresh = [r for r in recs if r.offset >= start]
             results[p].duplicates = len(recs) - len(fresh)
             if not fresh:
-                if probe is not None and await _log_lost(probe, topic, p, start):
+                highwater = None if probe is None else await _log_lost(probe, topic, p, start)
+                if highwater is None and await _log_replaced(probe, topic, p, start, mark, recs):
+                    highwater = REPLACED
+                if highwater is not None:
                     results[p].duplicates, results[p].seek_to = 0, 0
-                    lost[p] = 0
+                    lost[p] = (start, highwater)
+                continue
+            if (len(fresh) < len(recs) or fresh[0].offset > start) and (
+                await _log_replaced(probe, topic, p, start, mark, recs)
+            ):
+                # Records below the position (or a gap before it) in *another* log than
+                # the position was read from: all of it is new. Read it from the start.
+                results[p].duplicates, results[p].seek_to = 0, 0
+                lost[p] = (start, REPLACED)
                 continue
             if fresh[0].offset > start and probe is not None:
                 found = await probe(topic, p, start)
                 if found is not None and found > start:
+                    where = (projection.schema, projection.consumer, topic, p)
+                    if not _hole_confirmed(where, start, found):
+                        # Not yet: apply nothing and leave the fetch alone (a seek per
+                        # batch races the client's fetcher); the consumer's follow timer
+                        # brings it back to the stored position to look again.
+                        log.info("offset_hole_suspected", topic=topic, partition=p,
+                                 missing=start, next=found)  # fmt: skip
+                        continue
                     log.warning("offset_hole", topic=topic, partition=p, missing=start, next=found)
                     start = found
             if fresh[0].offset > start:
@@ -449,27 +579,80 @@ async def apply_batches(
                 continue
             fresh_records.extend((p, r) for r in fresh)
             moves[p] = results[p].next_offset = fresh[-1].offset + 1
+            marks[p] = log_mark(fresh[-1])
         if lost:
-            await _store_positions(conn, projection, topic, lost)
+            await reset_lost_log(conn, projection, topic, lost)
         if not moves:
             return results
         outgoing = await _apply_in_order(conn, projection, topic, fresh_records, results)
-        await _store_positions(conn, projection, topic, moves)
+        await _store_positions(conn, projection, topic, moves, marks)
         if outgoing and publish is not None:
             await publish(outgoing)
     return results
 
 
-async def _log_lost(probe: Probe, topic: str, partition: int, stored: int) -> bool:
-    """Whether the broker's log ends before the stored position: it lost its log (a
-    restart of a memory-only broker, a recreated topic). Records below the position are
-    then new, not re-deliveries: the consumer reads the log again from its start (the
-    stream rule makes that harmless)."""
+REPLACED = -1
+"""The high watermark noted in ``log_losses`` when the log was not short but another one."""
+
+HOLE_CONFIRM_SECONDS = 2.0
+"""How long the broker must keep saying that the offsets after a position are missing
+before the consumer moves past them. A log being refilled under the consumer (republish
+sending while it reads) answered "no record from 4 until 67" twice in a row on the
+embedded broker, and skipping then lost 63 events; a real hole (compaction) is still
+there seconds later. A one-offset hole (a transaction marker) is taken at once."""
+
+_suspected_holes: dict[tuple[str, str, str, int], tuple[int, int, float]] = {}
+
+
+def _hole_confirmed(where: tuple[str, str, str, int], start: int, found: int) -> bool:
+    """Whether to move past the hole ``start`` up to ``found``: at once for one offset,
+    else when the same hole was already seen at least ``HOLE_CONFIRM_SECONDS`` ago (the
+    first sighting only starts the clock; the caller seeks back and reads again)."""
+    if found == start + 1:
+        return True  # one offset: a transaction marker's, the common hole, taken at once
+    now = time.monotonic()
+    seen = _suspected_holes.get(where)
+    if seen is not None and seen[:2] == (start, found):
+        if now - seen[2] >= HOLE_CONFIRM_SECONDS:
+            del _suspected_holes[where]
+            return True
+        return False
+    _suspected_holes[where] = (start, found, now)
+    return HOLE_CONFIRM_SECONDS <= 0
+
+
+async def _log_replaced(
+    probe: Probe | None,
+    topic: str,
+    partition: int,
+    start: int,
+    mark: int | None,
+    records: Sequence[Record],
+) -> bool:
+    """Whether the record before the stored position is not the one the position was
+    read after (``mark``): the broker holds another log now. Unknown (no mark, no
+    record there, no answer) counts as the same log."""
+    if mark is None or start <= 0:
+        return False
+    before = next((r for r in records if r.offset == start - 1), None)
+    if before is None and probe is not None:
+        before = await probe.record_at(topic, partition, start - 1)
+    if before is None or log_mark(before) == mark:
+        return False
+    log.warning("log_replaced", topic=topic, partition=partition, stored=start)
+    return True
+
+
+async def _log_lost(probe: Probe, topic: str, partition: int, stored: int) -> int | None:
+    """The high watermark, when the broker's log ends before the stored position: it
+    lost its log (a restart of a memory-only broker, a recreated topic). Records below
+    the position are then new, not re-deliveries: the consumer reads the log again from
+    its start (the stream rule makes that harmless). None: the log is there."""
     highwater = await probe.highwater(topic, partition)
     if highwater is None or highwater >= stored:
-        return False
+        return None
     log.warning("log_lost", topic=topic, partition=partition, stored=stored, highwater=highwater)
-    return True
+    return highwater
 
 
 async def _apply_in_order(
@@ -483,6 +666,9 @@ async def _apply_in_order(
     schema = projection.schema
     incoming: list[Candidate[_Entry]] = []
     for p, r in fresh:
+        if retried_for_others(r, projection.consumer):
+            _count(results, p).duplicates += 1
+            continue
         c = await _candidate(conn, projection, topic, p, r)
         if c is None:
             _count(results, p).dead += 1

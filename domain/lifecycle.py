@@ -380,7 +380,7 @@ def fold(events: Iterable[LifecycleEvent], state: Referral = NEW) -> Referral:
 def apply_parties(parties: Parties, event: LifecycleEvent) -> Parties:
     """Only the parties after ``event``: for a consumer that keeps nothing else (the
     distributor's entitlements); the same rules as :func:`apply`."""
-    return apply(Referral(parties=parties), event).parties
+    return apply(_evolve(NEW, parties=parties), event).parties
 
 
 _State = TypeVar("_State", "Referral", Parties)

@@ -435,11 +435,15 @@ def republish(
                         tasks.append(progress.add_task("republish", total=None))
                     progress.update(tasks[0], completed=done, total=total)
 
-                result = asyncio.run(refill(url, bootstrap, _topics(settings), start, show))
+                result = asyncio.run(
+                    refill(url, bootstrap, _topics(settings), start, show, home=settings.home)
+                )
         except (RepublishRefused, RepublishFailed) as exc:
             console.print(f"referralnet: {exc}", style="red", highlight=False, soft_wrap=True)
             sys.exit(1)
     ops_render.republished(console, result)
+    if result.refused:
+        sys.exit(1)  # tampered events were refused: the operator must look (verify --all)
 
 
 @dead_letters_app.callback()

@@ -137,3 +137,50 @@ async def wait_caught_up(
                     f"lag {sum(lag.lag for lag in lags)}"
                 )
             await asyncio.sleep(0.2)  # polling pipeline state with a deadline
+
+
+@dataclass(frozen=True)
+class LogLoss:
+    """A consumer found a partition's log ending before its stored position (the broker
+    lost its log) and read it again from the start (``bus.tracking.reset_lost_log``)."""
+
+    consumer: str
+    schema: str
+    topic: str
+    partition: int
+    stored: int
+    highwater: int
+    found_at: datetime
+
+
+async def log_losses(conn: AsyncConnection[Any], topics: Topics) -> list[LogLoss]:
+    """Every loss the consumers noted since the last ``republish`` cleared them."""
+    found: list[LogLoss] = []
+    for schema in sorted({s for _, s, _ in await consumers(conn, topics)}):
+        cur = await conn.execute("SELECT to_regclass(%s)", (f'"{schema}".log_losses',))
+        row = await cur.fetchone()
+        if not row or row[0] is None:
+            continue
+        cur = await conn.execute(
+            sql.SQL(
+                "SELECT consumer, topic, partition, stored, highwater, found_at "
+                "FROM {}.log_losses ORDER BY found_at"
+            ).format(sql.Identifier(schema))
+        )
+        found += [LogLoss(r[0], schema, r[1], r[2], r[3], r[4], r[5]) for r in await cur.fetchall()]
+    return found
+
+
+async def clear_log_losses(conn: AsyncConnection[Any], topics: Topics) -> None:
+    """Forget every loss noted until now: ``republish`` has refilled the topics. (Notes
+    taken while it ran describe the same loss; a consumer notes a loss only where its
+    position is beyond the log, which after the refill takes a new loss.)"""
+    for schema in sorted({s for _, s, _ in await consumers(conn, topics)}):
+        cur = await conn.execute("SELECT to_regclass(%s)", (f'"{schema}".log_losses',))
+        row = await cur.fetchone()
+        if row and row[0] is not None:
+            await conn.execute(
+                sql.SQL("DELETE FROM {}.log_losses WHERE found_at <= now()").format(
+                    sql.Identifier(schema)
+                )
+            )

@@ -10,6 +10,7 @@ events not applied before, so the additions below happen once per event.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, assert_never
@@ -50,7 +51,14 @@ IGNORES: frozenset[type[EventModel]] = frozenset()
 FIRST_STATUS = str(lifecycle.next_status(None, ReferralCreated))
 """The status a row starts with (the lifecycle's, after ``referral-created``)."""
 
-_UNMOVED: dict[Status, Status] = {s: s for s in Status}
+_UNMOVED: tuple[Status, ...] = tuple(Status)
+
+
+@functools.cache
+def _moved(moves: tuple[Status, ...], event_class: type[EventModel]) -> tuple[Status, ...]:
+    """Where each stored status ends up once an event of ``event_class`` follows ``moves``
+    (cached: there are few distinct paths, and this runs for most events of a batch)."""
+    return tuple(lifecycle.next_status(now, event_class) or now for now in moves)
 
 
 @dataclass
@@ -64,21 +72,20 @@ class ReferralChange:
     """
 
     state: Referral = lifecycle.NEW
-    moves: dict[Status, Status] | None = None  # None: no event with a status rule yet
+    moves: tuple[Status, ...] | None = None  # per stored status (Status order); None: none
 
     def fold(self, event: CloudEvent, model: LifecycleEvent) -> None:
         """Add one event (its time: the envelope's ``ce_time``)."""
         self.state = lifecycle.apply(self.state, model, at=event.time)
         # follow the event on every status the stored row might have (stored → after);
         # the rules are the lifecycle's, so none is written out here
-        after = lifecycle.STATUS_TRANSITIONS.get(type(model))
-        if after is not None:
-            moves = self.moves or _UNMOVED
-            self.moves = {stored: after[now] or now for stored, now in moves.items()}
+        if type(model) in lifecycle.STATUS_TRANSITIONS:
+            self.moves = _moved(self.moves or _UNMOVED, type(model))
 
     def status_moves(self) -> Jsonb | None:
         """``{stored status: new status}`` for the statuses the batch changes; None: none."""
-        changed = {k.value: v.value for k, v in (self.moves or {}).items() if k is not v}
+        moves = self.moves or _UNMOVED
+        changed = {k.value: v.value for k, v in zip(Status, moves, strict=True) if k is not v}
         return Jsonb(changed) if changed else None
 
     def columns(self) -> tuple[Any, ...]:

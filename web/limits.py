@@ -11,15 +11,19 @@ touches PostgreSQL.
 | ``Content-Length`` not a number         | 400 |
 | headers over ``MAX_HEADERS`` in total   | 431 |
 | a NUL byte in the path or query         | 422 (PostgreSQL cannot store NUL in text) |
-| a ``\\u0000`` escape in a JSON body     | 422 |
+| a ``\\u0000`` escape in a JSON body     | 422 naming the field (``person.name``, ``items.0``) |
+
+The body is read here in full before the route sees it (it is at most ``MAX_BODY``),
+so a NUL can be answered with the field it sits in: the JSON is decoded and walked,
+and the path is given as the validation errors give theirs (dots, list indices).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 MAX_BODY = 64 * 1024
@@ -30,10 +34,6 @@ MAX_HEADERS = 8 * 1024
 
 _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 """``\\u0000`` in JSON text, not preceded by an escaping backslash."""
-
-
-class BodyTooLarge(HTTPException):
-    """Raised from ``receive``: FastAPI passes HTTP exceptions from body reading through."""
 
 
 def _refusal(status: int, error: str, reason: str, field: str | None = None) -> bytes:
@@ -77,24 +77,46 @@ class RequestLimits:
         if refused is not None:
             await _answer(send, *refused, [])
             return
-        limit = self.max_body
+        body = await self._read_body(receive)
+        if body is None:
+            return  # the client left before its body was complete: nothing to answer
+        if isinstance(body, tuple):
+            await _answer(send, *body, [])
+            return
+        if _NUL_ESCAPE.search(body):
+            field = _nul_field(body)
+            if field is not None:
+                reason = "text must not contain NUL characters (\\u0000)"
+                await _answer(send, 422, _refusal(422, "invalid-request", reason, field), [])
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _read_body(self, receive: Receive) -> bytes | tuple[int, bytes] | None:
+        """The whole body (at most ``max_body`` bytes); (status, refusal) as soon as it
+        passes the limit (the rest is never read); None when the client disconnected."""
+        chunks: list[bytes] = []
         seen = 0
-        tail = b""
-
-        async def bounded() -> Message:
-            nonlocal seen, tail
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                chunk = message.get("body", b"")
-                seen += len(chunk)
-                if seen > limit:
-                    raise BodyTooLarge(413, f"the body exceeds the limit of {limit} bytes")
-                if _NUL_ESCAPE.search(tail + chunk):
-                    raise BodyTooLarge(422, "text must not contain NUL characters (\\u0000)")
-                tail = (tail + chunk)[-16:]
-            return message
-
-        await self.app(scope, bounded, send)
+            if message["type"] != "http.request":
+                return None
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_body:
+                reason = f"the body exceeds the limit of {self.max_body} bytes"
+                return 413, _refusal(413, "body-too-large", reason)
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
 
     def _check_head(self, scope: Scope) -> tuple[int, bytes] | None:
         headers: list[tuple[bytes, bytes]] = scope.get("headers", [])
@@ -120,3 +142,29 @@ class RequestLimits:
                         f"the body exceeds the limit of {self.max_body} bytes",
                     )
         return None
+
+
+def _nul_field(body: bytes) -> str | None:
+    """The field of the first string (or key) holding a NUL, as ``a.b.0.c``; None when
+    the body is not JSON (the route then says so) or holds no NUL after all."""
+    try:
+        document = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    for path in _nul_paths(document, ()):
+        return ".".join(path) or "body"
+    return None
+
+
+def _nul_paths(value: object, path: tuple[str, ...]) -> Iterator[tuple[str, ...]]:
+    if isinstance(value, str):
+        if "\x00" in value:
+            yield path
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in key:
+                yield (*path, key.replace("\x00", "\\u0000"))
+            yield from _nul_paths(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _nul_paths(item, (*path, str(index)))

@@ -81,10 +81,33 @@ CREATE INDEX IF NOT EXISTS dead_letter_outbox_pending ON {schema}.dead_letter_ou
 """,
 )
 
+STEP_3 = Step(
+    3,
+    "log identity: a position's mark, and the losses of a log the consumer found",
+    """
+-- What this consumer found when the broker had lost its log (a stored position beyond
+-- the partition's high watermark) and it read the log again from its start: status
+-- reports it and republish takes it as proof of the loss, until republish has refilled.
+CREATE TABLE IF NOT EXISTS {schema}.log_losses (
+    consumer  text    NOT NULL,
+    topic     text    NOT NULL,
+    partition integer NOT NULL,
+    stored    bigint  NOT NULL,
+    highwater bigint  NOT NULL,
+    found_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer, topic, partition)
+);
+-- mark: digest of the record just before next_offset, as this consumer read it: the
+-- identity of the log the position belongs to (see bus.tracking.apply_batches).
+ALTER TABLE {schema}.positions ADD COLUMN IF NOT EXISTS mark bigint;
+""",
+)
+
 COMPONENT = Component(
     "tracking",
     (
         STEP_1,
         STEP_2,
+        STEP_3,
     ),
 )

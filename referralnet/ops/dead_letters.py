@@ -5,11 +5,14 @@ good (``bus.dead_letters``); the ``dead-letters`` topic only carries notices, so
 broker that lost its log loses nothing here. A letter's id is ``<schema>:<row id>``.
 
 Re-driving publishes the original record to its source topic again with
-``x-dead-letter-retry`` (its value names the letter), which lets it past the
-stream-version dedup (it was never applied), and stamps the row ``retried_at`` /
-``retried_to`` in the same transaction that holds it locked while the broker
-acknowledges. So a letter is re-driven at most once: retrying it again, or two operators
-retrying at the same time, sends nothing more. Records go out in their original order
+``x-dead-letter-retry`` (``bus.tracking.RETRY_HEADER``: the letters and the consumers
+that parked it), and stamps the rows ``retried_at`` / ``retried_to`` in the same
+transaction that holds them locked while the broker acknowledges. So a letter is
+re-driven at most once: retrying it again, or two operators retrying at the same time,
+sends nothing more. One record parked by several consumers (every consumer group of
+``referral-events`` refuses the same malformed record) is sent once, and only the
+consumers that parked it take the copy: a record still poison is parked again once per
+consumer that parked it, never multiplied. Records go out in their original order
 (source topic, partition, offset), chunk by chunk, on one producer.
 """
 
@@ -247,8 +250,19 @@ class RetryResult:
         return len(self.retried) / self.seconds if self.seconds > 0 else 0.0
 
 
-def _retry_marker(letter: DeadLetter) -> bytes:
-    return json.dumps({"dead_letter": letter.id, "reason": letter.reason}).encode()
+def _retry_marker(letters: Sequence[DeadLetter]) -> bytes:
+    return json.dumps(
+        {
+            "dead_letters": [d.id for d in letters],
+            "consumers": sorted({d.consumer for d in letters}),
+            "reason": letters[0].reason,
+        }
+    ).encode()
+
+
+def _origin(letter: DeadLetter) -> tuple[str, int, int]:
+    """The record a letter parked: letters of several consumers may share one."""
+    return letter.source_topic, letter.source_partition, letter.source_offset
 
 
 async def _check_topics(bootstrap_servers: str, letters: Sequence[DeadLetter]) -> None:
@@ -302,17 +316,18 @@ async def retry(
         except KafkaError as exc:
             raise RetryRefused(f"broker unreachable at {bootstrap_servers}: {exc}") from None
         try:
-            by_schema: dict[str, list[DeadLetter]] = {}
+            # Chunks by record, so the letters of one record are re-driven together.
+            by_origin: dict[tuple[str, int, int], list[DeadLetter]] = {}
             for d in todo:
-                by_schema.setdefault(d.schema, []).append(d)
+                by_origin.setdefault(_origin(d), []).append(d)
+            groups = [by_origin[o] for o in sorted(by_origin)]
             done = 0
-            for schema, letters in sorted(by_schema.items()):
-                for i in range(0, len(letters), CHUNK):
-                    chunk = letters[i : i + CHUNK]
-                    result.retried += await _retry_chunk(conn, producer, schema, chunk)
-                    done += len(chunk)
-                    if progress is not None:
-                        progress(done, len(todo))
+            for i in range(0, len(groups), CHUNK):
+                chunk = [d for group in groups[i : i + CHUNK] for d in group]
+                result.retried += await _retry_chunk(conn, producer, chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, len(todo))
         finally:
             await producer.stop()
     result.seconds = time.monotonic() - started
@@ -364,46 +379,57 @@ async def discard(database_url: str, selection: Selection) -> RetryResult:
 
 
 async def _retry_chunk(
-    conn: AsyncConnection[Any],
-    producer: AIOKafkaProducer,
-    schema: str,
-    letters: list[DeadLetter],
+    conn: AsyncConnection[Any], producer: AIOKafkaProducer, letters: list[DeadLetter]
 ) -> list[DeadLetter]:
-    """Lock the chunk's still-pending rows, send them in source order, stamp them."""
-    table = sql.Identifier(schema, dlq.TABLE)
-    by_row = {d.row_id: d for d in letters}
+    """Lock the chunk's still-pending rows, send each record once in source order, stamp
+    every letter of it."""
+    by_schema: dict[str, dict[int, DeadLetter]] = {}
+    for d in letters:
+        by_schema.setdefault(d.schema, {})[d.row_id] = d
     async with conn.transaction():
-        # SKIP LOCKED: a concurrent retry of the same letters takes them, not both of us.
-        cur = await conn.execute(
-            sql.SQL("SELECT id FROM {} WHERE id = ANY(%s) AND {} FOR UPDATE SKIP LOCKED").format(
-                table, sql.SQL(PENDING)
-            ),
-            (list(by_row),),
-        )
-        mine = [by_row[r[0]] for r in await cur.fetchall()]
-        mine.sort(key=lambda d: (d.source_topic, d.source_partition, d.source_offset, d.row_id))
+        mine: list[DeadLetter] = []
+        for schema, by_row in sorted(by_schema.items()):
+            # SKIP LOCKED: a concurrent retry of the same letters takes them, not both of us.
+            cur = await conn.execute(
+                sql.SQL(
+                    "SELECT id FROM {} WHERE id = ANY(%s) AND {} FOR UPDATE SKIP LOCKED"
+                ).format(sql.Identifier(schema, dlq.TABLE), sql.SQL(PENDING)),
+                (list(by_row),),
+            )
+            mine += [by_row[r[0]] for r in await cur.fetchall()]
+        records: dict[tuple[str, int, int], list[DeadLetter]] = {}
+        for d in sorted(mine, key=lambda d: (_origin(d), d.schema, d.row_id)):
+            records.setdefault(_origin(d), []).append(d)
         futures = []
-        for d in mine:
+        for group in records.values():
+            first = group[0]
             futures.append(
                 await producer.send(
-                    d.source_topic,
-                    value=d.value,
-                    key=d.key,
-                    headers=[*d.headers, (RETRY_HEADER, _retry_marker(d))],
+                    first.source_topic,
+                    value=first.value,
+                    key=first.key,
+                    headers=[*first.headers, (RETRY_HEADER, _retry_marker(group))],
                 )
             )
         sent = [await f for f in futures]
-        destinations = [f"{m.topic}[{m.partition}]@{m.offset}" for m in sent]
-        cur = await conn.execute(
-            sql.SQL(
-                "UPDATE {} AS d SET retried_at = now(), retried_to = w.dest "
-                "FROM unnest(%s::int8[], %s::text[]) AS w(id, dest) WHERE d.id = w.id "
-                "RETURNING d.id, d.retried_at"
-            ).format(table),
-            ([d.row_id for d in mine], destinations),
-        )
-        stamped = dict(await cur.fetchall())
+        destination: dict[str, str] = {}
+        for group, m in zip(records.values(), sent, strict=True):
+            for d in group:
+                destination[d.id] = f"{m.topic}[{m.partition}]@{m.offset}"
+        stamped: dict[str, datetime] = {}
+        for schema in sorted({d.schema for d in mine}):
+            rows = [d for d in mine if d.schema == schema]
+            cur = await conn.execute(
+                sql.SQL(
+                    "UPDATE {} AS d SET retried_at = now(), retried_to = w.dest "
+                    "FROM unnest(%s::int8[], %s::text[]) AS w(id, dest) WHERE d.id = w.id "
+                    "RETURNING d.id, d.retried_at"
+                ).format(sql.Identifier(schema, dlq.TABLE)),
+                ([d.row_id for d in rows], [destination[d.id] for d in rows]),
+            )
+            stamped |= {dlq.letter_id(schema, r[0]): r[1] for r in await cur.fetchall()}
     return [
-        replace(d, retried_at=stamped[d.row_id], retried_to=dest)
-        for d, dest in zip(mine, destinations, strict=True)
+        replace(d, retried_at=stamped[d.id], retried_to=destination[d.id])
+        for group in records.values()
+        for d in group
     ]

@@ -56,6 +56,8 @@ def republished(console: Console, r: RepublishResult) -> None:
         console.print(f"positions reset to 0 {what}: {', '.join(r.consumers_reset)}")
     elif not r.published:
         console.print("nothing was missing; no consumer was reset")
+    for line in r.refused:  # tampered events: never on the bus (see `referralnet verify --all`)
+        console.print(line, style="red", highlight=False, soft_wrap=True)
 
 
 def dead_letter_table(console: Console, letters: Sequence[DeadLetter]) -> None:

@@ -18,8 +18,16 @@ Safe at any time, under traffic too:
 4. Every stored event not on the topic goes out, merged across the stores by the time
    it was recorded (each store in position order, so every stream in version order),
    read from one snapshot of all three stores (a stream's later version cannot be in it
-   without the earlier one). The outbox rows of those events are deleted while still
-   fenced; the relays then publish only what was appended after the snapshot.
+   without the earlier one). They go in rounds of one record batch per partition, each
+   acknowledged before the next (``_Rounds``), so a send the broker fails cannot be
+   overtaken by a later one of its partition. The outbox rows of those events are
+   deleted while still fenced; the relays then publish only what was appended after the
+   snapshot.
+
+5. Nothing ``verify --all`` would call tampered is sent (``bus.seal_guard``): an event a
+   database administrator inserted or edited, and the later events of its stream, are
+   refused, kept in the store's ``refused_events`` (``status`` reports them) and named
+   one line each in ``RepublishResult.refused``.
 
 A failure after step 3 leaves nothing that a second ``republish`` does not mend
 (``RepublishFailed`` says so).
@@ -34,22 +42,28 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError as AIOKafkaError
+from aiokafka.partitioner import DefaultPartitioner
 from kafka.errors import KafkaError
 from psycopg import AsyncConnection, errors, sql
 
 from bus.relay import FENCE, to_cloudevent
+from bus.seal_guard import REFUSED_TABLE, SealGuard, record_refusals
 from bus.topics import Topics
+from eventstore.anchor import AnchorError, AnchorPaths, read_anchor
 from eventstore.records import StoredEvent
+from eventstore.sealing import load_seal_key
 from eventstore.store import EventStore
 from infra.kafka_security import client_kwargs
-from referralnet.lag import STORES, consumers
+from referralnet.lag import STORES, clear_log_losses, consumers, log_losses
 from referralnet.ops import log
 from referralnet.services_table import BUS_CONSUMERS
+from referralnet.settings import settings
 from schemas.envelope import to_kafka
 
 BROKER_ERRORS = (AIOKafkaError, KafkaError, OSError, TimeoutError)
@@ -81,6 +95,8 @@ class RepublishResult:
     topics_recreated: list[str] = field(default_factory=list)
     consumers_reset: list[str] = field(default_factory=list)
     partner_topics_refilled: bool = False
+    refused: list[str] = field(default_factory=list)
+    """One line per stream whose events were refused as tampered (``bus.seal_guard``)."""
     seconds: float = 0.0
 
     @property
@@ -183,14 +199,24 @@ async def _published_but_missing(
     missing = 0
     ids = [UUID(i) for i in present if _UUID.fullmatch(i)]  # other clients' ids may be junk
     for store in STORES:
+        cur = await conn.execute("SELECT to_regclass(%s)", (f'"{store.schema}".{REFUSED_TABLE}',))
+        row = await cur.fetchone()
+        refused = (
+            sql.SQL(
+                "AND NOT EXISTS (SELECT 1 FROM {} r WHERE r.event_position = e.position) "
+            ).format(sql.Identifier(store.schema, REFUSED_TABLE))
+            if row and row[0]
+            else sql.SQL("")
+        )
         cur = await conn.execute(
             sql.SQL(
                 "SELECT count(*) FROM {s}.events e WHERE NOT EXISTS "
                 "(SELECT 1 FROM {s}.outbox o WHERE o.event_position = e.position) "
+                "{refused}"
                 "AND (%s::timestamptz IS NULL OR e.recorded_at >= %s) "
                 # NOT IN over a subquery: a hashed anti-join, not a scan of the array per row
                 "AND e.event_id NOT IN (SELECT unnest(%s::uuid[]))"
-            ).format(s=sql.Identifier(store.schema)),
+            ).format(s=sql.Identifier(store.schema), refused=refused),
             (since, since, ids),
         )
         row = await cur.fetchone()
@@ -282,9 +308,12 @@ async def republish(
     progress: Progress | None = None,
     fence_timeout: float = 30.0,
     attempts: int = 5,
+    home: Path | None = None,
 ) -> RepublishResult:
     """Refill the bus from the stores (see the module docstring).
 
+    ``home`` (default ``REFERRALNET_HOME``) holds the services' seal key and the anchor
+    the events are checked against; without one only the hash chain is checked.
     Raises ``RepublishRefused`` (nothing changed) or ``RepublishFailed`` (run it again).
     """
     started = time.monotonic()
@@ -301,9 +330,14 @@ async def republish(
         orgs = [r[0] for r in await cur.fetchall()]
         partner_names = [topics.org(o) for o in orgs]
         names = [topics.referral_events, topics.dead_letters, *partner_names]
+        seals = await _seals(conn, home)
         async with relays_fenced(conn, fence_timeout):
             try:
+                noted = await log_losses(conn, topics)
                 beyond = await _positions_beyond(conn, bootstrap_servers, topics)
+                # A consumer that found the log lost reset its own position: its note
+                # still says the topic lost what it held.
+                beyond |= {loss.topic for loss in noted}
                 events_lost = topics.referral_events in beyond
                 if not events_lost and log.partition_counts(
                     bootstrap_servers, [topics.referral_events]
@@ -332,8 +366,9 @@ async def republish(
                 result.partner_topics_refilled = partners_lost
             await _publish_fenced(
                 conn, database_url, bootstrap_servers, topics, since, present, result, progress,
-                attempts,
+                attempts, seals,
             )  # fmt: skip
+        await clear_log_losses(conn, topics)  # refilled: status stops reporting them
     result.seconds = time.monotonic() - started
     return result
 
@@ -348,6 +383,7 @@ async def _publish_fenced(
     result: RepublishResult,
     progress: Progress | None,
     attempts: int,
+    seals: tuple[bytes | None, dict[str, int]],
 ) -> None:
     """``_publish_missing``, again on a broker error, all under the caller's fence.
 
@@ -358,9 +394,12 @@ async def _publish_fenced(
     """
     for attempt in range(1, attempts + 1):
         try:
+            guard = SealGuard(*seals)
             await _publish_missing(
-                conn, database_url, bootstrap_servers, topics, since, present, result, progress
-            )
+                conn, database_url, bootstrap_servers, topics, since, present, result, progress,
+                guard,
+            )  # fmt: skip
+            result.refused = guard.lines()
             return
         except BROKER_ERRORS as exc:
             if attempt == attempts:
@@ -375,6 +414,100 @@ async def _publish_fenced(
             except BROKER_ERRORS:
                 continue
             result.already_present = result.in_stores = 0  # read again; sent ones add up
+
+
+async def _seals(
+    conn: AsyncConnection[Any], home: Path | None
+) -> tuple[bytes | None, dict[str, int]]:
+    """The services' seal key and, per store, where sealing began (the anchor's word, or
+    the store's first sealed event if earlier), as ``verify --all`` takes them."""
+    given = settings()
+    where = home or (given.home if given.given("home") else None)
+    if where is None:
+        return None, {}
+    paths = AnchorPaths.under(where)
+    key = load_seal_key(paths.seal_key) if paths.seal_key else None
+    sealed_from: dict[str, int] = {}
+    with contextlib.suppress(AnchorError, OSError, ValueError):
+        state = read_anchor(paths, keep_events=False)
+        sealed_from = dict(state.sealed_from) if state else {}
+    for store in STORES:
+        cur = await conn.execute(
+            sql.SQL("SELECT min(position) FROM {}.events WHERE seal IS NOT NULL").format(
+                sql.Identifier(store.schema)
+            )
+        )
+        row = await cur.fetchone()
+        if row and row[0] is not None:
+            sealed_from[store.schema] = min(int(row[0]), sealed_from.get(store.schema, int(row[0])))
+    return key, sealed_from
+
+
+ROUND_EVENTS = 500
+"""Events sent per round: each round is one record batch per partition, acknowledged
+before the next round is built."""
+ROUND_BATCH_BYTES = 1_000_000
+"""A round's batch for one partition holds at most this much (under Kafka's default
+``message.max.bytes``); a fuller partition ends the round early."""
+
+
+class _Rounds:
+    """Sends in rounds of at most one record batch per partition, each round
+    acknowledged before the next is built.
+
+    Why: a produce the broker fails for good (Tansu answers ``UnknownError`` while it
+    restarts) fails its batch, yet the client goes on to send that partition's later
+    batches, so a referral's session could land before its creation and consumers would
+    dead-letter it ("never created"). With one batch per partition in flight and nothing
+    built after a failure, the events that did land are a prefix of each partition's
+    order, and the next attempt sends the rest after them.
+    """
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str, partitions: list[int]) -> None:
+        self._producer, self._topic, self._partitions = producer, topic, partitions
+        self._batches: dict[int, Any] = {}
+        self._in_flight: list[Any] = []
+        self.queued = 0
+
+    async def add(self, key: bytes | None, value: bytes | None, headers: Any) -> int:
+        """Queue one record; returns how many records were acknowledged meanwhile."""
+        partition = DefaultPartitioner()(key, self._partitions, self._partitions)
+        sent = 0
+        batch = self._batches.get(partition)
+        if (
+            batch is None
+            or batch.append(key=key, value=value, timestamp=None, headers=headers) is None
+        ):
+            if batch is not None:  # that partition's batch is full: this round ends here
+                sent = await self.flush()
+            batch = self._batches[partition] = self._producer.create_batch()
+            if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                raise ValueError(f"an event larger than {ROUND_BATCH_BYTES} bytes")
+        self.queued += 1
+        if self.queued >= ROUND_EVENTS:
+            sent += await self.flush()
+        return sent
+
+    async def flush(self) -> int:
+        """Send the round and wait for every acknowledgement (raises the first failure)."""
+        batches, self._batches = self._batches, {}
+        queued, self.queued = self.queued, 0
+        for partition, batch in batches.items():
+            self._in_flight.append(
+                await self._producer.send_batch(batch, self._topic, partition=partition)
+            )
+        futures, self._in_flight = self._in_flight, []
+        try:
+            for future in futures:
+                await future
+        except BaseException:
+            await asyncio.gather(*futures, return_exceptions=True)  # none left unread
+            raise
+        return queued
+
+    async def settle(self) -> None:
+        """Collect sends still in flight after a failure, so none is left unread."""
+        await asyncio.gather(*self._in_flight, return_exceptions=True)
 
 
 @contextlib.asynccontextmanager
@@ -411,18 +544,20 @@ async def _publish_missing(
     present: set[str],
     result: RepublishResult,
     progress: Progress | None,
+    guard: SealGuard,
 ) -> None:
     producer = AIOKafkaProducer(
         **client_kwargs("aiokafka"),
         bootstrap_servers=bootstrap_servers,
         acks="all",
-        linger_ms=5,
         request_timeout_ms=15_000,
+        max_batch_size=ROUND_BATCH_BYTES,
         client_id="referralnet-republish",
     )
     await producer.start()
     read: dict[str, list[int]] = {store.schema: [] for store in STORES}
-    pending: list[Any] = []
+    topic = topics.referral_events
+    rounds = _Rounds(producer, topic, sorted(await producer.partitions_for(topic)))
     try:
         async with _snapshot(database_url) as conns:
             for store, c in zip(STORES, conns, strict=True):
@@ -438,34 +573,27 @@ async def _publish_missing(
             done = 0
             async for store, event in merged_history(conns, since):
                 done += 1
+                if not guard.admit(store.schema, event):
+                    continue  # tampered, or after a tampered event of its stream
                 read[store.schema].append(event.position)
                 if str(event.event_id) in present:
                     result.already_present += 1
                     continue
-                key, value, headers = to_kafka(to_cloudevent(store, event))
-                pending.append(
-                    await producer.send(topics.referral_events, value, key, headers=headers)
-                )
-                if len(pending) >= 1000:
-                    for future in pending:
-                        await future
-                    result.published += len(pending)
-                    pending.clear()
-                    if progress is not None:
-                        progress(done, result.in_stores)
-            for future in pending:
-                await future
-            result.published += len(pending)
+                result.published += await rounds.add(*to_kafka(to_cloudevent(store, event)))
+                if progress is not None and rounds.queued == 0:
+                    progress(done, result.in_stores)
+            result.published += await rounds.flush()
             if progress is not None:
                 progress(done, max(done, result.in_stores))
-    except BaseException:
-        # Collect the sends still in flight, so none is left with an unread error.
-        await asyncio.gather(*pending, return_exceptions=True)
-        raise
     finally:
+        await rounds.settle()
         await producer.stop()
-    # Still fenced: these events are on the bus now; the relays must not send them again.
+    # Still fenced: these events are on the bus now; the relays must not send them again,
+    # nor the refused ones (kept for ``status`` instead).
     for store in STORES:
+        await record_refusals(
+            conn, store.schema, guard.positions.get(store.schema, []), "republish"
+        )
         await conn.execute(
             sql.SQL(
                 "DELETE FROM {}.outbox o USING unnest(%s::int8[]) AS p(pos) "

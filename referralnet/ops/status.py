@@ -32,8 +32,10 @@ import psycopg
 from psycopg import AsyncConnection, sql
 
 from bus.held import HeldSummary, held_summary
+from bus.seal_guard import refusal_counts
 from bus.topics import Topics
-from referralnet.lag import STORES, consumer_lags, consumers
+from bus.tracking import REPLACED
+from referralnet.lag import STORES, LogLoss, consumer_lags, consumers, log_losses
 from referralnet.ops import log
 from referralnet.ops.dead_letters import pending_counts
 from referralnet.ops.restarts import restarts_within
@@ -135,6 +137,11 @@ class SystemStatus:
     dead_letters_by_consumer: dict[str, int] = field(default_factory=dict)
     held: dict[str, HeldSummary] = field(default_factory=dict)
     """Per consumer with held records: what waits behind a missing stream version."""
+    refused: dict[str, int] = field(default_factory=dict)
+    """Per store: events the publishers refused as tampered (``bus.seal_guard``)."""
+    log_losses: list[LogLoss] = field(default_factory=list)
+    """Partitions whose log a consumer found lost (and re-read from the start) since the
+    last ``republish``: its positions no longer show it, the consumers noted it."""
 
     @property
     def healthy(self) -> bool:
@@ -160,6 +167,8 @@ class SystemStatus:
             "missing_topics": self.missing_topics,
             "restarts_in_window": self.restarts,
             "held": {c: {k: plain(v) for k, v in asdict(h).items()} for c, h in self.held.items()},
+            "refused_events": self.refused,
+            "log_losses": [{k: plain(v) for k, v in asdict(x).items()} for x in self.log_losses],
             "problems": [asdict(p) for p in self.problems],
         }
 
@@ -317,6 +326,33 @@ def _problems(status: SystemStatus, limits: Thresholds) -> list[Problem]:
                 "`retry` or `discard` them",
             )
         )
+    lost_topics: dict[str, list[LogLoss]] = {}
+    for loss in status.log_losses:
+        lost_topics.setdefault(loss.topic, []).append(loss)
+    for topic, losses in sorted(lost_topics.items()):
+        first = min(losses, key=lambda x: x.found_at)
+        what = (
+            f"holding another log than its position {first.stored} was read from"
+            if first.highwater == REPLACED
+            else f"ending at {first.highwater}, below its position {first.stored}"
+        )
+        problems.append(
+            Problem(
+                "broker",
+                f"the broker lost its log of {topic}: {first.consumer} found "
+                f"{topic}[{first.partition}] {what}, at {first.found_at:%Y-%m-%d %H:%M:%S} "
+                f"({len(losses)} partition(s)/consumer(s)); what was on it before is not "
+                "there: run `referralnet republish`",
+            )
+        )
+    for where, n in sorted(status.refused.items()):
+        problems.append(
+            Problem(
+                f"refused:{where}",
+                f"{where}: {n} event(s) refused by the publishers as tampered, never sent "
+                "(`referralnet verify --all` names them)",
+            )
+        )
     for consumer, held in sorted(status.held.items()):
         waited = (status.at - held.oldest_held_at).total_seconds() if held.oldest_held_at else 0
         if waited > limits.held_seconds:
@@ -362,6 +398,8 @@ async def collect(
             database_url, autocommit=True, connect_timeout=3
         ) as conn:
             status.stores = await _stores(conn)
+            status.refused = await refusal_counts(conn, [st.schema for st in STORES])
+            status.log_losses = await log_losses(conn, topics)
             if status.broker_error is None:
                 wanted = sorted(
                     {topics.referral_events, topics.dead_letters}

@@ -148,13 +148,16 @@ def distribute(
     commissioners: list[str],
     secret: bytes,
     thaw_created: Callable[[Entitlements], CloudEvent] | None = None,
+    keep_created: Callable[[CloudEvent], dict[str, Any]] = freeze,
 ) -> tuple[Entitlements, list[Delivery]]:
     """The distributor's whole decision for one event: the referral's entitlements after
     it, and every copy to send. Pure; the running distributor and the in-memory replay
     (``bench.distribution``) both call it.
 
-    ``ent`` is what was known before (None: nothing). ``thaw_created`` gives the stored
-    ``referral-created`` (default: :func:`thaw` of ``ent.created``).
+    ``ent`` is what was known before (None: nothing). ``keep_created`` turns the
+    ``referral-created`` into what ``Entitlements.created`` keeps (default: :func:`freeze`)
+    and ``thaw_created`` gives it back (default: :func:`thaw` of ``ent.created``); a caller
+    that keeps the events themselves passes both.
     Raises ``Rejected`` for an event of a referral that was never created.
     """
     if ent is None:
@@ -163,7 +166,7 @@ def distribute(
         ent = Entitlements(
             referrer_org=model.referrer_org,
             share_outcomes_with_referrer=model.consent.share_outcomes_with_referrer,
-            created=freeze(event),
+            created=keep_created(event),
         )
     else:
         ent = ent.after(model)

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from bus import tracking
 from bus.held import held_summary
 from bus.tracking import ORG_SEQUENCE, Record, apply_batch
 from tests.bus.test_tracking import (
@@ -191,6 +192,8 @@ async def test_a_position_on_a_missing_offset_moves_on_to_the_next_record(
     assert await position(conn, projection) == 3
     asked: list[tuple[str, int, int]] = []
 
+    log = {o: record(e, o) for e, o in zip(events, (0, 1, 2, 4), strict=True)}
+
     class Broker:
         def __init__(self, next_record: int | None, highwater: int) -> None:
             self.next_record, self.end = next_record, highwater
@@ -201,6 +204,9 @@ async def test_a_position_on_a_missing_offset_moves_on_to_the_next_record(
 
         async def highwater(self, topic: str, partition: int) -> int | None:
             return self.end
+
+        async def record_at(self, topic: str, partition: int, offset: int) -> Record | None:
+            return log.get(offset)  # the same log the position was read from
 
     probe = Broker(4, 5)  # the first record at or after 3 is at 4
     result = await apply_batch(
@@ -229,6 +235,9 @@ async def test_a_broker_that_lost_its_log_is_read_again_from_its_start(
 
         async def highwater(self, topic: str, partition: int) -> int | None:
             return 2  # two new records since the broker restarted
+
+        async def record_at(self, topic: str, partition: int, offset: int) -> Record | None:
+            return None  # nothing at 4 any more
 
     new = [session_event(uuid4(), 1) for _ in range(2)]
     batch = [record(e, o) for o, e in enumerate(new)]
@@ -285,3 +294,60 @@ async def test_a_stream_applied_before_digests_were_kept_goes_on_from_its_head(
         )
     )
     assert await cur.fetchone() == (3, None)
+
+
+async def test_a_stale_position_inside_a_refilled_log_is_no_re_delivery(
+    conn: psycopg.AsyncConnection[Any], projection: CountingProjection
+) -> None:
+    """Issue 11: a position of the old log (5) that lies *below* the end of the new one
+    (8 records: the broker restarted and was refilled before the consumer looked) must
+    not make the new log's records 0-4 pass for re-deliveries: the record before the
+    position is not the one the position was read after, so the log is read again."""
+    old = [session_event(uuid4(), 1) for _ in range(5)]
+    await apply(conn, projection, [record(e, o) for o, e in enumerate(old)])
+    assert await position(conn, projection) == 5
+    new = [record(session_event(uuid4(), 1), o) for o in range(8)]
+
+    class RefilledBroker:
+        async def __call__(self, topic: str, partition: int, offset: int) -> int | None:
+            return offset
+
+        async def highwater(self, topic: str, partition: int) -> int | None:
+            return len(new)
+
+        async def record_at(self, topic: str, partition: int, offset: int) -> Record | None:
+            return new[offset] if offset < len(new) else None
+
+    result = await apply_batch(conn, projection, TOPIC, PARTITION, new, probe=RefilledBroker())
+    assert (result.seek_to, result.applied, result.duplicates) == (0, 0, 0)
+    assert await position(conn, projection) == 0
+    result = await apply_batch(conn, projection, TOPIC, PARTITION, new, probe=RefilledBroker())
+    assert result.applied == 8, "every record of the new log applied"
+    assert await position(conn, projection) == 8
+
+    # A fetch that ran ahead in a replaced log (nothing below the position in the batch)
+    # is caught the same way, by asking the broker for the record before the position.
+    newer = [record(session_event(uuid4(), 1), o) for o in range(12)]
+
+    class AgainRefilled(RefilledBroker):
+        async def record_at(self, topic: str, partition: int, offset: int) -> Record | None:
+            return newer[offset]
+
+    result = await apply_batch(conn, projection, TOPIC, PARTITION, newer[9:], probe=AgainRefilled())
+    assert (result.seek_to, result.applied) == (0, 0)
+    losses = await conn.execute(
+        sql.SQL("SELECT count(*) FROM {}.log_losses").format(sql.Identifier(projection.schema))
+    )
+    assert (await losses.fetchone()) == (1,)  # noted for status and republish
+
+
+def test_a_wide_hole_is_taken_only_once_it_persists(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A log being refilled looked holed from offset 4 to 67 for a moment (twice in a
+    row); skipping lost 63 events. One offset (a transaction marker) is taken at once; a
+    wider hole only when the broker still reports it ``HOLE_CONFIRM_SECONDS`` later."""
+    where = ("schema", "consumer", TOPIC, PARTITION)
+    assert tracking._hole_confirmed(where, 2, 3)
+    assert not tracking._hole_confirmed(where, 4, 67)
+    assert not tracking._hole_confirmed(where, 4, 67), "not yet: too soon"
+    monkeypatch.setattr(tracking, "HOLE_CONFIRM_SECONDS", 0.0)  # as if the time had passed
+    assert tracking._hole_confirmed(where, 4, 67)

@@ -530,8 +530,8 @@ def test_oversized_headers_are_431(alliance: Alliance) -> None:
         ({"referred_at": "0097-01-05T10:00:00Z"}, "referred_at"),
         ({"person": {"name": "A", "date_of_birth": "0001-01-01"}}, "person.date_of_birth"),
         ({"person": {"name": "A", "date_of_birth": "1899-12-31"}}, "person.date_of_birth"),
-        ({"person": {"name": "A\u0000B", "date_of_birth": "1980-01-01"}}, None),
-        ({"area": "nor\u0000th"}, None),
+        ({"person": {"name": "A\u0000B", "date_of_birth": "1980-01-01"}}, "person.name"),
+        ({"area": "nor\u0000th"}, "area"),
         ({"person": {"name": "A", "date_of_birth": 0}}, "person.date_of_birth"),
         ({"referred_at": 1767607200}, "referred_at"),
         ({"consent": {"share_with_link_worker": "true"}}, "consent.share_with_link_worker"),
@@ -559,7 +559,11 @@ def test_implausible_times_nul_and_loose_types_are_422_on_referrals(
         ("sessions", {**SESSION, "held_at": "0097-01-08T10:00:00Z"}, "held_at"),
         ("sessions", {**SESSION, "held_at": 1767866400}, "held_at"),
         ("contacts", {"contacted_at": "2026-01-07T09:00:00-16:30"}, "contacted_at"),
-        ("activities", {"activity_id": "walk\u0000", "referred_at": "2026-01-08T11:00:00Z"}, None),
+        (
+            "activities",
+            {"activity_id": "walk\u0000", "referred_at": "2026-01-08T11:00:00Z"},
+            "activity_id",
+        ),
         (
             "outcomes",
             {

@@ -272,3 +272,44 @@ def test_retry_without_a_selection_or_with_two_exits_2(system: RunningSystem) ->
     assert both.exit_code == 2
     malformed = run_cli(system, "dead-letters", "retry", "no-colon")
     assert malformed.exit_code == 2 and "not a dead-letter id" in malformed.output
+
+
+def test_retrying_a_still_poison_record_parks_it_once_per_consumer_that_parked_it(
+    system: RunningSystem, alliance: Alliance
+) -> None:
+    """Every consumer group of ``referral-events`` parks the same malformed record: the
+    retry sends it once, to those consumers only, and each parks it once again (three
+    letters stay three, not nine)."""
+    rid = uuid.uuid4()
+    events = system.topics.referral_events
+    key, _value, headers = _created(alliance, rid)
+    _produce(system.bootstrap_servers, events, [((key, b"{not json", headers), None)])
+
+    def pending() -> list[dict[str, Any]]:
+        return [d for d in _letters(system) if d["subject"] == str(rid)]
+
+    first = wait_until(lambda: len(found := pending()) >= 3 and found, timeout=60)
+    consumers = {d["consumer"] for d in first}
+    assert len(first) == len(consumers) == 3, first
+
+    retried = _retry_json(system, *(d["id"] for d in first))
+    assert sorted(d["id"] for d in retried["retried"]) == sorted(d["id"] for d in first)
+    destinations = {d["retried_to"] for d in retried["retried"]}
+    assert len(destinations) == 1, f"one record sent, not one per letter: {destinations}"
+    topic_partition, _, offset = destinations.pop().partition("@")
+    partition = int(topic_partition.rsplit("[", 1)[1].rstrip("]"))
+
+    def past_the_copy(letter: dict[str, Any]) -> bool:
+        schema = letter["id"].rpartition(":")[0]
+        rows = query(
+            system,
+            f'SELECT next_offset FROM "{schema}".positions '
+            "WHERE consumer = %s AND topic = %s AND partition = %s",
+            (letter["consumer"], events, partition),
+        )
+        return bool(rows) and rows[0][0] > int(offset)
+
+    wait_until(lambda: all(past_the_copy(d) for d in first), timeout=60)
+    again = pending()
+    assert sorted(d["consumer"] for d in again) == sorted(consumers), again
+    assert not {d["id"] for d in again} & {d["id"] for d in first}

@@ -14,6 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -245,3 +246,72 @@ def test_republish_during_traffic_on_an_intact_broker_sends_nothing_twice(
     assert not twice, f"{len(twice)} events published more than once"
     assert set(on_bus) == _stored_ids(system), "every stored event on the bus, once"
     assert all("positions reset" not in out for out in runs), "an intact log resets nobody"
+
+
+def _ids_on_every_topic(system: RunningSystem) -> Counter[str]:
+    """``ce_id`` of every record on ``referral-events`` and every partner topic."""
+
+    async def read() -> Counter[str]:
+        names = [t for t in partition_counts(system.bootstrap_servers) if t != "__consumer_offsets"]
+        highwater = await topic_highwaters(system.bootstrap_servers, names)
+        ids: Counter[str] = Counter()
+        async for _, messages in read_range(system.bootstrap_servers, {}, highwater):
+            for m in messages:
+                ids.update(bytes(v).decode() for k, v in m.headers or () if k == "ce_id")
+        return ids
+
+    return asyncio.run(read())
+
+
+async def _forge_session(system: RunningSystem, rid: str) -> str:
+    """As a DBA: a 600-minute session appended with a perfect chain but no seal (the DBA
+    has no seal key), with an outbox row so the relay finds it too. Its event id."""
+    from psycopg import AsyncConnection
+
+    from bench.tamper import as_dba, forge_append
+    from services.outcomes.store import STORE as OUTCOMES
+
+    conn: AsyncConnection[Any]
+    async with await AsyncConnection.connect(system.database_url, autocommit=True) as conn:
+        await as_dba(conn)
+        await forge_append(conn, OUTCOMES, uuid.UUID(rid))
+        cur = await conn.execute(
+            "SELECT position, event_id::text FROM outcomes.events WHERE stream_id = %s "
+            "ORDER BY version DESC LIMIT 1",
+            (rid,),
+        )
+        position, event_id = await cur.fetchone() or (0, "")
+        await conn.execute("INSERT INTO outcomes.outbox (event_position) VALUES (%s)", (position,))
+        await conn.execute("NOTIFY outcomes_outbox")
+        return str(event_id)
+
+
+# Last in the module: the refused event stays in the store (it is the stores' truth that
+# a forgery sits there) and would be "stored but not on the bus" for the tests above.
+def test_a_dba_forged_event_reaches_no_topic_through_the_relay_or_republish(
+    own_system: RunningSystem,
+) -> None:
+    system = own_system
+    suffix = uuid.uuid4().hex[:8]
+    alliance = register_alliance(system, alliance_yaml(suffix), suffix)
+    rid, service = accepted_referral(alliance)
+    add_session(service, rid, minutes=40, day=8)
+    wait_until(lambda: (v := view_of(service, rid)) and v["sessions"] == 1, timeout=60)
+
+    forged = asyncio.run(_forge_session(system, rid))
+    outbox = (
+        "SELECT count(*) FROM outcomes.outbox o JOIN outcomes.events e "
+        "ON e.position = o.event_position WHERE e.event_id = %s"
+    )
+    wait_until(lambda: query(system, outbox, (forged,)) == [(0,)], timeout=30)  # the relay saw it
+
+    result = run_cli(system, "republish")
+    assert result.exit_code == 1, result.output
+    refused = [line for line in result.output.splitlines() if line.startswith("refused")]
+    assert len(refused) == 1 and rid in refused[0] and "forged" in refused[0], result.output
+    caught_up(system, wait_seconds=90)
+    assert forged not in _ids_on_every_topic(system), "the forged event reached a topic"
+    assert view_of(service, rid)["sessions"] == 1  # type: ignore[index]
+    status = run_cli(system, "status", "--json")
+    assert status.exit_code == 1
+    assert json.loads(status.stdout)["refused_events"] == {"outcomes": 1}

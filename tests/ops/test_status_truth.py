@@ -18,7 +18,7 @@ import pytest
 from referralnet.settings import Settings
 from referralnet.system import RunningSystem, running_system
 from tests.conftest import alliance_yaml, referral_body, register_alliance, wait_until
-from tests.ops.conftest import caught_up, journeys, run_cli
+from tests.ops.conftest import caught_up, journeys, query, run_cli
 from tests.ops.test_dead_letters_cli import _created, _produce
 from tests.ops.test_republish import _touch_topic
 
@@ -108,12 +108,50 @@ def test_a_broker_that_lost_its_log_is_unhealthy_until_republished(
     assert any("topic(s) missing on the broker" in m and "dead-letters" in m for m in problems)
     # A client touching the topic re-creates it empty: then positions are beyond its end.
     asyncio.run(_touch_topic(system.bootstrap_servers, system.topics.referral_events))
+    # Positions beyond its end, or (once the workers found that and read it again from
+    # the start) the loss they noted: either way the lost log is reported.
     problems = _problems(system)
     beyond = [m for m in problems if "beyond the high watermark 0 of referral-events" in m]
-    assert {m.split(":")[0] for m in beyond} >= {"routing", "distributor"}, problems
+    noted = [m for m in problems if "lost its log of referral-events" in m]
+    assert noted or {m.split(":")[0] for m in beyond} >= {"routing", "distributor"}, problems
     assert run_cli(system, "republish").exit_code == 0
     caught_up(system, wait_seconds=90)
     assert _problems(system) == []
+
+
+def test_a_lost_log_the_workers_already_re_read_is_reported_until_republished(
+    own_system: RunningSystem,
+) -> None:
+    """As after `up` again on the same home: the topics exist again (empty) and new
+    events flow, so every consumer finds its position beyond the log, reads it again from
+    the start and stores small positions: nothing in the positions shows the loss any
+    more, yet everything before it is missing from the bus until `republish`."""
+    from referralnet.bootstrap import create_topics
+
+    system = own_system
+    suffix = uuid.uuid4().hex[:8]
+    alliance = register_alliance(system, alliance_yaml(suffix), suffix)
+    journeys(alliance, 3)
+    caught_up(system)
+    assert system.broker is not None
+    system.broker.restart()
+    orgs = [r[0] for r in query(system, "SELECT id FROM directory.organisations")]
+    create_topics(system.bootstrap_servers, system.topics, orgs)  # as `up` does
+    referrer = alliance.client("referrer")
+    created = referrer.post("/referrals", json=referral_body(area=f"area-{suffix}"))
+    assert created.status_code == 201, created.text
+
+    def lost_log_reported() -> list[str]:
+        problems = _problems(system)
+        lost = [m for m in problems if "lost its log of referral-events" in m]
+        beyond = [m for m in problems if "beyond the high watermark" in m]
+        return lost if lost and not beyond else []  # the workers have reset themselves
+
+    reported = wait_until(lost_log_reported, timeout=60, interval=0.5)
+    assert "run `referralnet republish`" in reported[0]
+    assert run_cli(system, "republish").exit_code == 0
+    caught_up(system, wait_seconds=90)
+    assert not [m for m in _problems(system) if "lost its log" in m]
 
 
 def test_a_worker_in_a_crash_loop(own_system: RunningSystem) -> None:
