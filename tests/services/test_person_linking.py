@@ -22,6 +22,7 @@ from pydantic import ValidationError
 from services.intake import store as intake
 from services.intake.pii import PersonVault, person_ref_for
 from services.intake.requests import Person
+from services.privacy import store as privacy
 
 pytestmark = pytest.mark.infra
 
@@ -41,6 +42,7 @@ def test_pseudonyms_are_shared_only_through_a_real_nhs_number(
         out: list[str | None] = []
         conn: psycopg.AsyncConnection[Any]
         async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+            await privacy.create(conn)  # the keys intake seals people under
             await intake.create(conn)
             for i, number in enumerate(crowd):
                 try:
