@@ -20,8 +20,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from psycopg import AsyncConnection, sql
+import structlog
+from psycopg import AsyncConnection, errors, sql
 from psycopg.sql import Composed
+
+log = structlog.get_logger(__name__)
 
 LOCK = "SELECT pg_advisory_xact_lock(hashtext('referralnet-ddl'))"
 """Every DDL path takes this lock: several processes may start at once."""
@@ -100,9 +103,16 @@ class State:
 
 async def recorded(conn: AsyncConnection[Any], target: Target) -> dict[int, str]:
     """Versions recorded for ``target`` with their checksums ({} before any migration)."""
-    cur = await conn.execute("SELECT to_regclass(%s)", (f'"{target.schema}".schema_migrations',))
-    row = await cur.fetchone()
-    if row is None or row[0] is None:
+    # A plain query on the catalogs, not to_regclass(): a name lookup leaves a negative
+    # entry in this backend's catalog cache, which an advisory lock (unlike a relation
+    # lock) does not refresh, so a CREATE SCHEMA IF NOT EXISTS after waiting for another
+    # process's migration missed its schema and failed on pg_namespace's unique index.
+    cur = await conn.execute(
+        "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = 'schema_migrations'",
+        (target.schema,),
+    )
+    if await cur.fetchone() is None:
         return {}
     cur = await conn.execute(
         sql.SQL("SELECT version, checksum FROM {} WHERE component = %s").format(
@@ -136,6 +146,20 @@ async def migrate(conn: AsyncConnection[Any], target: Target) -> list[Step]:
     """
     if not (await state(conn, target)).pending:
         return []
+    try:
+        return await _apply_pending(conn, target)
+    except (errors.UniqueViolation, errors.DuplicateSchema, errors.DuplicateTable) as exc:
+        # Seen under load: a process that waited on the lock while another created the
+        # same schema still failed its CREATE ... IF NOT EXISTS on the catalog's unique
+        # index. The failed transaction is rolled back whole; the second try re-reads
+        # the record (now holding the other process's steps) and applies what is left.
+        log.info("migration raced another process; trying again", schema=target.schema,
+                 error=type(exc).__name__)  # fmt: skip
+        return await _apply_pending(conn, target)
+
+
+async def _apply_pending(conn: AsyncConnection[Any], target: Target) -> list[Step]:
+    """The pending steps of ``target`` under the DDL lock, in one transaction."""
     async with conn.transaction():
         await conn.execute(LOCK)
         await conn.execute(sql.SQL(RECORD_DDL).format(schema=sql.Identifier(target.schema)))
