@@ -23,10 +23,17 @@ from domain import lifecycle
 from domain.lifecycle import Referral
 from eventstore.records import NewEvent, new_event
 from infra.local_time import add_local_days
-from schemas.events.activity import ActivityReferred
+from schemas.events import (
+    ActivityAttended,
+    ActivityReferred,
+    FirstContactMade,
+    FirstContactOverdue,
+    OutcomeRecorded,
+    ReferralClosed,
+    SessionHeld,
+)
 from schemas.events.base import EventModel
 from schemas.measures import Measure, MeasureError, score_outcome
-from schemas.registry import latest_version, model_for
 from services.outcomes.commands import (
     CloseReferral,
     Command,
@@ -232,10 +239,11 @@ def _check_time(at: datetime, case: Case, now: datetime, field: str) -> None:
         raise Invalid("must not be before the referral was made", field=field)
 
 
-def _build(event_type: str, data: dict[str, Any]) -> EventModel:
-    """Validate event data with its schema; a range error names the field (422)."""
+def _build(model: type[EventModel], data: dict[str, Any]) -> EventModel:
+    """Validate event data with its schema (the latest version's model, which is what
+    ``schemas.events`` exports); a range error names the field (422)."""
     try:
-        return model_for(event_type, latest_version(event_type)).model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "body"
@@ -251,7 +259,7 @@ def _events(case: Case, actor: str, at: datetime, *models: EventModel) -> Decisi
 
 def _overdue(case: Case, due: datetime, rules: Rules) -> EventModel:
     return _build(
-        "first-contact-overdue",
+        FirstContactOverdue,
         {
             "referral_id": case.referral_id,
             "service_org": case.service_org,
@@ -277,7 +285,7 @@ def _first_contact(
         "contacted_at": command.contacted_at,
         "mode": command.mode,
     }
-    models.append(_build("first-contact-made", data))
+    models.append(_build(FirstContactMade, data))
     return _events(case, command.org, command.contacted_at, *models)
 
 
@@ -290,8 +298,8 @@ def _session(case: Case, command: RecordSession, now: datetime) -> Decision:
         "mode": command.mode,
         "held_at": command.held_at,
     }
-    data["minutes" if latest_version("session-held") == 1 else "duration_minutes"] = command.minutes
-    return _events(case, command.org, command.held_at, _build("session-held", data))
+    data["duration_minutes"] = command.minutes
+    return _events(case, command.org, command.held_at, _build(SessionHeld, data))
 
 
 def _refer(case: Case, command: ReferToActivity, now: datetime) -> Decision:
@@ -310,7 +318,7 @@ def _refer(case: Case, command: ReferToActivity, now: datetime) -> Decision:
         "activity_kind": activity.kind,
         "referred_at": command.referred_at,
     }
-    return _events(case, command.org, command.referred_at, _build("activity-referred", data))
+    return _events(case, command.org, command.referred_at, _build(ActivityReferred, data))
 
 
 def _attendance(case: Case | None, command: RecordAttendance, now: datetime) -> Decision:
@@ -333,7 +341,7 @@ def _attendance(case: Case | None, command: RecordAttendance, now: datetime) -> 
         "attended_at": command.attended_at,
         "attended": command.attended,
     }
-    return _events(case, command.org, command.attended_at, _build("activity-attended", data))
+    return _events(case, command.org, command.attended_at, _build(ActivityAttended, data))
 
 
 def _outcome_model(
@@ -353,7 +361,7 @@ def _outcome_model(
         "score": scored.score,
         "recorded_at": at,
     }
-    return _build("outcome-recorded", data)
+    return _build(OutcomeRecorded, data)
 
 
 def _outcome(case: Case, command: RecordOutcome, now: datetime) -> Decision:
@@ -381,7 +389,7 @@ def _close(case: Case, command: CloseReferral, now: datetime) -> Decision:
         "reason": command.reason,
         "closed_at": command.closed_at,
     }
-    return _events(case, command.org, command.closed_at, _build("referral-closed", data))
+    return _events(case, command.org, command.closed_at, _build(ReferralClosed, data))
 
 
 def _flag_overdue(case: Case | None, command: FlagOverdue, rules: Rules) -> Decision:

@@ -41,7 +41,7 @@ async def withdraw(
         made = events[0][1]
         if withdrawn_at < datetime.fromisoformat(str(made["referred_at"])):
             raise Invalid("must not be before the referral was made", field="withdrawn_at")
-        if any(t == "consent-withdrawn" and d["consent"] == consent for t, d in events):
+        if any(t == ConsentWithdrawn.event_type and d["consent"] == consent for t, d in events):
             return False
         if not made["consent"]["share_outcomes_with_referrer"]:
             raise Conflict(
