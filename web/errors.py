@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from eventstore.store import ConcurrencyError
 from services.refusal import NotYet, Refusal
 
 log = structlog.get_logger(__name__)
@@ -108,6 +109,15 @@ def install(app: FastAPI) -> None:
         error = ApiError(exc.status, exc.error, exc.reason, fields=fields, state=exc.state)
         headers = {"Retry-After": "1"} if isinstance(exc, NotYet) else None
         return JSONResponse(_body(error), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(ConcurrencyError)
+    async def _raced(_: Request, exc: ConcurrencyError) -> JSONResponse:
+        # Other writers kept appending to the referral while a handler decided again
+        # (services/*/handlers.py retry on VersionConflict, then give up): the state
+        # changed meanwhile, which is the caller's 409 to retry, not a server error.
+        reason = "the referral changed meanwhile; read it again and retry"
+        error = ApiError(409, "conflict", reason)
+        return JSONResponse(_body(error), status_code=409, headers={"Retry-After": "1"})
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -33,8 +33,9 @@ from services.outcomes.unit_of_work import Casework, UnitOfWork
 from services.refusal import NotFound, NotYet, Refusal
 
 ATTEMPTS = 3
-"""Decisions tried per command before a conflict reaches the caller (as a 5xx). Only the
-first is optimistic: a locked retry conflicts only with a writer that does not lock."""
+"""Decisions tried per command before a conflict reaches the caller (as a 409 with
+Retry-After, ``web.errors``). Only the first is optimistic: a locked retry conflicts only
+with a writer that does not lock."""
 
 
 def rules_from_env() -> Rules:
