@@ -84,18 +84,22 @@ def _external_reachable() -> bool:
 
 
 @pytest.fixture(scope="session", params=["embedded", "external"])
-def database_url(request: pytest.FixtureRequest, stack: Stack) -> str:
-    """A fresh database on the embedded server, or on the external PostgreSQL 15."""
+def database_url(request: pytest.FixtureRequest, stack: Stack) -> Iterator[str]:
+    """A fresh database on the embedded server, or on the external PostgreSQL 15 (dropped
+    again at the end of the session: the external server outlives every run)."""
     name = f"t_{uuid.uuid4().hex[:10]}"
     if request.param == "embedded":
-        return stack.database.create_database(name)
+        yield stack.database.create_database(name)
+        return
     if not _external_reachable():
         if os.environ.get("CI"):
             pytest.fail(f"external PostgreSQL at {EXTERNAL_URL} is not reachable on CI")
         pytest.skip(f"external PostgreSQL at {EXTERNAL_URL} is not reachable")
     with psycopg.connect(EXTERNAL_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
-    return EXTERNAL_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield EXTERNAL_URL.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(EXTERNAL_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture
