@@ -70,7 +70,16 @@ LINGER_SECONDS = 0.1
 
 
 class TrackedRunner:
-    """Consumes a changing set of topics, one projection per topic, positions in Postgres."""
+    """Consumes a changing set of topics, one projection per topic, positions in Postgres.
+
+    ``partitions_of(topic)`` is how many partitions the topic is created with
+    (``Topics.partitions_of``): the runner assigns exactly those, not what the broker's
+    metadata says at the time. A broker that lost its log auto-creates a topic for any
+    client's metadata request with its own count (Tansu: 4); a runner that started then
+    and assigned what it saw read nobody's partitions 4 and 5 after ``republish`` created
+    the topic again with 6, so it stood still behind the refilled log (issue 11, "lag 10
+    for 90 s"). A partition the broker does not have yet is simply fetched once it does.
+    """
 
     def __init__(
         self,
@@ -78,6 +87,7 @@ class TrackedRunner:
         bootstrap_servers: str,
         pool: AsyncConnectionPool[AsyncConnection[Any]],
         projections: ProjectionsByTopic,
+        partitions_of: Callable[[str], int],
         dead_letter_topic: str,
         refresh_seconds: float = 2.0,
         max_records: int = 2000,
@@ -88,6 +98,7 @@ class TrackedRunner:
         self._bootstrap = bootstrap_servers
         self._pool = pool
         self._projections_source = projections
+        self._partitions_of = partitions_of
         self._dead_letter_topic = dead_letter_topic
         self._refresh = refresh_seconds
         self._max_records = max_records
@@ -174,11 +185,9 @@ class TrackedRunner:
             partitions: list[TopicPartition] = []
             seeks: dict[TopicPartition, int] = {}
             positions = await positions_of(conn, wanted)
-            await _learn_topics(consumer, list(wanted))
             for topic in wanted:
-                parts = await _partitions_for(consumer, topic)
                 stored = positions[topic]
-                for p in parts:
+                for p in range(self._partitions_of(topic)):
                     tp = TopicPartition(topic, p)
                     partitions.append(tp)
                     seeks[tp] = stored.get((topic, p), 0)
@@ -296,35 +305,3 @@ async def positions_of(
         for key, t, part, offset in await cur.fetchall():
             result[key][(t, part)] = offset
     return result
-
-
-async def _learn_topics(consumer: AIOKafkaConsumer, topics: list[str]) -> None:
-    """One metadata request for every topic the consumer does not know yet.
-
-    Learning them one at a time (``_partitions_for``) costs a metadata round trip and a
-    back-off each: a views instance taking over 1,000 partners of a dead one spent
-    minutes there (measured at 2,000 partners, docs/capacity.md).
-    """
-    unknown = [t for t in topics if not consumer.partitions_for_topic(t)]
-    if not unknown:
-        return
-    client = consumer._client
-    try:
-        await client.set_topics([*client._topics, *unknown])
-    except KafkaError as exc:  # _partitions_for tries each again
-        log.warning("metadata_refresh_failed", topics=len(unknown), error=str(exc))
-
-
-async def _partitions_for(consumer: AIOKafkaConsumer, topic: str) -> list[int]:
-    """Partition ids of ``topic``, refreshing metadata until the broker knows it."""
-    for _ in range(50):
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return sorted(parts)
-        try:
-            await consumer._client.force_metadata_update()
-            consumer._client.add_topic(topic)
-        except KafkaError:
-            pass
-        await asyncio.sleep(0.1)  # metadata refresh backoff, not synchronisation
-    raise RuntimeError(f"topic {topic!r} has no partitions on the broker")

@@ -120,7 +120,11 @@ async def outbox_backlog(conn: AsyncConnection[Any]) -> dict[str, int]:
 async def wait_caught_up(
     database_url: str, bootstrap: str, topics: Topics, wait_seconds: float = 120.0
 ) -> float:
-    """Block until the whole pipeline is quiet; return seconds waited."""
+    """Block until the whole pipeline is quiet; return seconds waited.
+
+    Raises ``TimeoutError`` after ``wait_seconds``, naming the outbox backlog and each
+    consumer partition still behind (position/high watermark), so a stall says where.
+    """
     start = time.monotonic()
     quiet_rounds = 0
     async with await AsyncConnection.connect(database_url, autocommit=True) as conn:
@@ -132,9 +136,16 @@ async def wait_caught_up(
             if quiet_rounds >= 2:
                 return time.monotonic() - start
             if time.monotonic() - start > wait_seconds:
+                behind_by = [lag for lag in lags if lag.lag]
                 raise TimeoutError(
                     f"not caught up after {wait_seconds:.0f}s: outbox {backlog}, "
                     f"lag {sum(lag.lag for lag in lags)}"
+                    + "".join(
+                        f"; {lag.consumer} at {lag.topic}[{lag.partition}] "
+                        f"{lag.position}/{lag.highwater}"
+                        for lag in behind_by[:8]
+                    )
+                    + (f"; {len(behind_by) - 8} more" if len(behind_by) > 8 else "")
                 )
             await asyncio.sleep(0.2)  # polling pipeline state with a deadline
 

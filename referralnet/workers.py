@@ -122,6 +122,7 @@ async def _outcomes(bootstrap: str, database_url: str, topics: Topics, stop: asy
             bootstrap_servers=bootstrap,
             pool=pool,
             projections=projections,
+            partitions_of=topics.partitions_of,
             dead_letter_topic=topics.dead_letters,
             client_id="referralnet-outcomes",
         )

@@ -109,6 +109,7 @@ async def run(
             bootstrap_servers=bootstrap_servers,
             pool=pool,
             projections=catalogue.projections,
+            partitions_of=topics.partitions_of,
             dead_letter_topic=topics.dead_letters,
             client_id="referralnet-views",
             refresh_seconds=refresh_seconds,

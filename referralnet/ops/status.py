@@ -133,6 +133,9 @@ class SystemStatus:
     problems: list[Problem] = field(default_factory=list)
     partitions: list[PartitionHealth] = field(default_factory=list)
     missing_topics: list[str] = field(default_factory=list)
+    misshapen_topics: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """``{topic: (partitions on the broker, partitions it is created with)}`` where they
+    differ: a broker that lost its log auto-created it with its own count."""
     restarts: dict[str, int] = field(default_factory=dict)
     dead_letters_by_consumer: dict[str, int] = field(default_factory=dict)
     held: dict[str, HeldSummary] = field(default_factory=dict)
@@ -165,6 +168,10 @@ class SystemStatus:
             "consumers": [{k: plain(v) for k, v in asdict(c).items()} for c in self.consumers],
             "dead_letters": self.dead_letters,
             "missing_topics": self.missing_topics,
+            "misshapen_topics": {
+                t: {"partitions": found, "created_with": wanted}
+                for t, (found, wanted) in self.misshapen_topics.items()
+            },
             "restarts_in_window": self.restarts,
             "held": {c: {k: plain(v) for k, v in asdict(h).items()} for c, h in self.held.items()},
             "refused_events": self.refused,
@@ -257,9 +264,15 @@ async def _recheck(
         p.moved = now.get((p.consumer, p.topic, p.partition), 0) != p.position
 
 
-def _missing_topics(bootstrap_servers: str, wanted: list[str]) -> list[str]:
-    counts = log.partition_counts(bootstrap_servers, wanted)
-    return sorted(t for t in set(wanted) if t not in counts)
+def _topic_shapes(
+    bootstrap_servers: str, layout: dict[str, int]
+) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """Topics of ``{topic: partitions}`` missing on the broker, and those it holds with
+    another partition count (found, wanted)."""
+    counts = log.partition_counts(bootstrap_servers, list(layout))
+    missing = sorted(t for t in layout if t not in counts)
+    misshapen = {t: (counts[t], n) for t, n in sorted(layout.items()) if counts.get(t, n) != n}
+    return missing, misshapen
 
 
 def _problems(status: SystemStatus, limits: Thresholds) -> list[Problem]:
@@ -284,6 +297,15 @@ def _problems(status: SystemStatus, limits: Thresholds) -> list[Problem]:
                 "broker",
                 f"topic(s) missing on the broker: {', '.join(status.missing_topics)} (it lost "
                 "its log, or they were never created): run `referralnet republish`",
+            )
+        )
+    for topic, (found, wanted) in status.misshapen_topics.items():
+        problems.append(
+            Problem(
+                "broker",
+                f"topic {topic} has {found} partitions, created with {wanted} (a broker that "
+                "lost its log auto-created it; records land in other partitions than the "
+                "consumers read): run `referralnet republish`",
             )
         )
     for p in status.partitions:
@@ -405,8 +427,8 @@ async def collect(
                     {topics.referral_events, topics.dead_letters}
                     | {t for _, _, t in await consumers(conn, topics)}
                 )
-                status.missing_topics = await asyncio.to_thread(
-                    _missing_topics, bootstrap_servers, wanted
+                status.missing_topics, status.misshapen_topics = await asyncio.to_thread(
+                    _topic_shapes, bootstrap_servers, topics.layout(wanted)
                 )
                 status.consumers, status.partitions = await _consumers(
                     conn, bootstrap_servers, topics

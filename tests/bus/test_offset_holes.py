@@ -88,6 +88,7 @@ async def test_a_consumer_moves_past_offsets_that_hold_no_record(
             bootstrap_servers=stack.bootstrap_servers,
             pool=pool,
             projections=projections,
+            partitions_of=lambda _topic: 1,
             dead_letter_topic=f"{topic}-dead",
             max_records=1,  # one record per batch: the position lands on every hole
             linger_seconds=0,

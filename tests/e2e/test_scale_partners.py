@@ -98,6 +98,7 @@ async def test_partners_shared_by_two_view_workers_and_taken_over(
             bootstrap_servers=broker,
             pool=pool,
             projections=ViewCatalogue(pool, broker, topics, a).projections,
+            partitions_of=topics.partitions_of,
             dead_letter_topic=topics.dead_letters,
             refresh_seconds=1.0,
             tracking_created=True,

@@ -73,6 +73,11 @@ def test_each_kind_of_untruth_is_a_problem_with_its_reason() -> None:
     lost = _snapshot(missing_topics=["dead-letters", "referral-events"])
     [problem] = _problems(lost, limits)
     assert problem.component == "broker" and "referral-events" in problem.message
+    auto_created = _snapshot(misshapen_topics={"referral-events": (4, 6)})
+    [problem] = _problems(auto_created, limits)
+    assert problem.component == "broker"
+    assert "topic referral-events has 4 partitions, created with 6" in problem.message
+    assert "run `referralnet republish`" in problem.message
     beyond = _snapshot(partitions=[partition(941, 0, 1)])
     [problem] = _problems(beyond, limits)
     assert "beyond the high watermark 0 of referral-events[2]" in problem.message
