@@ -82,6 +82,14 @@ def test_republish_after_the_broker_lost_its_log_restores_every_view(
     assert partition_counts(system.bootstrap_servers, [system.topics.referral_events]) == {
         system.topics.referral_events: 4
     }, "Tansu auto-creates a topic with 4 partitions"
+    # A worker that restarts now sees that topic: the outcomes runner used to assign the
+    # 4 partitions it saw and never read 4 and 5 once republish made it 6 again (CI stall).
+    log_path = system.settings.home / "logs" / "outcomes.log"
+    assignments = log_path.read_text().count("runner_assigned")
+    system.supervisor.kill("outcomes")
+    wait_until(
+        lambda: log_path.read_text().count("runner_assigned") > assignments, timeout=60
+    )
 
     started = time.monotonic()
     result = run_cli(system, "republish")
