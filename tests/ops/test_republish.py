@@ -87,9 +87,7 @@ def test_republish_after_the_broker_lost_its_log_restores_every_view(
     log_path = system.settings.home / "logs" / "outcomes.log"
     assignments = log_path.read_text().count("runner_assigned")
     system.supervisor.kill("outcomes")
-    wait_until(
-        lambda: log_path.read_text().count("runner_assigned") > assignments, timeout=60
-    )
+    wait_until(lambda: log_path.read_text().count("runner_assigned") > assignments, timeout=60)
 
     started = time.monotonic()
     result = run_cli(system, "republish")
