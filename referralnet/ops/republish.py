@@ -557,7 +557,9 @@ async def _publish_missing(
     await producer.start()
     read: dict[str, list[int]] = {store.schema: [] for store in STORES}
     topic = topics.referral_events
-    rounds = _Rounds(producer, topic, sorted(await producer.partitions_for(topic)))
+    # The partitions the topic is created with (``repair_topics`` made it so), not a
+    # metadata reading: keys must land where the relays and the runners expect them.
+    rounds = _Rounds(producer, topic, list(range(topics.partitions_of(topic))))
     try:
         async with _snapshot(database_url) as conns:
             for store, c in zip(STORES, conns, strict=True):
