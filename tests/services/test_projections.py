@@ -31,6 +31,13 @@ from referralnet.ops.projections import PROJECTIONS, rebuild, verify
 from schemas.envelope import to_kafka
 from schemas.events import ConsentWithdrawn, WithdrawnConsent
 from schemas.events.base import Need
+from schemas.events.referral import (
+    DeclineReason,
+    ReferralAccepted,
+    ReferralDeclined,
+    ReferralEscalated,
+    ReferralRouted,
+)
 from services.distributor import store as distributor
 from services.distributor.projection import DistributorProjection
 from services.intake import store as intake
@@ -38,6 +45,7 @@ from services.outcomes import commands as c
 from services.outcomes import store as outcomes
 from services.outcomes.adapters import PostgresUnitOfWork, cases_in_table
 from services.outcomes.handlers import handle
+from services.outcomes.projection import CaseProjection
 from services.routing import store as routing
 from services.routing.adapters import PostgresUnitOfWork as RoutingUnitOfWork
 from services.routing.adapters import cases_in_table as routing_cases
@@ -46,6 +54,7 @@ from services.routing.handlers import handle as routing_handle
 from tests.services.databases import BACKENDS, fresh_database
 
 BIN = Path(sys.executable).parent
+TOPICS = Topics()
 CASEWORK = tuple(p for p in PROJECTIONS if p.name != "distributor.entitlements")
 """What casework through the handlers moves (the distributor hears of it on the bus)."""
 (ENTITLEMENTS,) = (p for p in PROJECTIONS if p.name == "distributor.entitlements")
@@ -150,9 +159,6 @@ async def test_handlers_write_the_fold_and_verify_names_the_first_drift(url: str
         assert await verify(conn, PROJECTIONS) == []
         after = (await cases_in_table(conn))[rid]
         assert after.routed_seen_at == seen and "walk" in after.activities
-
-
-TOPICS = Topics()
 
 
 async def _distribute(conn: Any, stores: list[EventStore], first: int) -> int:
@@ -262,3 +268,78 @@ async def test_entitlements_are_what_the_distributor_wrote_and_rebuild_restores_
         assert "rebuilt distributor.entitlements: 2 rows" in cli.stdout
         assert await verify(conn, (ENTITLEMENTS,)) == []
         assert await distributor.entitlements_in_table(conn) == wrote
+
+
+async def test_outcomes_consumer_moves_cases_as_routing_answers_fold(url: str) -> None:
+    """The consumer folds routing's answers with ``hear`` (the rule the stores are folded
+    with): declines, re-routes, a stale acceptance and an escalation, in one batch and
+    one event at a time, leave ``outcomes.cases`` as the stores say."""
+    (cases_projection,) = (p for p in PROJECTIONS if p.name == "outcomes.cases")
+    rng = random.Random(3)
+    rerouted, escalated, plain = journey(0, rng), journey(1, rng), journey(2, rng)
+    at = rerouted.intake[0].occurred_at
+
+    def answer(model: Any, n: int) -> Any:
+        return new_event(
+            model,
+            actor="routing",
+            occurred_at=at + timedelta(hours=n),
+            correlation_id=model.referral_id,
+        )
+
+    a, b = rerouted.referral_id, escalated.referral_id
+    answers = {
+        a: [
+            answer(ReferralRouted(referral_id=a, service_org="lw-1", attempt=1, reason="r"), 1),
+            answer(
+                ReferralDeclined(
+                    referral_id=a,
+                    service_org="lw-1",
+                    reason=DeclineReason.NO_CAPACITY,
+                    declined_at=at + timedelta(hours=2),
+                ),
+                2,
+            ),
+            answer(ReferralRouted(referral_id=a, service_org="lw-2", attempt=2, reason="r"), 3),
+            answer(  # a late answer from the service that declined: nothing changes
+                ReferralAccepted(referral_id=a, service_org="lw-1", accepted_at=at), 4
+            ),
+            answer(
+                ReferralAccepted(
+                    referral_id=a, service_org="lw-2", accepted_at=at + timedelta(hours=5)
+                ),
+                5,
+            ),
+        ],
+        b: [
+            answer(ReferralRouted(referral_id=b, service_org="lw-1", attempt=1, reason="r"), 1),
+            answer(ReferralEscalated(referral_id=b, reason="none left", tried=["lw-1"]), 2),
+        ],
+        plain.referral_id: plain.routing,
+    }
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        for j in (rerouted, escalated, plain):
+            await _append(conn, intake.STORE, j.intake, j.referral_id)
+            await _append(conn, routing.STORE, answers[j.referral_id], j.referral_id)
+        records = []
+        for store in (intake.STORE, routing.STORE):
+            async for batch in store.read_all(conn):
+                records += [to_kafka(to_cloudevent(store, e)) for e in batch]
+        # the other referrals' events in one transaction, the plain one's one at a time
+        alone = [r for r in records if r[0] == str(plain.referral_id).encode()]
+        together = [r for r in records if r not in alone]
+        projection = CaseProjection()
+        offset = 0
+        for part in [together, *([r] for r in alone)]:
+            batch_ = [Record(TOPICS.referral_events, 0, offset + i, *r) for i, r in enumerate(part)]
+            result = await apply_batch(conn, projection, TOPICS.referral_events, 0, batch_)
+            assert (result.applied, result.dead) == (len(part), 0), result
+            offset += len(part)
+
+        assert await verify(conn, (cases_projection,)) == []
+        table = await cases_in_table(conn)
+        assert (table[a].status, table[a].service_org) == ("accepted", "lw-2")
+        assert table[a].accepted_at == at + timedelta(hours=5)
+        assert (table[b].status, table[b].service_org) == ("escalated", None)
+        assert table[plain.referral_id].status == "accepted"
+        assert all(c.routed_seen_at is not None for c in table.values())
