@@ -23,9 +23,15 @@ from psycopg.errors import UndefinedTable
 from rich.console import Console
 
 from referralnet import endpoints
+from referralnet.services_table import STORES
 from referralnet.settings import Settings
+from services.distributor import store as distributor
+from services.distributor.from_stores import entitlements_from_stores
 from services.outcomes import adapters as outcomes
 from services.routing import adapters as routing
+
+SHOWN = 120
+"""Characters of a differing value a difference shows."""
 
 Rows = Mapping[Any, Any]
 """Key → a dataclass row (compared field by field)."""
@@ -63,6 +69,12 @@ PROJECTIONS: tuple[Projection, ...] = (
         routing.caseloads_in_table,
         routing.write_caseloads,
     ),
+    Projection(
+        "distributor.entitlements",
+        lambda conn: entitlements_from_stores(conn, STORES),
+        distributor.entitlements_in_table,
+        distributor.write_entitlements,
+    ),
 )
 
 
@@ -78,10 +90,16 @@ def first_difference(projection: Projection, expected: Rows, actual: Rows) -> st
         for field in wanted:
             if field not in projection.unrecorded and wanted[field] != held[field]:
                 return (
-                    f"{projection.name} {key}: {field} is {held[field]!r}, "
-                    f"the stores say {wanted[field]!r}"
+                    f"{projection.name} {key}: {field} is {_shown(held[field])}, "
+                    f"the stores say {_shown(wanted[field])}"
                 )
     return None
+
+
+def _shown(value: object, limit: int = SHOWN) -> str:
+    """``repr(value)``, cut to ``limit`` characters (a kept event is kilobytes long)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 async def verify(conn: AsyncConnection[Any], chosen: tuple[Projection, ...]) -> list[str]:
@@ -110,7 +128,10 @@ async def rebuild(conn: AsyncConnection[Any], chosen: tuple[Projection, ...]) ->
 
 
 projections_app = typer.Typer(
-    help="Tables the services decide on (cases, capacity): verify or rebuild them from the stores.",
+    help=(
+        "Tables the services decide on (cases, capacity, entitlements): verify or rebuild "
+        "them from the stores."
+    ),
     no_args_is_help=True,
 )
 console = Console(width=None if sys.stdout.isatty() else 120)

@@ -160,20 +160,36 @@ def distribute(
     that keeps the events themselves passes both.
     Raises ``Rejected`` for an event of a referral that was never created.
     """
-    if ent is None:
-        if not isinstance(model, ReferralCreated):
-            raise Rejected(f"{event.type} for referral {event.subject}, which was never created")
-        ent = Entitlements(
-            referrer_org=model.referrer_org,
-            share_outcomes_with_referrer=model.consent.share_outcomes_with_referrer,
-            created=keep_created(event),
-        )
-    else:
-        ent = ent.after(model)
+    ent = entitled(ent, event, model, keep_created)
     created_copy = None
     if type(model) in RESENDS_CREATED:
         created_copy = (thaw_created or _thaw_of)(ent)
     return ent, deliveries(event, ent, commissioners, secret, created_copy, model=model)
+
+
+def entitled(
+    ent: Entitlements | None,
+    event: CloudEvent,
+    model: LifecycleEvent,
+    keep_created: Callable[[CloudEvent], dict[str, Any]] = freeze,
+) -> Entitlements:
+    """The referral's entitlements once ``event`` (decoded: ``model``) happened: the half
+    of :func:`distribute` that decides what the distributor remembers. Pure; also what
+    ``referralnet projections`` folds the stores with to check ``distributor.entitlements``.
+
+    ``ent`` is what was known before (None: nothing); the result is ``ent`` itself when
+    the event changes nothing. Raises ``Rejected`` for an event of a referral that was
+    never created (the distributor dead-letters it, remembering nothing).
+    """
+    if ent is not None:
+        return ent.after(model)
+    if not isinstance(model, ReferralCreated):
+        raise Rejected(f"{event.type} for referral {event.subject}, which was never created")
+    return Entitlements(
+        referrer_org=model.referrer_org,
+        share_outcomes_with_referrer=model.consent.share_outcomes_with_referrer,
+        created=keep_created(event),
+    )
 
 
 def _thaw_of(ent: Entitlements) -> CloudEvent:

@@ -25,20 +25,34 @@ async def create(conn: AsyncConnection[Any]) -> None:
     await create_tracking(conn, "distributor")
 
 
-async def load_many(
-    conn: AsyncConnection[Any], referral_ids: Collection[str]
+ENTITLEMENTS = (
+    "SELECT referral_id, referrer_org, share_outcomes_with_referrer, created, service_org, "
+    "providers FROM distributor.entitlements"
+)
+
+
+async def _entitlements(
+    conn: AsyncConnection[Any], where: str, params: tuple[Any, ...] = ()
 ) -> dict[str, Entitlements]:
-    """The entitlements of ``referral_ids`` that exist, locked for this transaction."""
-    cur = await conn.execute(
-        "SELECT referral_id, referrer_org, share_outcomes_with_referrer, created, service_org, "
-        "providers FROM distributor.entitlements WHERE referral_id = ANY(%s) "
-        "ORDER BY referral_id FOR UPDATE",
-        (list(referral_ids),),
-    )
+    cur = await conn.execute(ENTITLEMENTS + where, params)
     return {
         row[0]: Entitlements(row[1], row[2], row[3], row[4], tuple(row[5]))
         for row in await cur.fetchall()
     }
+
+
+async def load_many(
+    conn: AsyncConnection[Any], referral_ids: Collection[str]
+) -> dict[str, Entitlements]:
+    """The entitlements of ``referral_ids`` that exist, locked for this transaction."""
+    return await _entitlements(
+        conn, " WHERE referral_id = ANY(%s) ORDER BY referral_id FOR UPDATE", (list(referral_ids),)
+    )
+
+
+async def entitlements_in_table(conn: AsyncConnection[Any]) -> dict[str, Entitlements]:
+    """Every referral's entitlements as ``distributor.entitlements`` holds them now."""
+    return await _entitlements(conn, " ORDER BY referral_id")
 
 
 async def save_many(conn: AsyncConnection[Any], changed: dict[str, Entitlements]) -> None:
@@ -65,6 +79,14 @@ async def save_many(conn: AsyncConnection[Any], changed: dict[str, Entitlements]
             [Jsonb(e.created) for e in ents],
         ),
     )
+
+
+async def write_entitlements(conn: AsyncConnection[Any], ents: dict[str, Entitlements]) -> None:
+    """Make ``distributor.entitlements`` say ``ents`` (in the caller's transaction; the
+    distributor waits meanwhile: its ``load_many`` locks rows of the table)."""
+    await conn.execute("LOCK TABLE distributor.entitlements IN EXCLUSIVE MODE")
+    await conn.execute("DELETE FROM distributor.entitlements")  # referrer and created too
+    await save_many(conn, ents)
 
 
 async def number_copies(conn: AsyncConnection[Any], copies: Sequence[Outgoing]) -> list[Outgoing]:

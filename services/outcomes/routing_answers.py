@@ -2,8 +2,8 @@
 
 Pure folds (no I/O): ``opened`` starts a case from ``referral-created``, ``hear`` applies
 routing's ``referral-routed`` / ``-accepted`` / ``-declined`` / ``-escalated``. The
-consumer (``projection.CaseProjection``) applies the same rules in SQL as events arrive;
-``referralnet projections verify`` folds the stores with these and compares.
+consumer (``projection.CaseProjection``) folds the events it hears with ``hear``;
+``referralnet projections verify`` folds the stores with it and compares.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ def opened(referral_id: UUID, referrer_org: str, referred_at: datetime) -> Case:
 def hear(model: EventModel, case: Case, at: datetime) -> Case:
     """What routing's answer (an event of the journey log at ``at``) changes in the case.
 
-    The consumer (``projection.CaseProjection``) applies the same rules in SQL as events
-    arrive; ``referralnet projections verify`` checks that the two agree.
+    The one statement of these rules: the consumer (``projection.CaseProjection``) and
+    ``referralnet projections`` (over the stores) both fold with it.
     """
     return case
 
