@@ -65,6 +65,9 @@ async def publish_outgoing(producer: AIOKafkaProducer, outgoing: Sequence[Outgoi
         await future
 
 
+METADATA_MAX_AGE_MS = 10_000
+"""How stale the runner's knowledge of each topic's partitions may get."""
+
 LINGER_SECONDS = 0.1
 """As faust's take window (``bus.faust_agent.TAKE_WITHIN_SECONDS``), and measured with it."""
 
@@ -73,12 +76,15 @@ class TrackedRunner:
     """Consumes a changing set of topics, one projection per topic, positions in Postgres.
 
     ``partitions_of(topic)`` is how many partitions the topic is created with
-    (``Topics.partitions_of``): the runner assigns exactly those, not what the broker's
-    metadata says at the time. A broker that lost its log auto-creates a topic for any
-    client's metadata request with its own count (Tansu: 4); a runner that started then
-    and assigned what it saw read nobody's partitions 4 and 5 after ``republish`` created
-    the topic again with 6, so it stood still behind the refilled log (issue 11, "lag 10
-    for 90 s"). A partition the broker does not have yet is simply fetched once it does.
+    (``Topics.partitions_of``): the runner always assigns those, whatever the broker's
+    metadata said when it (re)started, and any further partitions the metadata shows.
+    A broker that lost its log auto-creates a topic for any client's metadata request
+    with its own count (Tansu: 4); a runner that started then and assigned only what it
+    saw read nobody's partitions 4 and 5 after ``republish`` created the topic again with
+    6, so it stood still behind the refilled log (issue 11, "lag 10 for 90 s"). The other
+    way round, a partner topic auto-created with 4 partitions instead of 1 holds records
+    in all 4 until republish makes it right: they are read too. A partition the broker
+    does not have yet is fetched once it does.
     """
 
     def __init__(
@@ -105,6 +111,7 @@ class TrackedRunner:
         self._client_id = client_id
         self._linger = linger_seconds
         self._projections: dict[str, Projection] = {}
+        self._shape: dict[str, frozenset[int]] = {}  # the partitions assigned, per topic
         self._tracked: set[str] = set()
         self._tracking_created = tracking_created  # the source made every tracking table
         self._probe = OffsetProbe(bootstrap_servers)
@@ -120,6 +127,10 @@ class TrackedRunner:
             auto_offset_reset="earliest",
             fetch_max_wait_ms=50,
             max_partition_fetch_bytes=4 * 1024 * 1024,
+            # A topic's partitions can change under us (auto-created, then made right by
+            # republish): cached metadata older than this is refreshed, and ``_reassign``
+            # compares it with the assignment on every refresh (default: 5 minutes).
+            metadata_max_age_ms=METADATA_MAX_AGE_MS,
         )
         producer = AIOKafkaProducer(
             **client_kwargs("aiokafka"),
@@ -173,9 +184,15 @@ class TrackedRunner:
                 batches[tp] = [*batches.get(tp, ()), *messages]
         return batches
 
+    def _partitions(self, consumer: AIOKafkaConsumer, topic: str) -> frozenset[int]:
+        """The partitions ``topic`` is created with, and any more the broker has."""
+        found = consumer.partitions_for_topic(topic) or set()
+        return frozenset(range(self._partitions_of(topic))) | frozenset(found)
+
     async def _reassign(self, consumer: AIOKafkaConsumer) -> None:
         wanted = dict(await self._projections_source())
-        if wanted.keys() == self._projections.keys():
+        shape = {t: self._partitions(consumer, t) for t in wanted}
+        if wanted.keys() == self._projections.keys() and shape == self._shape:
             return
         async with self._pool.connection() as conn:
             for topic, projection in wanted.items():
@@ -187,14 +204,14 @@ class TrackedRunner:
             positions = await positions_of(conn, wanted)
             for topic in wanted:
                 stored = positions[topic]
-                for p in range(self._partitions_of(topic)):
+                for p in sorted(shape[topic]):
                     tp = TopicPartition(topic, p)
                     partitions.append(tp)
                     seeks[tp] = stored.get((topic, p), 0)
         consumer.assign(partitions)
         for tp, offset in seeks.items():
             consumer.seek(tp, offset)
-        self._projections = wanted
+        self._projections, self._shape = wanted, shape
         self.stats.assigned = len(partitions)
         log.info("runner_assigned", topics=len(wanted), partitions=len(partitions))
 

@@ -359,6 +359,11 @@ async def republish(
                     "run republish again"
                 ) from None
             result.topics_created, result.topics_recreated = repair.created, repair.recreated
+            # A topic re-made for its partition count (a client auto-created it) lost
+            # what it held too: its consumers read it again, the distributor refills it.
+            recreated = set(repair.recreated)
+            events_lost = events_lost or topics.referral_events in recreated
+            partners_lost = partners_lost or bool(recreated & set(partner_names))
             if events_lost or partners_lost:
                 result.consumers_reset = await reset_consumers(
                     conn, topics, events_lost, partners_lost

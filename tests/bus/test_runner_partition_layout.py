@@ -34,12 +34,14 @@ CREATED_WITH = 6
 BROKER_DEFAULT = 4
 
 
-async def _one_per_partition(bootstrap: str, topic: str) -> list[uuid.UUID]:
+async def _one_per_partition(
+    bootstrap: str, topic: str, partitions: int = CREATED_WITH
+) -> list[uuid.UUID]:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
         ids = []
-        for partition in range(CREATED_WITH):
+        for partition in range(partitions):
             event = session_event(uuid.uuid4(), 1)
             key, value, headers = to_kafka(event)
             await producer.send_and_wait(
@@ -103,3 +105,52 @@ async def test_a_runner_started_on_an_auto_created_topic_reads_every_partition_a
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         positions = await stored_positions(conn, projection.schema, projection.consumer)
     assert {p for (_, p), offset in positions.items() if offset == 1} == set(range(CREATED_WITH))
+
+
+async def test_a_partner_topic_auto_created_with_more_partitions_is_read_in_all_of_them(
+    stack: Stack, database_url: str
+) -> None:
+    """The other member of the kind: created with 1 partition, but a client's request
+    made the broker create it first with its own 4 (seen in CI: a view read only
+    partition 0 and stood 1,500 records behind); until republish makes it right every
+    partition it holds is read."""
+    topic = f"org.layout-{uuid.uuid4().hex[:8]}"
+    admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap_servers)
+    try:
+        admin.create_topics([NewTopic(topic, BROKER_DEFAULT, replication_factor=1)])
+    finally:
+        admin.close()
+    projection = Counting(f"layout_{uuid.uuid4().hex[:8]}")
+    conn: psycopg.AsyncConnection[Any]
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        await create_tracking(conn, projection.schema)
+
+    async def projections() -> dict[str, Counting]:
+        return {topic: projection}
+
+    events = await _one_per_partition(stack.bootstrap_servers, topic, BROKER_DEFAULT)
+    stop = asyncio.Event()
+    async with connection_pool(database_url, min_size=1, max_size=2) as pool:
+        runner = TrackedRunner(
+            bootstrap_servers=stack.bootstrap_servers,
+            pool=pool,
+            projections=projections,
+            partitions_of=lambda _topic: 1,
+            dead_letter_topic=f"{topic}-dead",
+            refresh_seconds=0.5,
+            linger_seconds=0,
+        )
+        task = asyncio.create_task(runner.run(stop))
+        try:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while len(projection.applied) < len(events):
+                assert loop.time() < deadline, (
+                    f"applied {len(projection.applied)} of {len(events)}; "
+                    f"assigned {runner.stats.assigned} partitions"
+                )
+                await asyncio.sleep(0.05)  # polling the runner with a deadline
+        finally:
+            stop.set()
+            await task
+    assert sorted(projection.applied) == sorted(events)
