@@ -9,11 +9,10 @@ over the lifecycle's parties (``domain.lifecycle``).
 
 from __future__ import annotations
 
-from dataclasses import replace
 from uuid import UUID
 
 from bus.tracking import Rejected
-from schemas.envelope import CloudEvent
+from schemas.envelope import CloudEvent, evolve
 from services.distributor.policy import Entitlements, distribute, model_of
 
 
@@ -56,4 +55,4 @@ class MemoryDistributor:
         if number is None:
             stream = (org, copy.subject)
             number = self.numbers[(org, copy.id)] = self.last[stream] = self.last.get(stream, 0) + 1
-        return replace(copy, orgsequence=number)
+        return evolve(copy, orgsequence=number)

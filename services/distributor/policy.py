@@ -21,14 +21,14 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final, assert_never
 from uuid import UUID
 
 from bus.tracking import Rejected
 from domain import lifecycle
 from domain.lifecycle import LifecycleEvent, Parties
-from schemas.envelope import CloudEvent, from_kafka, to_kafka
+from schemas.envelope import CloudEvent, evolve, from_kafka, to_kafka
 from schemas.events import (
     ActivityAttended,
     ActivityReferred,
@@ -108,11 +108,12 @@ class Entitlements:
             and p.share_outcomes_with_referrer == self.share_outcomes_with_referrer
         ):
             return self
-        return replace(
-            self,
+        return Entitlements(
+            self.referrer_org,
+            p.share_outcomes_with_referrer,
+            self.created,
             service_org=p.service_org,
             providers=p.providers,
-            share_outcomes_with_referrer=p.share_outcomes_with_referrer,
         )
 
 
@@ -207,7 +208,7 @@ def pseudonymise(event: CloudEvent, secret: bytes, org_id: str) -> CloudEvent:
         data["person_ref"] = "p_" + pseudonym(secret, org_id, str(data["person_ref"]))[:20]
     # The event and causation ids are re-keyed too: kept, they would let anyone who can
     # also read referral-events link the copy back to the referral.
-    return replace(
+    return evolve(
         event,
         id=_pseudo_uuid(secret, org_id, str(event.id)),
         subject=str(case),
@@ -317,7 +318,7 @@ def partner_copy(event: CloudEvent, secret: bytes, org_id: str) -> CloudEvent:
         **event.data,
         "person_ref": "p_" + pseudonym(secret, scope, str(event.data["person_ref"]))[:20],
     }
-    return replace(event, data=data)
+    return evolve(event, data=data)
 
 
 def _unique(deliveries_: list[Delivery]) -> list[Delivery]:
