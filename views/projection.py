@@ -210,17 +210,26 @@ _INSERT_TIMELINE = (
 
 
 class _Rows:
-    """Column lists for one batch, table by table (the ``unnest`` arguments)."""
+    """Rows for one batch, one table; ``columns`` gives them as the ``unnest`` arguments."""
 
     def __init__(self, width: int) -> None:
-        self.columns: list[list[Any]] = [[] for _ in range(width)]
+        self.width = width
+        self.rows: list[tuple[Any, ...]] = []
 
     def add(self, *values: Any) -> None:
-        for column, value in zip(self.columns, values, strict=True):
-            column.append(value)
+        if len(values) != self.width:
+            raise ValueError(f"{len(values)} values for {self.width} columns")
+        self.rows.append(values)
+
+    @property
+    def columns(self) -> list[list[Any]]:
+        """One list per column (transposed once per batch, not appended to per value)."""
+        if not self.rows:
+            return [[] for _ in range(self.width)]
+        return [list(column) for column in zip(*self.rows, strict=True)]
 
     def __bool__(self) -> bool:
-        return bool(self.columns[0])
+        return bool(self.rows)
 
 
 class ViewProjection:
