@@ -210,26 +210,19 @@ _INSERT_TIMELINE = (
 
 
 class _Rows:
-    """Rows for one batch, one table; ``columns`` gives them as the ``unnest`` arguments."""
+    """Column lists for one batch, table by table (the ``unnest`` arguments)."""
 
     def __init__(self, width: int) -> None:
-        self.width = width
-        self.rows: list[tuple[Any, ...]] = []
+        self.columns: list[list[Any]] = [[] for _ in range(width)]
 
     def add(self, *values: Any) -> None:
-        if len(values) != self.width:
-            raise ValueError(f"{len(values)} values for {self.width} columns")
-        self.rows.append(values)
-
-    @property
-    def columns(self) -> list[list[Any]]:
-        """One list per column (transposed once per batch, not appended to per value)."""
-        if not self.rows:
-            return [[] for _ in range(self.width)]
-        return [list(column) for column in zip(*self.rows, strict=True)]
+        # appended column by column, not kept as row tuples: every tuple kept until the
+        # batch is written would be one more object for the garbage collector to scan
+        for column, value in zip(self.columns, values, strict=True):
+            column.append(value)
 
     def __bool__(self) -> bool:
-        return bool(self.rows)
+        return bool(self.columns[0])
 
 
 class ViewProjection:
