@@ -15,7 +15,8 @@ How to add an event type (e.g. ``consent-withdrawn``):
 
 1. its model in ``schemas/events/`` and in ``ALL_MODELS`` (the registry);
 2. its class in :data:`LifecycleEvent` below, a ``case`` in :func:`apply` (and in
-   :func:`occurred_at`), and, if it changes the status, an entry in :data:`STATUS_RULES`.
+   :func:`occurred_at` and ``_parties_after``, whose case returns None if it leaves the
+   parties alone), and, if it changes the status, an entry in :data:`STATUS_RULES`.
    mypy fails on the ``assert_never`` of every ``match`` until the clause is there;
 3. in every consumer, either handle it or list it in that consumer's ``IGNORES``:
    ``tests/unit/test_lifecycle_coverage.py`` fails until each has decided.
