@@ -9,11 +9,8 @@ over the lifecycle's parties (``domain.lifecycle``).
 
 from __future__ import annotations
 
-from dataclasses import replace
-from uuid import UUID
-
 from bus.tracking import Rejected
-from schemas.envelope import CloudEvent
+from schemas.envelope import CloudEvent, evolve
 from services.distributor.policy import Entitlements, distribute, model_of
 
 
@@ -27,7 +24,7 @@ class MemoryDistributor:
         self.created: dict[str, CloudEvent] = {}
         # ce_orgsequence as the distributor gives it: per (organisation, subject), a copy
         # sent again keeping its number.
-        self.numbers: dict[tuple[str, UUID], int] = {}
+        self.numbers: dict[tuple[str, int], int] = {}
         self.last: dict[tuple[str, str], int] = {}
 
     def copies(self, event: CloudEvent) -> list[tuple[str, CloudEvent]]:
@@ -52,8 +49,9 @@ class MemoryDistributor:
         return [(d.org_id, self._numbered(d.org_id, d.event)) for d in deliveries]
 
     def _numbered(self, org: str, copy: CloudEvent) -> CloudEvent:
-        number = self.numbers.get((org, copy.id))
+        key = (org, copy.id.int)  # the id's int: a UUID's own hash is a Python call
+        number = self.numbers.get(key)
         if number is None:
             stream = (org, copy.subject)
-            number = self.numbers[(org, copy.id)] = self.last[stream] = self.last.get(stream, 0) + 1
-        return replace(copy, orgsequence=number)
+            number = self.numbers[key] = self.last[stream] = self.last.get(stream, 0) + 1
+        return evolve(copy, orgsequence=number)

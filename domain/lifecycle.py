@@ -15,7 +15,8 @@ How to add an event type (e.g. ``consent-withdrawn``):
 
 1. its model in ``schemas/events/`` and in ``ALL_MODELS`` (the registry);
 2. its class in :data:`LifecycleEvent` below, a ``case`` in :func:`apply` (and in
-   :func:`occurred_at`), and, if it changes the status, an entry in :data:`STATUS_RULES`.
+   :func:`occurred_at` and ``_parties_after``, whose case returns None if it leaves the
+   parties alone), and, if it changes the status, an entry in :data:`STATUS_RULES`.
    mypy fails on the ``assert_never`` of every ``match`` until the clause is there;
 3. in every consumer, either handle it or list it in that consumer's ``IGNORES``:
    ``tests/unit/test_lifecycle_coverage.py`` fails until each has decided.
@@ -28,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Final, TypeVar, assert_never, get_args
+from typing import Any, Final, TypeVar, assert_never, cast, get_args
 
 from schemas.events import (
     ActivityAttended,
@@ -70,6 +71,8 @@ LifecycleEvent = (
 
 EVENT_CLASSES: Final[tuple[type[LifecycleEvent], ...]] = get_args(LifecycleEvent)
 """The classes of :data:`LifecycleEvent`, in journey order."""
+
+_EVENT_CLASS_SET: Final[frozenset[type[EventModel]]] = frozenset(EVENT_CLASSES)
 
 HANDLES: Final[frozenset[type[EventModel]]] = frozenset(EVENT_CLASSES)
 """What the fold handles (the coverage test checks this is every registered type)."""
@@ -132,9 +135,15 @@ STATUS_TRANSITIONS: Final[Mapping[type[EventModel], Mapping[Status | None, Statu
 status (None included). A class not listed leaves the status as it was."""
 
 
+_TRANSITIONS: Final[dict[type[EventModel], Mapping[Status | None, Status | None]]] = {
+    cls: dict(table) for cls, table in STATUS_TRANSITIONS.items()
+}
+"""The same, as plain dicts: looked up once per event folded (a proxy's lookups cost more)."""
+
+
 def next_status(status: Status | None, event_class: type[EventModel]) -> Status | None:
     """The status after an event of ``event_class`` (rules: :data:`STATUS_RULES`)."""
-    table = STATUS_TRANSITIONS.get(event_class)
+    table = _TRANSITIONS.get(event_class)
     return status if table is None else table[status]
 
 
@@ -211,6 +220,8 @@ NEW: Final[Referral] = Referral()
 def as_event(model: EventModel) -> LifecycleEvent:
     """``model`` typed as a lifecycle event; TypeError for anything else (e.g. an old
     version that did not go through :func:`schemas.registry.decode`)."""
+    if type(model) in _EVENT_CLASS_SET:  # the usual case, without 14 isinstance checks
+        return cast(LifecycleEvent, model)
     if isinstance(model, EVENT_CLASSES):
         return model
     raise TypeError(
@@ -260,112 +271,104 @@ def apply(state: Referral, event: LifecycleEvent, at: datetime | None = None) ->
     ``last_event_at`` come from it.
     """
     when = occurred_at(event) if at is None else at
-    status = next_status(state.status, type(event))
+    table = _TRANSITIONS.get(type(event))
     last = state.last_event_at
     if when is not None and (last is None or when > last):
         last = when
-    p = state.parties
+    # One new instance whose fields are the old one's, then this event's changes written
+    # straight into it: views fold every copy they receive (tens of thousands a second),
+    # and a keyword-argument copy per case was most of the fold's cost. Frozen instances
+    # are never changed: only the one made here, before anyone else sees it.
+    new = object.__new__(Referral)
+    fields = new.__dict__
+    fields.update(state.__dict__)
+    fields["status"] = state.status if table is None else table[state.status]
+    fields["last_event_at"] = last
+    parties = _parties_after(state.parties, event)
+    if parties is not None:
+        fields["parties"] = parties
     match event:
         case ReferralCreated():
-            return _evolve(
-                state,
-                status=status,
-                request=event,
-                parties=_evolve(
-                    p,
-                    referrer_org=event.referrer_org,
-                    share_outcomes_with_referrer=event.consent.share_outcomes_with_referrer,
-                ),
-                last_event_at=last,
-            )
+            fields["request"] = event
         case ReferralRouted():
-            return _evolve(
-                state,
-                status=status,
-                parties=_evolve(
-                    p, service_org=event.service_org, routed_to=(*p.routed_to, event.service_org)
-                ),
-                routed_at=when,
-                last_event_at=last,
-            )
+            fields["routed_at"] = when
         case ReferralAccepted():
-            return _evolve(state, status=status, accepted_at=when, last_event_at=last)
+            fields["accepted_at"] = when
         case ReferralDeclined():
-            # the declining service no longer holds the referral: its entitlement and its
-            # access to the person end here; the next referral-routed names the next one
-            return _evolve(
-                state,
-                status=status,
-                parties=_evolve(
-                    p, service_org=None, declined_by=(*p.declined_by, event.service_org)
-                ),
-                declines=state.declines + 1,
-                last_event_at=last,
-            )
+            fields["declines"] = state.declines + 1
         case ReferralEscalated():
-            return _evolve(
-                state,
-                status=status,
-                parties=_evolve(p, service_org=None),
-                escalations=state.escalations + 1,
-                last_event_at=last,
-            )
+            fields["escalations"] = state.escalations + 1
         case FirstContactMade():
-            return _evolve(state, status=status, first_contact_at=when, last_event_at=last)
+            fields["first_contact_at"] = when
         case FirstContactOverdue():
-            return _evolve(state, status=status, overdue=True, last_event_at=last)
+            fields["overdue"] = True
         case SessionHeld():
-            return _evolve(
-                state,
-                status=status,
-                sessions=state.sessions + 1,
-                minutes=state.minutes + event.duration_minutes,
-                sessions_by_kind=_plus(state.sessions_by_kind, event.kind, 1),
-                minutes_by_kind=_plus(state.minutes_by_kind, event.kind, event.duration_minutes),
-                last_event_at=last,
+            fields["sessions"] = state.sessions + 1
+            fields["minutes"] = state.minutes + event.duration_minutes
+            fields["sessions_by_kind"] = _plus(state.sessions_by_kind, event.kind, 1)
+            fields["minutes_by_kind"] = _plus(
+                state.minutes_by_kind, event.kind, event.duration_minutes
             )
         case ActivityReferred():
-            providers = p.providers
-            if event.provider_org not in providers:
-                providers = (*providers, event.provider_org)
-            return _evolve(
-                state,
-                status=status,
-                parties=_evolve(p, providers=providers),
-                activities=state.activities + 1,
-                last_event_at=last,
-            )
+            fields["activities"] = state.activities + 1
         case ActivityAttended():
-            return _evolve(
-                state,
-                status=status,
-                attendances=state.attendances + (1 if event.attended else 0),
-                missed=state.missed + (0 if event.attended else 1),
-                last_event_at=last,
-            )
+            if event.attended:
+                fields["attendances"] = state.attendances + 1
+            else:
+                fields["missed"] = state.missed + 1
         case OutcomeRecorded():
-            return _evolve(state, status=status, outcomes=state.outcomes + 1, last_event_at=last)
+            fields["outcomes"] = state.outcomes + 1
         case ReferralClosed():
-            return _evolve(
-                state,
-                status=status,
-                closed_at=when,
-                close_reason=event.reason,
-                last_event_at=last,
-            )
+            fields["closed_at"] = when
+            fields["close_reason"] = event.reason
         case ConsentWithdrawn():
             # the referrer's outcome summary goes from here on (issue 16): the
             # distributor stops sharing, the referrer's view drops what it holds
-            return _evolve(
-                state,
-                status=status,
-                parties=_evolve(p, share_outcomes_with_referrer=False),
-                consent_withdrawn_at=when,
-                last_event_at=last,
-            )
+            fields["consent_withdrawn_at"] = when
         case PersonErased():
             # the person's details are destroyed; the journey and its figures stay
-            return _evolve(state, status=status, erased_at=when, last_event_at=last)
+            fields["erased_at"] = when
+        case _:
+            assert_never(event)
+    return new
+
+
+def _parties_after(p: Parties, event: LifecycleEvent) -> Parties | None:
+    """The parties after ``event``; None when it leaves them as they were (most events)."""
+    match event:
+        case ReferralCreated():
+            return _evolve(
+                p,
+                referrer_org=event.referrer_org,
+                share_outcomes_with_referrer=event.consent.share_outcomes_with_referrer,
+            )
+        case ReferralRouted():
+            return _evolve(
+                p, service_org=event.service_org, routed_to=(*p.routed_to, event.service_org)
+            )
+        case ReferralDeclined():
+            # the declining service no longer holds the referral: its entitlement and its
+            # access to the person end here; the next referral-routed names the next one
+            return _evolve(p, service_org=None, declined_by=(*p.declined_by, event.service_org))
+        case ReferralEscalated():
+            return _evolve(p, service_org=None)
+        case ActivityReferred():
+            if event.provider_org in p.providers:
+                return None
+            return _evolve(p, providers=(*p.providers, event.provider_org))
+        case ConsentWithdrawn():
+            return _evolve(p, share_outcomes_with_referrer=False)
+        case (
+            ReferralAccepted()
+            | FirstContactMade()
+            | FirstContactOverdue()
+            | SessionHeld()
+            | ActivityAttended()
+            | OutcomeRecorded()
+            | ReferralClosed()
+            | PersonErased()
+        ):
+            return None
         case _:
             assert_never(event)
 
@@ -379,8 +382,9 @@ def fold(events: Iterable[LifecycleEvent], state: Referral = NEW) -> Referral:
 
 def apply_parties(parties: Parties, event: LifecycleEvent) -> Parties:
     """Only the parties after ``event``: for a consumer that keeps nothing else (the
-    distributor's entitlements); the same rules as :func:`apply`."""
-    return apply(_evolve(NEW, parties=parties), event).parties
+    distributor's entitlements); the very step :func:`apply` takes for them."""
+    after = _parties_after(parties, event)
+    return parties if after is None else after
 
 
 _State = TypeVar("_State", "Referral", Parties)

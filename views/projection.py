@@ -61,6 +61,14 @@ def _moved(moves: tuple[Status, ...], event_class: type[EventModel]) -> tuple[St
     return tuple(lifecycle.next_status(now, event_class) or now for now in moves)
 
 
+@functools.cache
+def _changed(moves: tuple[Status, ...]) -> dict[str, str] | None:
+    """``{stored status: new status}`` for the statuses ``moves`` changes; None: none
+    (cached like :func:`_moved`: every referral of a batch shares a few paths)."""
+    changed = {str(k): str(v) for k, v in zip(Status, moves, strict=True) if k is not v}
+    return changed or None
+
+
 @dataclass
 class ReferralChange:
     """What a batch's events do to one ``referrals`` row, in their order.
@@ -84,9 +92,8 @@ class ReferralChange:
 
     def status_moves(self) -> Jsonb | None:
         """``{stored status: new status}`` for the statuses the batch changes; None: none."""
-        moves = self.moves or _UNMOVED
-        changed = {str(k): str(v) for k, v in zip(Status, moves, strict=True) if k is not v}
-        return Jsonb(changed) if changed else None
+        changed = None if self.moves is None else _changed(self.moves)
+        return None if changed is None else Jsonb(changed)
 
     def columns(self) -> tuple[Any, ...]:
         """This change's values, in ``CHANGE_COLUMNS`` order after ``referral_id``."""
@@ -113,7 +120,7 @@ class ReferralChange:
 
 CHANGE_COLUMNS = (
     ("referral_id", "uuid"),
-    ("moves", "jsonb"),
+    ("moves", "int4"),  # index into the batch's list of status moves (None: none)
     ("set_service", "bool"),
     ("service_org", "text"),
     ("routed_at", "timestamptz"),
@@ -134,8 +141,11 @@ CHANGE_COLUMNS = (
 _UPDATE_REFERRALS = (
     "UPDATE {s}.referrals AS r SET "
     # the status rules are domain.lifecycle's: the batch sends, per referral, where each
-    # stored status goes (ReferralChange.status_moves); nothing is decided in SQL
-    "status = COALESCE(c.moves ->> r.status, r.status), "
+    # stored status goes; nothing is decided in SQL
+    # (ReferralChange.status_moves): the distinct moves once, as one JSON array, and per
+    # referral its index; a jsonb per row cost more to escape into the array than the
+    # whole statement took to run
+    "status = COALESCE(%s::jsonb -> c.moves ->> r.status, r.status), "
     "service_org = CASE WHEN c.set_service THEN c.service_org ELSE r.service_org END, "
     "routed_at = COALESCE(c.routed_at, r.routed_at), "
     "accepted_at = COALESCE(c.accepted_at, r.accepted_at), "
@@ -206,6 +216,8 @@ class _Rows:
         self.columns: list[list[Any]] = [[] for _ in range(width)]
 
     def add(self, *values: Any) -> None:
+        # appended column by column, not kept as row tuples: every tuple kept until the
+        # batch is written would be one more object for the garbage collector to scan
         for column, value in zip(self.columns, values, strict=True):
             column.append(value)
 
@@ -361,7 +373,22 @@ class ViewProjection:
                 assert_never(model)
 
 
-def _change_columns(changes: dict[UUID, ReferralChange]) -> list[list[Any]]:
-    """The ``unnest`` arguments of the referrals update, in ``CHANGE_COLUMNS`` order."""
-    rows = [c.columns() for c in changes.values()]
-    return [list(changes), *([row[i] for row in rows] for i in range(len(CHANGE_COLUMNS) - 1))]
+def _change_columns(changes: dict[UUID, ReferralChange]) -> list[Any]:
+    """The referrals update's parameters: the distinct status moves (a JSON array), then
+    the ``unnest`` arguments in ``CHANGE_COLUMNS`` order, ``moves`` as an index into it."""
+    index: dict[tuple[Status, ...], int] = {}
+    paths: list[dict[str, str]] = []
+    rows = []
+    for c in changes.values():
+        row = c.columns()
+        changed = None if c.moves is None else _changed(c.moves)
+        if changed is not None:
+            assert c.moves is not None
+            i = index.get(c.moves)
+            if i is None:
+                i = index[c.moves] = len(paths)
+                paths.append(changed)
+            row = (i, *row[1:])
+        rows.append(row)
+    columns = ([row[i] for row in rows] for i in range(len(CHANGE_COLUMNS) - 1))
+    return [Jsonb(paths), list(changes), *columns]

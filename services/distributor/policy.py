@@ -18,17 +18,16 @@ validates against its published schema.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Final, assert_never
 from uuid import UUID
 
 from bus.tracking import Rejected
 from domain import lifecycle
 from domain.lifecycle import LifecycleEvent, Parties
-from schemas.envelope import CloudEvent, from_kafka, to_kafka
+from schemas.envelope import CloudEvent, evolve, from_kafka, to_kafka
 from schemas.events import (
     ActivityAttended,
     ActivityReferred,
@@ -108,11 +107,12 @@ class Entitlements:
             and p.share_outcomes_with_referrer == self.share_outcomes_with_referrer
         ):
             return self
-        return replace(
-            self,
+        return Entitlements(
+            self.referrer_org,
+            p.share_outcomes_with_referrer,
+            self.created,
             service_org=p.service_org,
             providers=p.providers,
-            share_outcomes_with_referrer=p.share_outcomes_with_referrer,
         )
 
 
@@ -206,7 +206,9 @@ class Delivery:
 
 def pseudonym(secret: bytes, org_id: str, value: str) -> str:
     """Stable per commissioner, unlinkable across commissioners and to the real id."""
-    return hmac.new(secret, f"{org_id}\x1f{value}".encode(), hashlib.sha256).hexdigest()
+    # hmac.digest: the one-shot HMAC (OpenSSL's), the same bytes as hmac.new(...).digest()
+    # without building an HMAC object; three of these per commissioner copy
+    return hmac.digest(secret, f"{org_id}\x1f{value}".encode(), "sha256").hex()
 
 
 def pseudonymise(event: CloudEvent, secret: bytes, org_id: str) -> CloudEvent:
@@ -223,7 +225,7 @@ def pseudonymise(event: CloudEvent, secret: bytes, org_id: str) -> CloudEvent:
         data["person_ref"] = "p_" + pseudonym(secret, org_id, str(data["person_ref"]))[:20]
     # The event and causation ids are re-keyed too: kept, they would let anyone who can
     # also read referral-events link the copy back to the referral.
-    return replace(
+    return evolve(
         event,
         id=_pseudo_uuid(secret, org_id, str(event.id)),
         subject=str(case),
@@ -333,15 +335,15 @@ def partner_copy(event: CloudEvent, secret: bytes, org_id: str) -> CloudEvent:
         **event.data,
         "person_ref": "p_" + pseudonym(secret, scope, str(event.data["person_ref"]))[:20],
     }
-    return replace(event, data=data)
+    return evolve(event, data=data)
 
 
 def _unique(deliveries_: list[Delivery]) -> list[Delivery]:
     """One copy per (organisation, event): an org can hold several roles at once."""
-    seen: set[tuple[str, UUID, str]] = set()
+    seen: set[tuple[str, int, str]] = set()
     result = []
     for d in deliveries_:
-        key = (d.org_id, d.event.id, d.event.type)
+        key = (d.org_id, d.event.id.int, d.event.type)  # the int: UUID hashes in Python
         if key not in seen:
             seen.add(key)
             result.append(d)
