@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
@@ -28,6 +28,7 @@ from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
 from bus import dead_letters
+from bus.admin import TopicMaker
 from bus.offsets import OffsetProbe
 from bus.runner import publish_outgoing
 from bus.tracking import (
@@ -101,12 +102,16 @@ def tracked_agent(
     projection: Projection,
     conninfo: str,
     dead_letter_topic: str,
+    partitions_of: Callable[[str], int],
     batch: int = 500,
 ) -> None:
-    """Register an agent that applies ``projection`` to ``topic_name``."""
+    """Register an agent that applies ``projection`` to ``topic_name``; the topics it
+    publishes to are created with ``partitions_of(topic)`` partitions before its first
+    record to each (``bus.admin.TopicMaker``)."""
     topic = app.topic(topic_name, key_type=bytes, value_type=bytes, value_serializer="raw")
     state: dict[str, Any] = {}
     probe = OffsetProbe(bootstrap_servers)
+    topic_maker = TopicMaker(bootstrap_servers, partitions_of)
 
     async def resources() -> tuple[AsyncConnectionPool[AsyncConnection[Any]], AIOKafkaProducer]:
         # Created on first use, inside faust's event loop (the producer again after a
@@ -145,7 +150,7 @@ def tracked_agent(
             pool, producer = await resources()
 
             async def publish(outgoing: Sequence[Outgoing]) -> None:
-                await publish_outgoing(producer, outgoing)  # noqa: B023
+                await publish_outgoing(producer, outgoing, topic_maker)  # noqa: B023
 
             for tname, partitions in by_topic.items():
                 try:

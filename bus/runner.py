@@ -22,6 +22,7 @@ from psycopg import AsyncConnection, sql
 from psycopg_pool import AsyncConnectionPool
 
 from bus import dead_letters
+from bus.admin import TopicMaker
 from bus.offsets import OffsetProbe
 from bus.tracking import (
     Outgoing,
@@ -55,8 +56,13 @@ class RunnerStats:
     positions: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
-async def publish_outgoing(producer: AIOKafkaProducer, outgoing: Sequence[Outgoing]) -> None:
-    """Send and wait for every acknowledgement (acks=all) before the caller commits."""
+async def publish_outgoing(
+    producer: AIOKafkaProducer, outgoing: Sequence[Outgoing], topics: TopicMaker | None = None
+) -> None:
+    """Send and wait for every acknowledgement (acks=all) before the caller commits;
+    ``topics`` first creates any topic this process has not published to before."""
+    if topics is not None and outgoing:
+        await topics.ensure({item.topic for item in outgoing})
     futures = []
     for item in outgoing:
         key, value, headers = to_kafka(item.event)
@@ -105,6 +111,7 @@ class TrackedRunner:
         self._pool = pool
         self._projections_source = projections
         self._partitions_of = partitions_of
+        self._topic_maker = TopicMaker(bootstrap_servers, partitions_of)
         self._dead_letter_topic = dead_letter_topic
         self._refresh = refresh_seconds
         self._max_records = max_records
@@ -269,7 +276,7 @@ class TrackedRunner:
         batches = {p: [record_of(m) for m in messages] for p, messages in partitions.items()}
 
         async def publish(outgoing: Sequence[Outgoing]) -> None:
-            await publish_outgoing(producer, outgoing)
+            await publish_outgoing(producer, outgoing, self._topic_maker)
 
         async with self._pool.connection() as conn:
             results = await apply_batches(

@@ -27,6 +27,7 @@ def build(bootstrap_servers: str, database_url: str, topics: Topics, secret: byt
         DistributorProjection(topics, secret),
         database_url,
         topics.dead_letters,
+        topics.partitions_of,
     )
     return app
 

@@ -26,6 +26,7 @@ def build(bootstrap_servers: str, database_url: str, topics: Topics) -> faust.Ap
         RoutingProjection(),
         database_url,
         topics.dead_letters,
+        topics.partitions_of,
     )
     return app
 
