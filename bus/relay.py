@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import Any
+from uuid import UUID
 
 import structlog
 from aiokafka import AIOKafkaProducer
@@ -36,9 +37,9 @@ from psycopg import AsyncConnection, sql
 from psycopg.rows import dict_row
 
 from bus.membership import lock_holder_name
-from bus.seal_guard import REFUSED_TABLE, SealGuard, link_of, record_refusals
+from bus.seal_guard import REFUSED_TABLE, SealGuard, record_refusals
 from bus.topics import PARTITIONS
-from eventstore.chain import Finding
+from eventstore.chain import Finding, Link
 from eventstore.records import StoredEvent
 from eventstore.sealing import appending_seal_key
 from eventstore.store import EVENT_COLUMNS, EventStore, stored_event
@@ -49,6 +50,47 @@ log = structlog.get_logger(__name__)
 
 FENCE = "referralnet:relay-fence"
 """Advisory lock key (``hashtext``): relays hold it shared per batch, republish exclusively."""
+
+
+FENCE_SQL = "SELECT pg_try_advisory_xact_lock_shared(hashtext(%s)), to_regclass(%s) IS NOT NULL"
+"""The fence, and whether the store keeps refusals yet (``bus.seal_guard``), at once."""
+
+_BEFORE_COLUMNS = ("event_id", "position", "prev_hash", "hash", "chain_format", "seal")
+
+ROWS_SQL = (
+    "SELECT o.id AS outbox_id, "
+    + ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
+    + ", "
+    + ", ".join(f"b.{c} AS b_{c}" for c in _BEFORE_COLUMNS)
+    + ", {refused} AS b_refused "
+    "FROM {s}.outbox o JOIN {s}.events e ON e.position = o.event_position "
+    "LEFT JOIN {s}.events b ON b.stream_id = e.stream_id AND b.version = e.version - 1 "
+    "ORDER BY o.id LIMIT %s"
+)
+"""A batch of the outbox in order, each event with the chain link of the one before it
+in its stream (primary-key lookups; NULL for a version 1, or a predecessor gone), and
+whether that one was refused: what the seal guard needs, in the same round trip."""
+
+REFUSED_BEFORE = "EXISTS (SELECT 1 FROM {} r WHERE r.event_position = b.position)"
+
+
+def _before(guard: SealGuard, schema: str, event: StoredEvent, row: dict[str, Any]) -> None:
+    """Tell ``guard`` about ``event``'s predecessor, from the ``b_*`` columns of its row:
+    remembered as the link to check it against, or as refused (so is ``event`` then)."""
+    if row["b_position"] is None:
+        return  # version 1, or a predecessor not in the store: judged on its own
+    if row["b_refused"]:
+        guard.refused[(schema, event.stream_id)] = Finding(
+            schema, event.stream_id, event.version - 1, "refused",
+            "refused earlier (see `referralnet status`)",
+        )  # fmt: skip
+        return
+    seal = None if row["b_seal"] is None else bytes(row["b_seal"])
+    link = Link(
+        event.stream_id, event.version - 1, row["b_event_id"], row["b_position"],
+        bytes(row["b_prev_hash"]), bytes(row["b_hash"]), row["b_chain_format"], seal,
+    )  # fmt: skip
+    guard.remember(schema, link)
 
 
 def to_cloudevent(store: EventStore, event: StoredEvent) -> CloudEvent:
@@ -106,6 +148,18 @@ class OutboxRelay:
         self._batch = batch
         self._linger = linger_seconds
         self.published = 0
+        schema = sql.Identifier(store.schema)
+        self._fence = sql.SQL(FENCE_SQL)
+        self._rows = {  # by whether the store has a refusals table yet
+            kept: sql.SQL(ROWS_SQL).format(
+                s=schema,
+                refused=sql.SQL(REFUSED_BEFORE).format(sql.Identifier(store.schema, REFUSED_TABLE))
+                if kept
+                else sql.SQL("false"),
+            )
+            for kept in (False, True)
+        }
+        self._forget = sql.SQL("DELETE FROM {}.outbox WHERE id = ANY(%s)").format(schema)
 
     async def drain(self, conn: AsyncConnection[Any]) -> int:
         """Publish everything waiting in the outbox; return how many events went out.
@@ -122,46 +176,41 @@ class OutboxRelay:
             self.published += sent
 
     async def _publish_batch(self, conn: AsyncConnection[Any]) -> int:
-        """One batch, inside the caller's transaction: fence, read, publish, forget."""
-        s = sql.Identifier(self.store.schema)
-        cur = await conn.execute("SELECT pg_try_advisory_xact_lock_shared(hashtext(%s))", (FENCE,))
+        """One batch, inside the caller's transaction: fence, read, publish, forget.
+
+        Three statements however many streams the batch holds (the fence with whether
+        the store keeps refusals; the rows with each one's predecessor in its stream;
+        the delete), as before the seal guard: the guard reads what it judges with the
+        rows, not in round trips of its own (issue 14).
+        """
+        cur = await conn.execute(self._fence, (FENCE, f'"{self.store.schema}".{REFUSED_TABLE}'))
         fenced = await cur.fetchone()
         if not fenced or not fenced[0]:
             return 0  # republish is refilling the bus: it publishes these rows or we do later
         async with conn.cursor(row_factory=dict_row) as rows_cur:
-            await rows_cur.execute(
-                sql.SQL(
-                    "SELECT o.id AS outbox_id, "
-                    + ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
-                    + " FROM {s}.outbox o JOIN {s}.events e ON e.position = o.event_position "
-                    "ORDER BY o.id LIMIT %s"
-                ).format(s=s),
-                (self._batch,),
-            )
+            await rows_cur.execute(self._rows[bool(fenced[1])], (self._batch,))
             rows = await rows_cur.fetchall()
         if not rows:
             return 0
         if not await self._topic_ready():
             return 0
-        events = [stored_event(r) for r in rows]
-        admitted, refused = await self._guarded(conn, events)
+        admitted, refused = await self._guarded(conn, rows)
         await publish_events(self._producer, self._topic, self.store, admitted)
         if refused:
             for _, finding in refused:
                 log.error("relay_refused_event", refusal=finding.line())
             await record_refusals(conn, self.store.schema, refused, "relay")
-        await conn.execute(
-            sql.SQL("DELETE FROM {}.outbox WHERE id = ANY(%s)").format(s),
-            ([r["outbox_id"] for r in rows],),
-        )
+        await conn.execute(self._forget, ([r["outbox_id"] for r in rows],))
         return len(rows)
 
     async def _guarded(
-        self, conn: AsyncConnection[Any], events: list[StoredEvent]
+        self, conn: AsyncConnection[Any], rows: list[dict[str, Any]]
     ) -> tuple[list[StoredEvent], list[tuple[int, Finding]]]:
-        """(events to publish, (position, finding) of those refused): each judged after
-        its stream's previous event, read from the store. An event after a refused one
-        is refused too: its consumers could not apply it."""
+        """(events to publish, (position, finding) of those refused) from rows of
+        ``_rows``: each event judged after its stream's previous event (the row's
+        ``b_*`` columns, read from the store for the first event of each stream in the
+        batch; the guard remembers the rest). An event after a refused one is refused
+        too: its consumers could not apply it."""
         schema = self.store.schema
         if self._sealed_from is None:
             cur = await conn.execute(
@@ -173,40 +222,15 @@ class OutboxRelay:
             self._sealed_from = row[0] if row else None
         sealed_from = {schema: self._sealed_from} if self._sealed_from is not None else {}
         guard = SealGuard(self._seal_key, sealed_from)
-        firsts: dict[Any, int] = {}
-        for e in events:
-            firsts.setdefault(e.stream_id, e.version)
-        wanted = [(sid, v - 1) for sid, v in firsts.items() if v > 1]
-        if wanted:
-            cur = await conn.execute("SELECT to_regclass(%s)", (f'"{schema}".{REFUSED_TABLE}',))
-            row = await cur.fetchone()
-            refused_sql = (
-                sql.SQL("EXISTS (SELECT 1 FROM {} r WHERE r.event_position = e.position)").format(
-                    sql.Identifier(schema, REFUSED_TABLE)
-                )
-                if row and row[0]
-                else sql.SQL("false")
-            )
-            async with conn.cursor(row_factory=dict_row) as cur2:
-                await cur2.execute(
-                    sql.SQL(
-                        "SELECT "
-                        + ", ".join(f"e.{c.strip()}" for c in EVENT_COLUMNS.split(","))
-                        + ", {refused} AS refused FROM {s}.events e JOIN unnest(%s::uuid[], "
-                        "%s::int4[]) AS w(sid, v) ON e.stream_id = w.sid AND e.version = w.v"
-                    ).format(s=sql.Identifier(schema), refused=refused_sql),
-                    ([w[0] for w in wanted], [w[1] for w in wanted]),
-                )
-                for before in await cur2.fetchall():
-                    event = stored_event(before)
-                    if before["refused"]:
-                        guard.refused[(schema, event.stream_id)] = Finding(
-                            schema, event.stream_id, event.version, "refused",
-                            "refused earlier (see `referralnet status`)",
-                        )  # fmt: skip
-                    else:
-                        guard.remember(schema, link_of(event))
-        admitted = [e for e in events if guard.admit(schema, e)]
+        seen: set[UUID] = set()
+        admitted: list[StoredEvent] = []
+        for r in rows:
+            event = stored_event(r)
+            if event.stream_id not in seen:
+                seen.add(event.stream_id)
+                _before(guard, schema, event, r)
+            if guard.admit(schema, event):
+                admitted.append(event)
         return admitted, [r for rs in guard.positions.values() for r in rs]
 
     async def _topic_ready(self) -> bool:

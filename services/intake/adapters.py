@@ -19,7 +19,7 @@ from eventstore.recorder import PostgresRecorder
 from eventstore.records import StoredEvent
 from services.intake.commands import IdempotencyKey
 from services.intake.domain import Claim, Create
-from services.intake.pii import PersonVault, person_ref_for
+from services.intake.pii import PersonVault, person_and_key
 from services.intake.requests import Person
 from services.intake.store import STORE
 from services.intake.unit_of_work import IntakeWork
@@ -74,6 +74,8 @@ class PostgresIntakeWork:
     def __init__(self, conn: AsyncConnection[Any], vault: PersonVault, areas: AreaCache) -> None:
         self.conn, self.vault, self.areas = conn, vault, areas
         self.recorder = PostgresRecorder(STORE, conn)
+        self._new_keys: dict[str, bytes] = {}
+        """Data keys made in this unit, by person_ref (sealing reuses them unread)."""
 
     async def area_known(self, area: str) -> bool:
         return await self.areas.known(self.conn, area)
@@ -82,11 +84,16 @@ class PostgresIntakeWork:
         return await claim(self.conn, org_id, key, referral_id)
 
     async def person_ref(self, person: Person) -> str:
-        return await person_ref_for(self.conn, self.vault, person.model_dump(mode="json"))
+        ref, key = await person_and_key(self.conn, self.vault, person.model_dump(mode="json"))
+        if key is not None:
+            self._new_keys[ref] = key
+        return ref
 
     async def record(self, decision: Create, person_ref: str, person: Person) -> list[StoredEvent]:
         details = person.model_dump(mode="json")
-        sealed = await self.vault.encrypt(self.conn, person_ref, details)
+        sealed = await self.vault.encrypt(
+            self.conn, person_ref, details, self._new_keys.get(person_ref)
+        )
         await self.conn.execute(
             "INSERT INTO intake.referral_people (referral_id, person_ref, ciphertext) "
             "VALUES (%s, %s, %s)",

@@ -64,10 +64,21 @@ class PersonVault:
         return cls(key, MasterKeys.from_home(home))
 
     async def encrypt(
-        self, conn: AsyncConnection[Any], person_ref: str, details: dict[str, Any]
+        self,
+        conn: AsyncConnection[Any],
+        person_ref: str,
+        details: dict[str, Any],
+        key: bytes | None = None,
     ) -> bytes:
         """``details`` sealed under the person's data key (made on first use), in the
-        caller's transaction. ``Erased`` if the person was erased."""
+        caller's transaction. ``Erased`` if the person was erased.
+
+        ``key``: the data key ``person_and_key`` made for a new person in this same
+        transaction (nobody else can see, let alone erase, that person yet), so it is
+        not read back and unwrapped again.
+        """
+        if key is not None:
+            return seal(key, person_ref, details)
         key = await person_keys.data_key(conn, self.masters, person_ref)
         if key is None:
             key = await person_keys.create_key(conn, self.masters, person_ref)
@@ -116,6 +127,14 @@ async def person_ref_for(
 
     A new person gets a data key in the same transaction as their row.
     """
+    return (await person_and_key(conn, vault, details))[0]
+
+
+async def person_and_key(
+    conn: AsyncConnection[Any], vault: PersonVault, details: dict[str, Any]
+) -> tuple[str, bytes | None]:
+    """``person_ref_for``'s pseudonym, with the data key made for a new person (None for
+    a known one: their key is the store's to give, and may have been shredded)."""
     nhs = details.get("nhs_number")
     # Only a number that identifies a person links referrals (never a placeholder).
     digest = vault.nhs_digest(nhs) if isinstance(nhs, str) and identifies_a_person(nhs) else None
@@ -127,7 +146,7 @@ async def person_ref_for(
         )
         row = await cur.fetchone()
         if row:
-            return str(row[0])
+            return str(row[0]), None
     ref = random_person_ref()
     key = await person_keys.create_key(conn, vault.masters, ref)
     cur = await conn.execute(
@@ -142,8 +161,8 @@ async def person_ref_for(
         )
         row = await cur.fetchone()
         assert row is not None
-        return str(row[0])
-    return ref
+        return str(row[0]), None
+    return ref, key
 
 
 async def read_person(

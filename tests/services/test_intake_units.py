@@ -140,3 +140,48 @@ def test_concurrent_uses_of_one_key_create_one_referral(database_url: str) -> No
     assert all(d == Replay(created[0].referral_id) for d in decisions if d is not created[0])
     assert (events, people) == (1, 1)
     assert key not in keys and all(len(k) == 64 for k in keys)  # SHA-256 digests only
+
+
+def test_details_are_sealed_under_the_persons_key_and_a_new_key_is_not_read_back(
+    database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new person's details are sealed under the key made for them in the same unit,
+    without reading it back (issue 14); a known person's key is read (it may have been
+    shredded). Either way the details open again with the person's key."""
+    reads: list[str] = []
+    execute = psycopg.AsyncCursor.execute
+
+    async def counted(self: psycopg.AsyncCursor[Any], query: Any, *args: Any, **kw: Any) -> Any:
+        text = query if isinstance(query, str) else query.as_string(self.connection)
+        if text.startswith("SELECT") and "keys.person_keys" in text:
+            reads.append(text)
+        return await execute(self, query, *args, **kw)
+
+    monkeypatch.setattr(psycopg.AsyncCursor, "execute", counted)
+
+    async def run() -> tuple[int, int, list[dict[str, Any]]]:
+        await prepared(database_url)
+        uow = postgres(database_url)
+        nobody = {**referral_body()["person"], "nhs_number": None}  # never linked: new
+        new = await handle(command(person=nobody), uow)
+        after_new = len(reads)
+        await handle(command(), uow)  # this NHS number: new here or from an earlier test
+        known = await handle(command(), uow)  # now certainly a known person
+        after_known = len(reads)
+        opened = []
+        async with await psycopg.AsyncConnection.connect(database_url) as conn:
+            for decision in (new, known):
+                cur = await conn.execute(
+                    "SELECT person_ref, ciphertext FROM intake.referral_people "
+                    "WHERE referral_id = %s",
+                    (decision.referral_id,),
+                )
+                ref, token = await cur.fetchone() or ("", b"")
+                opened.append(await uow.vault.decrypt(conn, ref, bytes(token)))
+        return after_new, after_known, opened
+
+    after_new, after_known, opened = asyncio.run(run())
+    assert after_new == 0, reads
+    assert after_known >= 1  # the known person's key was read to seal their details
+    assert opened[0]["name"] == opened[1]["name"] == "Alex Example"
+    assert opened[0]["nhs_number"] is None and opened[1]["nhs_number"] == "9434765919"
