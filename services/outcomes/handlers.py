@@ -134,3 +134,8 @@ async def _wait_for_routing(
             seen = await unit.case(rid) or seen
     if seen is None:
         raise NotYet("the referral is not known to outcomes yet; retry shortly")
+    if seen.service_org != org and may_still_become_yours(seen, org):
+        # Routing says the caller accepted it; outcomes has not heard who holds it yet
+        # (e.g. re-reading a refilled log after a broker loss). "Not routed to you"
+        # would be false: 409 with Retry-After, as before the wait.
+        raise NotYet(f"referral {rid} has not reached outcomes yet; retry shortly")

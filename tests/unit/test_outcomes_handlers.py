@@ -140,6 +140,17 @@ async def test_a_wait_that_routing_never_answers_ends_with_the_state() -> None:
         await handle(contact(rid), uow, settings)
 
 
+async def test_a_wait_that_outlasts_the_routing_answer_is_not_yet_not_forbidden() -> None:
+    """Seen in `make chaos` (broker loss under traffic): outcomes re-read the refilled
+    log for longer than the wait, and the link worker routing had given the referral to
+    was told 403 "not routed to lw" instead of "retry shortly"."""
+    uow, rid = world("new", None)
+    uow.world.routing[rid] = ("lw", "accepted")
+    settings = replace(SETTINGS, wait_for_routing=0.05)
+    with pytest.raises(NotYet, match="has not reached outcomes yet"):
+        await handle(contact(rid), uow, settings)
+
+
 class RacingUnitOfWork(MemoryUnitOfWork):
     """Another writer appends ``rival`` between this handler's read and its append."""
 
