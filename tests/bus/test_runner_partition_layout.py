@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
@@ -53,15 +54,24 @@ async def _one_per_partition(
         await producer.stop()
 
 
-async def test_a_runner_started_on_an_auto_created_topic_reads_every_partition_after_repair(
-    stack: Stack, database_url: str
-) -> None:
-    topic = f"layout-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap_servers)
-    try:  # what a broker that lost its log makes of the topic for the first client
+def _auto_created(bootstrap: str, topic: str) -> None:
+    """What a broker that lost its log makes of a topic for the first client to ask."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
         admin.create_topics([NewTopic(topic, BROKER_DEFAULT, replication_factor=1)])
     finally:
         admin.close()
+
+
+async def _run(
+    stack: Stack,
+    database_url: str,
+    topic: str,
+    created_with: int,
+    feed: Callable[[], Awaitable[list[uuid.UUID]]],
+) -> tuple[list[uuid.UUID], Counting]:
+    """Start a runner on ``topic`` (``created_with`` partitions by its layout); once it
+    has assigned, ``feed`` changes the topic and produces; poll until all are applied."""
     projection = Counting(f"layout_{uuid.uuid4().hex[:8]}")
     conn: psycopg.AsyncConnection[Any]
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
@@ -76,7 +86,7 @@ async def test_a_runner_started_on_an_auto_created_topic_reads_every_partition_a
             bootstrap_servers=stack.bootstrap_servers,
             pool=pool,
             projections=projections,
-            partitions_of=lambda _topic: CREATED_WITH,
+            partitions_of=lambda _topic: created_with,
             dead_letter_topic=f"{topic}-dead",
             refresh_seconds=0.5,
             linger_seconds=0,
@@ -88,9 +98,7 @@ async def test_a_runner_started_on_an_auto_created_topic_reads_every_partition_a
             while runner.stats.assigned == 0:
                 assert loop.time() < deadline, "the runner never assigned its partitions"
                 await asyncio.sleep(0.05)  # polling the runner with a deadline
-            # As `republish` does: the topic is made right (deleted, created with six).
-            await asyncio.to_thread(repair_topics, stack.bootstrap_servers, {topic: CREATED_WITH})
-            events = await _one_per_partition(stack.bootstrap_servers, topic)
+            events = await feed()
             deadline = loop.time() + 30
             while len(projection.applied) < len(events):
                 assert loop.time() < deadline, (
@@ -101,6 +109,21 @@ async def test_a_runner_started_on_an_auto_created_topic_reads_every_partition_a
         finally:
             stop.set()
             await task
+    return events, projection
+
+
+async def test_a_runner_started_on_an_auto_created_topic_reads_every_partition_after_repair(
+    stack: Stack, database_url: str
+) -> None:
+    topic = f"layout-{uuid.uuid4().hex[:8]}"
+    _auto_created(stack.bootstrap_servers, topic)
+
+    async def repaired_then_fed() -> list[uuid.UUID]:
+        # As `republish` does: the topic is made right (deleted, created with six).
+        await asyncio.to_thread(repair_topics, stack.bootstrap_servers, {topic: CREATED_WITH})
+        return await _one_per_partition(stack.bootstrap_servers, topic)
+
+    events, projection = await _run(stack, database_url, topic, CREATED_WITH, repaired_then_fed)
     assert sorted(projection.applied) == sorted(events)
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         positions = await stored_positions(conn, projection.schema, projection.consumer)
@@ -115,42 +138,10 @@ async def test_a_partner_topic_auto_created_with_more_partitions_is_read_in_all_
     partition 0 and stood 1,500 records behind); until republish makes it right every
     partition it holds is read."""
     topic = f"org.layout-{uuid.uuid4().hex[:8]}"
-    admin = KafkaAdminClient(bootstrap_servers=stack.bootstrap_servers)
-    try:
-        admin.create_topics([NewTopic(topic, BROKER_DEFAULT, replication_factor=1)])
-    finally:
-        admin.close()
-    projection = Counting(f"layout_{uuid.uuid4().hex[:8]}")
-    conn: psycopg.AsyncConnection[Any]
-    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
-        await create_tracking(conn, projection.schema)
+    _auto_created(stack.bootstrap_servers, topic)
 
-    async def projections() -> dict[str, Counting]:
-        return {topic: projection}
+    async def fed() -> list[uuid.UUID]:
+        return await _one_per_partition(stack.bootstrap_servers, topic, BROKER_DEFAULT)
 
-    events = await _one_per_partition(stack.bootstrap_servers, topic, BROKER_DEFAULT)
-    stop = asyncio.Event()
-    async with connection_pool(database_url, min_size=1, max_size=2) as pool:
-        runner = TrackedRunner(
-            bootstrap_servers=stack.bootstrap_servers,
-            pool=pool,
-            projections=projections,
-            partitions_of=lambda _topic: 1,
-            dead_letter_topic=f"{topic}-dead",
-            refresh_seconds=0.5,
-            linger_seconds=0,
-        )
-        task = asyncio.create_task(runner.run(stop))
-        try:
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 30
-            while len(projection.applied) < len(events):
-                assert loop.time() < deadline, (
-                    f"applied {len(projection.applied)} of {len(events)}; "
-                    f"assigned {runner.stats.assigned} partitions"
-                )
-                await asyncio.sleep(0.05)  # polling the runner with a deadline
-        finally:
-            stop.set()
-            await task
+    events, projection = await _run(stack, database_url, topic, 1, fed)
     assert sorted(projection.applied) == sorted(events)
